@@ -1,0 +1,290 @@
+//! The admission pipeline every object goes through on its way into the store: strict
+//! decoding into its `k8s-openapi` type (type errors and unknown fields named by path),
+//! defaulting, then validation. Objects stay `serde_json::Value` around it, so the API server
+//! handles every kind with one code path.
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::defaults;
+use crate::error::{ApiError, Cause};
+use crate::resource::ResourceInfo;
+use crate::validation;
+
+/// A built-in kind: its typed form, defaulting and validation.
+pub trait Kind: DeserializeOwned + Serialize {
+    fn apply_defaults(&mut self) {}
+    fn validate(&self) -> Vec<Cause>;
+}
+
+macro_rules! kind {
+    ($ty:ty, $validate:path) => {
+        impl Kind for $ty {
+            fn validate(&self) -> Vec<Cause> {
+                $validate(self)
+            }
+        }
+    };
+    ($ty:ty, $validate:path, $default:path) => {
+        impl Kind for $ty {
+            fn apply_defaults(&mut self) {
+                $default(self)
+            }
+            fn validate(&self) -> Vec<Cause> {
+                $validate(self)
+            }
+        }
+    };
+}
+
+kind!(Pod, validation::validate_pod, defaults::default_pod);
+kind!(
+    Deployment,
+    validation::validate_deployment,
+    defaults::default_deployment
+);
+kind!(
+    ReplicaSet,
+    validation::validate_replicaset,
+    defaults::default_replicaset
+);
+kind!(
+    Service,
+    validation::validate_service,
+    defaults::default_service
+);
+kind!(
+    Namespace,
+    validation::validate_namespace,
+    defaults::default_namespace
+);
+kind!(
+    Secret,
+    validation::validate_secret,
+    defaults::default_secret
+);
+kind!(
+    EndpointSlice,
+    validation::validate_endpointslice,
+    defaults::default_endpointslice
+);
+kind!(ConfigMap, validation::validate_configmap);
+kind!(Node, validation::validate_node);
+kind!(Lease, validation::validate_lease);
+kind!(Event, validation::validate_event);
+
+/// Calls `$f::<Type>(args)` for the Rust type of `$kind`.
+#[macro_export]
+macro_rules! dispatch_kind {
+    ($kind:expr, $f:ident ( $($arg:expr),* ), $unknown:expr) => {{
+        use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+        use k8s_openapi::api::coordination::v1::Lease;
+        use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service};
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        match $kind {
+            "Pod" => $f::<Pod>($($arg),*),
+            "Deployment" => $f::<Deployment>($($arg),*),
+            "ReplicaSet" => $f::<ReplicaSet>($($arg),*),
+            "Service" => $f::<Service>($($arg),*),
+            "Namespace" => $f::<Namespace>($($arg),*),
+            "Secret" => $f::<Secret>($($arg),*),
+            "EndpointSlice" => $f::<EndpointSlice>($($arg),*),
+            "ConfigMap" => $f::<ConfigMap>($($arg),*),
+            "Node" => $f::<Node>($($arg),*),
+            "Lease" => $f::<Lease>($($arg),*),
+            "Event" => $f::<Event>($($arg),*),
+            _ => $unknown,
+        }
+    }};
+}
+
+/// Decodes `value` into `K`; a wrong type or an unknown field becomes a cause naming its path.
+pub fn decode_strict<K: DeserializeOwned + Serialize>(value: &Value) -> Result<K, Vec<Cause>> {
+    let typed: K = serde_path_to_error::deserialize(value).map_err(|e| {
+        vec![Cause {
+            reason: "FieldValueTypeInvalid".into(),
+            message: e.inner().to_string(),
+            field: e.path().to_string(),
+        }]
+    })?;
+    let round =
+        serde_json::to_value(&typed).map_err(|e| vec![Cause::invalid("", "", &e.to_string())])?;
+    let mut unknown = Vec::new();
+    find_unknown_fields(value, &round, "", &mut unknown);
+    if unknown.is_empty() {
+        Ok(typed)
+    } else {
+        Err(unknown
+            .into_iter()
+            .map(|field| Cause {
+                reason: "FieldValueInvalid".into(),
+                message: format!("unknown field \"{field}\""),
+                field,
+            })
+            .collect())
+    }
+}
+
+fn find_unknown_fields(original: &Value, round: &Value, path: &str, out: &mut Vec<String>) {
+    match (original, round) {
+        (Value::Object(o), Value::Object(r)) => {
+            for (k, v) in o {
+                if v.is_null() {
+                    continue;
+                }
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match r.get(k) {
+                    Some(rv) => find_unknown_fields(v, rv, &p, out),
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(r)) => {
+            for (i, (ov, rv)) in o.iter().zip(r).enumerate() {
+                find_unknown_fields(ov, rv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn admit_typed<K: Kind>(info: &ResourceInfo, value: Value) -> Result<Value, ApiError> {
+    let name = object_name(&value);
+    let mut typed: K =
+        decode_strict(&value).map_err(|c| ApiError::invalid(&info.qualified_kind(), &name, c))?;
+    typed.apply_defaults();
+    let causes = typed.validate();
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(&info.qualified_kind(), &name, causes));
+    }
+    serde_json::to_value(&typed).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Decodes, defaults and validates an object of `info`'s kind, returning it defaulted.
+pub fn admit(info: &ResourceInfo, value: Value) -> Result<Value, ApiError> {
+    crate::dispatch_kind!(
+        info.kind,
+        admit_typed(info, value),
+        Err(ApiError::bad_request(format!(
+            "no validation registered for kind {}",
+            info.kind
+        )))
+    )
+}
+
+/// `metadata.name` of an object (or its generateName), "" if absent.
+pub fn object_name(value: &Value) -> String {
+    let meta = value.get("metadata");
+    meta.and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .or_else(|| {
+            meta.and_then(|m| m.get("generateName"))
+                .and_then(Value::as_str)
+        })
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `metadata.namespace` of an object, "" if absent.
+pub fn object_namespace(value: &Value) -> String {
+    value
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A string field under `metadata`, "" if absent.
+pub fn meta_str<'a>(value: &'a Value, field: &str) -> &'a str {
+    value
+        .get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::by_plural;
+    use serde_json::json;
+
+    fn deployments() -> &'static ResourceInfo {
+        by_plural("deployments").expect("deployments")
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let d = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox:1.36",
+                        "ports": [{"containerPort": 80}]}]}}
+            }
+        });
+        let out = admit(deployments(), d).expect("valid");
+        assert_eq!(out["spec"]["replicas"], 1);
+        assert_eq!(out["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        let pod = &out["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Always");
+        assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+        assert_eq!(pod["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(pod["containers"][0]["ports"][0]["protocol"], "TCP");
+    }
+
+    #[test]
+    fn invalid_objects_name_every_field() {
+        let d = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "Web"},
+            "spec": {
+                "replicas": -1,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "other"}},
+                    "spec": {"containers": [{"name": "c", "image": "x"}, {"name": "c"}]}}
+            }
+        });
+        let err = admit(deployments(), d).expect_err("invalid");
+        let fields: Vec<&str> = err.causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "metadata.name",
+                "spec.replicas",
+                "spec.template.metadata.labels",
+                "spec.template.spec.containers[1].image",
+                "spec.template.spec.containers[1].name",
+            ]
+        );
+        assert!(
+            err.message
+                .starts_with("Deployment.apps \"Web\" is invalid: ["),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_are_named() {
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"},
+            "spec": {"replicas": "three"}});
+        let err = admit(deployments(), d).expect_err("type");
+        assert_eq!(err.causes[0].field, "spec.replicas");
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"},
+            "spec": {"replica": 3, "selector": {}, "template": {}}});
+        let err = admit(deployments(), d).expect_err("unknown");
+        assert_eq!(err.causes[0].message, "unknown field \"spec.replica\"");
+    }
+}
