@@ -1,0 +1,809 @@
+//! The embedded backend: the whole current state in memory (a `BTreeMap`), made durable in a
+//! redb file, with an in-memory event history for watches and reads at past revisions.
+//!
+//! Writes go through one committer thread. It takes every write waiting in its queue,
+//! checks each against the state (plus the writes earlier in the same batch), gives each its
+//! own revision, writes the batch to redb in **one transaction with one fsync**, and only then
+//! applies it to memory, publishes the events and answers the writers. So many concurrent
+//! writers share one fsync (group commit), a write is acknowledged only once it is durable,
+//! and readers never see a write that could still be lost.
+//!
+//! History is kept in memory only: after a restart, watches and reads resume from the
+//! revision at start-up (older ones get `Compacted`, as kube-apiserver's watch cache does).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::{
+    Event, EventKind, KeyValue, RangeResult, Result, Revision, Store, StoreError, WatchResponse,
+    WatchStream,
+};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const HEADER: usize = 24;
+
+/// Tuning of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Most events kept for watches and past reads.
+    pub history_limit: usize,
+    /// Events older than this are compacted away (Kubernetes compacts every 5 minutes).
+    pub history_age: Duration,
+    /// Most writes committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            history_limit: 200_000,
+            history_age: Duration::from_secs(300),
+            max_batch: 4096,
+        }
+    }
+}
+
+struct State {
+    kvs: BTreeMap<String, KeyValue>,
+    /// Every event with a revision at or above `oldest`, in revision order.
+    history: VecDeque<Arc<Event>>,
+    /// The first revision still held (etcd's compaction revision): watches may start there
+    /// and reads may be served there.
+    oldest: Revision,
+    revision: Revision,
+    /// (time, revision) samples used to compact by age.
+    checkpoints: VecDeque<(Instant, Revision)>,
+}
+
+/// What the committer publishes after each durable batch.
+struct Commit {
+    events: Vec<Arc<Event>>,
+    revision: Revision,
+}
+
+struct Shared {
+    state: RwLock<State>,
+    commits: broadcast::Sender<Arc<Commit>>,
+}
+
+enum Op {
+    Create {
+        key: String,
+        value: Bytes,
+        reply: oneshot::Sender<Result<KeyValue>>,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Revision,
+        reply: oneshot::Sender<Result<KeyValue>>,
+    },
+    Delete {
+        key: String,
+        expected: Revision,
+        reply: oneshot::Sender<Result<KeyValue>>,
+    },
+    Compact {
+        revision: Revision,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// The embedded store. Cheap to share behind an `Arc`; dropping the last handle stops the
+/// committer and closes the database.
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    ops: Option<mpsc::Sender<Op>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+fn backend<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn encode(kv: &KeyValue) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + kv.value.len());
+    out.extend_from_slice(&kv.create_revision.to_le_bytes());
+    out.extend_from_slice(&kv.mod_revision.to_le_bytes());
+    out.extend_from_slice(&kv.version.to_le_bytes());
+    out.extend_from_slice(&kv.value);
+    out
+}
+
+fn decode(key: &str, raw: &[u8]) -> Result<KeyValue> {
+    if raw.len() < HEADER {
+        return Err(StoreError::Backend(format!("corrupt record for key {key}")));
+    }
+    let int = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+        i64::from_le_bytes(b)
+    };
+    Ok(KeyValue {
+        key: key.to_string(),
+        create_revision: int(0),
+        mod_revision: int(1),
+        version: int(2),
+        value: Bytes::copy_from_slice(&raw[HEADER..]),
+    })
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Backend(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let path = dir.join("skiff.redb");
+        let db = Database::create(&path)
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        let mut kvs = BTreeMap::new();
+        let mut revision = 0;
+        {
+            let txn = db.begin_read().map_err(backend)?;
+            match txn.open_table(META) {
+                Ok(meta) => {
+                    if let Some(r) = meta.get("revision").map_err(backend)? {
+                        revision = r.value();
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(backend(e)),
+            }
+            match txn.open_table(KV) {
+                Ok(table) => {
+                    for entry in table.iter().map_err(backend)? {
+                        let (k, v) = entry.map_err(backend)?;
+                        let kv = decode(k.value(), v.value())?;
+                        kvs.insert(kv.key.clone(), kv);
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        let (commits, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            state: RwLock::new(State {
+                kvs,
+                history: VecDeque::new(),
+                oldest: revision + 1,
+                revision,
+                checkpoints: VecDeque::new(),
+            }),
+            commits,
+        });
+        let (tx, rx) = mpsc::channel();
+        let committer_shared = shared.clone();
+        let committer = std::thread::Builder::new()
+            .name("skiff-store-commit".into())
+            .spawn(move || Committer::new(committer_shared, db, options).run(rx))
+            .map_err(backend)?;
+        Ok(EmbeddedStore {
+            shared,
+            ops: Some(tx),
+            committer: Some(committer),
+        })
+    }
+
+    async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.ops
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(make(reply))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Number of events currently held for watches (for tests and metrics).
+    pub fn history_len(&self) -> usize {
+        self.shared.state.read().history.len()
+    }
+
+    /// The oldest revision still held; history below it is gone.
+    pub fn oldest_revision(&self) -> Revision {
+        self.shared.state.read().oldest
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.ops.take();
+        if let Some(handle) = self.committer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+struct Committer {
+    shared: Arc<Shared>,
+    db: Database,
+    options: EmbeddedOptions,
+}
+
+enum Reply {
+    Kv(oneshot::Sender<Result<KeyValue>>, Result<KeyValue>),
+    Unit(oneshot::Sender<Result<()>>, Result<()>),
+}
+
+impl Committer {
+    fn new(shared: Arc<Shared>, db: Database, options: EmbeddedOptions) -> Self {
+        Committer {
+            shared,
+            db,
+            options,
+        }
+    }
+
+    fn run(self, rx: mpsc::Receiver<Op>) {
+        loop {
+            let first = match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.maintain();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.options.max_batch {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+            self.maintain();
+        }
+    }
+
+    fn commit(&self, batch: Vec<Op>) {
+        let mut overlay: HashMap<String, Option<KeyValue>> = HashMap::new();
+        let mut events: Vec<Arc<Event>> = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut compactions = Vec::new();
+        let start_revision;
+        let mut rev;
+        {
+            let state = self.shared.state.read();
+            start_revision = state.revision;
+            rev = state.revision;
+            let current =
+                |overlay: &HashMap<String, Option<KeyValue>>, key: &str| match overlay.get(key) {
+                    Some(v) => v.clone(),
+                    None => state.kvs.get(key).cloned(),
+                };
+            for op in batch {
+                match op {
+                    Op::Create { key, value, reply } => {
+                        if let Some(cur) = current(&overlay, &key) {
+                            replies.push(Reply::Kv(
+                                reply,
+                                Err(StoreError::AlreadyExists(Box::new(cur))),
+                            ));
+                            continue;
+                        }
+                        rev += 1;
+                        let kv = KeyValue {
+                            key: key.clone(),
+                            value,
+                            create_revision: rev,
+                            mod_revision: rev,
+                            version: 1,
+                        };
+                        overlay.insert(key, Some(kv.clone()));
+                        events.push(Arc::new(Event {
+                            kind: EventKind::Put,
+                            kv: kv.clone(),
+                            prev: None,
+                        }));
+                        replies.push(Reply::Kv(reply, Ok(kv)));
+                    }
+                    Op::Update {
+                        key,
+                        value,
+                        expected,
+                        reply,
+                    } => {
+                        let cur = match current(&overlay, &key) {
+                            None => {
+                                replies.push(Reply::Kv(reply, Err(StoreError::NotFound(key))));
+                                continue;
+                            }
+                            Some(cur) if cur.mod_revision != expected => {
+                                replies.push(Reply::Kv(
+                                    reply,
+                                    Err(StoreError::Conflict {
+                                        key,
+                                        current: Some(Box::new(cur)),
+                                    }),
+                                ));
+                                continue;
+                            }
+                            Some(cur) => cur,
+                        };
+                        rev += 1;
+                        let kv = KeyValue {
+                            key: key.clone(),
+                            value,
+                            create_revision: cur.create_revision,
+                            mod_revision: rev,
+                            version: cur.version + 1,
+                        };
+                        overlay.insert(key, Some(kv.clone()));
+                        events.push(Arc::new(Event {
+                            kind: EventKind::Put,
+                            kv: kv.clone(),
+                            prev: Some(cur),
+                        }));
+                        replies.push(Reply::Kv(reply, Ok(kv)));
+                    }
+                    Op::Delete {
+                        key,
+                        expected,
+                        reply,
+                    } => {
+                        let cur = match current(&overlay, &key) {
+                            None => {
+                                replies.push(Reply::Kv(reply, Err(StoreError::NotFound(key))));
+                                continue;
+                            }
+                            Some(cur) if expected != 0 && cur.mod_revision != expected => {
+                                replies.push(Reply::Kv(
+                                    reply,
+                                    Err(StoreError::Conflict {
+                                        key,
+                                        current: Some(Box::new(cur)),
+                                    }),
+                                ));
+                                continue;
+                            }
+                            Some(cur) => cur,
+                        };
+                        rev += 1;
+                        overlay.insert(key.clone(), None);
+                        let tombstone = KeyValue {
+                            key,
+                            value: Bytes::new(),
+                            create_revision: cur.create_revision,
+                            mod_revision: rev,
+                            version: 0,
+                        };
+                        let removed = KeyValue {
+                            value: cur.value.clone(),
+                            mod_revision: rev,
+                            ..tombstone.clone()
+                        };
+                        events.push(Arc::new(Event {
+                            kind: EventKind::Delete,
+                            kv: tombstone,
+                            prev: Some(cur),
+                        }));
+                        replies.push(Reply::Kv(reply, Ok(removed)));
+                    }
+                    Op::Compact { revision, reply } => compactions.push((revision, reply)),
+                }
+            }
+        }
+
+        if rev != start_revision
+            && let Err(e) = self.persist(&overlay, rev)
+        {
+            tracing::error!(error = %e, "store commit failed; writes of this batch are rejected");
+            for r in replies {
+                if let Reply::Kv(tx, Ok(_)) = r {
+                    let _ = tx.send(Err(e.clone()));
+                } else {
+                    send(r);
+                }
+            }
+            for (_, reply) in compactions {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
+        }
+
+        if rev != start_revision {
+            let mut state = self.shared.state.write();
+            for (key, value) in overlay {
+                match value {
+                    Some(kv) => {
+                        state.kvs.insert(key, kv);
+                    }
+                    None => {
+                        state.kvs.remove(&key);
+                    }
+                }
+            }
+            state.history.extend(events.iter().cloned());
+            state.revision = rev;
+            drop(state);
+            // No receiver is fine: nobody watches.
+            let _ = self.shared.commits.send(Arc::new(Commit {
+                events,
+                revision: rev,
+            }));
+        }
+        for r in replies {
+            send(r);
+        }
+        for (revision, reply) in compactions {
+            let result = self.compact(revision);
+            replies_unit(reply, result);
+        }
+    }
+
+    fn persist(&self, overlay: &HashMap<String, Option<KeyValue>>, rev: Revision) -> Result<()> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut table = txn.open_table(KV).map_err(backend)?;
+            for (key, value) in overlay {
+                match value {
+                    Some(kv) => {
+                        table
+                            .insert(key.as_str(), encode(kv).as_slice())
+                            .map_err(backend)?;
+                    }
+                    None => {
+                        table.remove(key.as_str()).map_err(backend)?;
+                    }
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            meta.insert("revision", rev).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)
+    }
+
+    fn compact(&self, revision: Revision) -> Result<()> {
+        let mut state = self.shared.state.write();
+        if revision > state.revision {
+            return Err(StoreError::FutureRevision {
+                requested: revision,
+                current: state.revision,
+            });
+        }
+        if revision < state.oldest {
+            return Err(StoreError::Compacted {
+                requested: revision,
+                compacted: state.oldest,
+            });
+        }
+        while state
+            .history
+            .front()
+            .is_some_and(|e| e.revision() < revision)
+        {
+            state.history.pop_front();
+        }
+        state.oldest = revision;
+        Ok(())
+    }
+
+    /// Background compaction: bounded history, bounded age.
+    fn maintain(&self) {
+        let now = Instant::now();
+        let target =
+            {
+                let mut state = self.shared.state.write();
+                let rev = state.revision;
+                if state.checkpoints.back().is_none_or(|(t, r)| {
+                    *r != rev && now.duration_since(*t) >= Duration::from_secs(1)
+                }) {
+                    state.checkpoints.push_back((now, rev));
+                }
+                let mut target = state.oldest;
+                while let Some(&(t, r)) = state.checkpoints.front() {
+                    if now.duration_since(t) < self.options.history_age {
+                        break;
+                    }
+                    target = target.max(r);
+                    state.checkpoints.pop_front();
+                }
+                let len = state.history.len();
+                if len > self.options.history_limit {
+                    target = target.max(state.history[len - self.options.history_limit].revision());
+                }
+                target
+            };
+        let oldest = self.shared.state.read().oldest;
+        if target > oldest {
+            let _ = self.compact(target);
+        }
+    }
+}
+
+fn send(r: Reply) {
+    match r {
+        Reply::Kv(tx, v) => {
+            let _ = tx.send(v);
+        }
+        Reply::Unit(tx, v) => {
+            let _ = tx.send(v);
+        }
+    }
+}
+
+fn replies_unit(tx: oneshot::Sender<Result<()>>, v: Result<()>) {
+    send(Reply::Unit(tx, v));
+}
+
+fn check_read_revision(state: &State, revision: Revision) -> Result<Revision> {
+    if revision == 0 || revision == state.revision {
+        return Ok(state.revision);
+    }
+    if revision > state.revision {
+        return Err(StoreError::FutureRevision {
+            requested: revision,
+            current: state.revision,
+        });
+    }
+    if revision < state.oldest {
+        return Err(StoreError::Compacted {
+            requested: revision,
+            compacted: state.oldest,
+        });
+    }
+    Ok(revision)
+}
+
+/// Keys under `prefix` whose value at `revision` differs from now: key -> value then.
+fn undo_since(
+    state: &State,
+    prefix: &str,
+    revision: Revision,
+) -> BTreeMap<String, Option<KeyValue>> {
+    let mut fix = BTreeMap::new();
+    for event in state.history.iter().rev() {
+        if event.revision() <= revision {
+            break;
+        }
+        if event.kv.key.starts_with(prefix) {
+            // Walking backwards: the last write wins, i.e. the oldest event after `revision`.
+            fix.insert(event.kv.key.clone(), event.prev.clone());
+        }
+    }
+    fix
+}
+
+#[async_trait::async_trait]
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn get(&self, key: &str, revision: Revision) -> Result<Option<KeyValue>> {
+        let state = self.shared.state.read();
+        let at = check_read_revision(&state, revision)?;
+        if at == state.revision {
+            return Ok(state.kvs.get(key).cloned());
+        }
+        let fix = undo_since(&state, key, at);
+        Ok(match fix.get(key) {
+            Some(then) => then.clone(),
+            None => state.kvs.get(key).cloned(),
+        })
+    }
+
+    async fn range(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+        revision: Revision,
+    ) -> Result<RangeResult> {
+        let state = self.shared.state.read();
+        let at = check_read_revision(&state, revision)?;
+        let from = if start.is_empty() || start < prefix {
+            prefix
+        } else {
+            start
+        };
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let fix = if at == state.revision {
+            BTreeMap::new()
+        } else {
+            undo_since(&state, prefix, at)
+        };
+        let mut current = state
+            .kvs
+            .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| !fix.contains_key(k.as_str()))
+            .map(|(_, v)| v)
+            .peekable();
+        let mut then = fix
+            .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+            .filter_map(|(_, v)| v.as_ref())
+            .peekable();
+        let mut kvs = Vec::new();
+        let mut more = false;
+        loop {
+            let next = match (current.peek(), then.peek()) {
+                (None, None) => break,
+                (Some(_), None) => current.next(),
+                (None, Some(_)) => then.next(),
+                (Some(a), Some(b)) => {
+                    if a.key < b.key {
+                        current.next()
+                    } else {
+                        then.next()
+                    }
+                }
+            };
+            let Some(kv) = next else { break };
+            if kvs.len() == limit {
+                more = true;
+                break;
+            }
+            kvs.push(kv.clone());
+        }
+        Ok(RangeResult {
+            kvs,
+            more,
+            revision: at,
+        })
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
+        let key = key.to_string();
+        self.submit(|reply| Op::Create { key, value, reply }).await
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue> {
+        let key = key.to_string();
+        self.submit(|reply| Op::Update {
+            key,
+            value,
+            expected,
+            reply,
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expected: Revision) -> Result<KeyValue> {
+        let key = key.to_string();
+        self.submit(|reply| Op::Delete {
+            key,
+            expected,
+            reply,
+        })
+        .await
+    }
+
+    async fn watch(&self, prefix: &str, start: Revision) -> Result<WatchStream> {
+        let commits = self.shared.commits.subscribe();
+        let (first, start, cursor) = {
+            let state = self.shared.state.read();
+            let start = if start <= 0 {
+                state.revision + 1
+            } else {
+                start
+            };
+            if start < state.oldest {
+                return Err(StoreError::Compacted {
+                    requested: start,
+                    compacted: state.oldest,
+                });
+            }
+            let events: Vec<Event> = state
+                .history
+                .iter()
+                .filter(|e| e.revision() >= start && e.kv.key.starts_with(prefix))
+                .map(|e| (**e).clone())
+                .collect();
+            (events, start, state.revision)
+        };
+        let watch = EmbeddedWatch {
+            shared: self.shared.clone(),
+            prefix: prefix.to_string(),
+            start,
+            cursor,
+            commits,
+            first: Some(WatchResponse {
+                events: first,
+                revision: cursor,
+            }),
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            watch,
+            |mut w| async move {
+                let item = w.next().await?;
+                Some((item, w))
+            },
+        )))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        self.submit(|reply| Op::Compact { revision, reply }).await
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        Ok(self.shared.state.read().revision)
+    }
+}
+
+struct EmbeddedWatch {
+    shared: Arc<Shared>,
+    prefix: String,
+    start: Revision,
+    /// Every event at or below this revision has been delivered.
+    cursor: Revision,
+    commits: broadcast::Receiver<Arc<Commit>>,
+    first: Option<WatchResponse>,
+    done: bool,
+}
+
+impl EmbeddedWatch {
+    fn wanted(&self, e: &Event) -> bool {
+        e.revision() > self.cursor
+            && e.revision() >= self.start
+            && e.kv.key.starts_with(&self.prefix)
+    }
+
+    async fn next(&mut self) -> Option<Result<WatchResponse>> {
+        if self.done {
+            return None;
+        }
+        if let Some(first) = self.first.take() {
+            return Some(Ok(first));
+        }
+        loop {
+            match self.commits.recv().await {
+                Ok(commit) => {
+                    if commit.revision <= self.cursor {
+                        continue;
+                    }
+                    let events = commit
+                        .events
+                        .iter()
+                        .filter(|e| self.wanted(e))
+                        .map(|e| (**e).clone())
+                        .collect();
+                    self.cursor = commit.revision;
+                    return Some(Ok(WatchResponse {
+                        events,
+                        revision: self.cursor,
+                    }));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Fell behind the broadcast buffer: catch up from the history.
+                    let state = self.shared.state.read();
+                    if self.cursor + 1 < state.oldest {
+                        self.done = true;
+                        return Some(Err(StoreError::Compacted {
+                            requested: self.cursor + 1,
+                            compacted: state.oldest,
+                        }));
+                    }
+                    let events = state
+                        .history
+                        .iter()
+                        .filter(|e| self.wanted(e))
+                        .map(|e| (**e).clone())
+                        .collect();
+                    self.cursor = state.revision;
+                    return Some(Ok(WatchResponse {
+                        events,
+                        revision: self.cursor,
+                    }));
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.done = true;
+                    return Some(Err(StoreError::Closed));
+                }
+            }
+        }
+    }
+}
