@@ -1,0 +1,43 @@
+//! Skiff's API server: Kubernetes objects over gRPC (`skiff.v1.Api`), stored in a
+//! [`skiff_store::Store`], with a watch cache per resource.
+//!
+//! - [`registry`]: the verbs (create, get, list, update, patch, delete, bind) with
+//!   Kubernetes' semantics: admission, server-set metadata, optimistic concurrency, graceful
+//!   deletion, finalizers, namespaces, Service allocations.
+//! - [`watch_cache`]: each event encoded once and shared by every watcher.
+//! - [`grpc`]: the tonic service.
+//!
+//! The API server is the only component that touches the store.
+
+pub mod allocator;
+pub mod grpc;
+pub mod registry;
+pub mod watch_cache;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use registry::{Config, Registry};
+use skiff_api::proto::api_server::ApiServer;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Largest gRPC message accepted: above the 1.5 MiB object limit, so oversized objects get
+/// the API's own error rather than a transport error.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    registry: Arc<Registry>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let service = ApiServer::new(grpc::ApiService::new(registry))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(usize::MAX);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,598 @@
+//! The watch cache: one per resource, fed by one store watch, serving every watcher and
+//! unpaginated list of that resource.
+//!
+//! Each change is decoded once, gets its `resourceVersion`, and is encoded once as a
+//! `WatchEvent` frame (`bytes::Bytes`); every watcher that wants the event sends those same
+//! bytes. The cache keeps a bounded window of recent events (by count and by bytes). A
+//! watcher is only a cursor into that window: it holds no buffer of its own, so an idle
+//! watcher costs a few hundred bytes and a slow one costs nothing extra. A watcher whose
+//! cursor falls out of the window is closed with `Expired` (the client relists), so memory
+//! never grows with slow clients. Resuming inside the window replays exactly the missed
+//! events; older than the window gets `Expired`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::RwLock;
+use serde_json::Value;
+use skiff_api::proto::{EventType, WatchEvent};
+use skiff_api::resource::ResourceInfo;
+use skiff_api::selector::{FieldSelector, LabelSelector, field_value};
+use skiff_api::watch_batch::{WatchBatch, encode_frame};
+use skiff_api::{ApiError, INITIAL_EVENTS_END};
+use skiff_store::{EventKind, Revision, Store, StoreError};
+use tokio::sync::Notify;
+
+/// Most events sent in one gRPC message.
+const MAX_BATCH_EVENTS: usize = 512;
+/// Most bytes sent in one gRPC message.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Fields indexed for field selectors, per resource.
+fn selectable_fields(plural: &str) -> &'static [&'static str] {
+    match plural {
+        "pods" => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        "nodes" => &["spec.unschedulable"],
+        "secrets" => &["type"],
+        "namespaces" => &["status.phase"],
+        "replicasets" => &["status.replicas"],
+        "events" => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        _ => &[],
+    }
+}
+
+/// One object as the cache holds it: its JSON (with resourceVersion) and what selectors need.
+#[derive(Debug)]
+pub struct CachedObject {
+    pub key: String,
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Values of the resource's selectable fields, in `selectable_fields` order.
+    fields: Vec<String>,
+    pub revision: Revision,
+    pub json: Bytes,
+}
+
+impl CachedObject {
+    fn field(&self, plural: &str, field: &str) -> String {
+        match field {
+            "metadata.name" => self.name.clone(),
+            "metadata.namespace" => self.namespace.clone(),
+            f => selectable_fields(plural)
+                .iter()
+                .position(|x| *x == f)
+                .and_then(|i| self.fields.get(i).cloned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// One change, encoded once for every watcher.
+#[derive(Debug)]
+pub struct CachedEvent {
+    pub kind: EventType,
+    pub revision: Revision,
+    pub object: Arc<CachedObject>,
+    pub prev: Option<Arc<CachedObject>>,
+    /// The `WatchBatch` field-1 frame of this event.
+    pub frame: Bytes,
+}
+
+/// What a watcher or list wants to see.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub namespace: String,
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn matches(&self, plural: &str, o: &CachedObject) -> bool {
+        (self.namespace.is_empty() || self.namespace == o.namespace)
+            && self.labels.matches(&o.labels)
+            && self
+                .fields
+                .requirements
+                .iter()
+                .all(|r| (o.field(plural, &r.field) == r.value) != r.negate)
+    }
+}
+
+struct CacheState {
+    objects: BTreeMap<String, Arc<CachedObject>>,
+    events: VecDeque<Arc<CachedEvent>>,
+    event_bytes: usize,
+    /// Every event with a revision above this one is in `events`.
+    window_start: Revision,
+    /// Every event at or below this revision has been applied.
+    revision: Revision,
+    /// Bumped on each relist: watchers of an older generation are expired.
+    generation: u64,
+}
+
+/// Sizing and timing of a watch cache.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub bookmark_interval: Duration,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            max_events: 32 * 1024,
+            max_bytes: 256 << 20,
+            bookmark_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The watch cache of one resource.
+pub struct WatchCache {
+    info: &'static ResourceInfo,
+    state: RwLock<CacheState>,
+    changed: Notify,
+    /// Incremented every bookmark interval; watchers send a bookmark when it moves.
+    bookmark_epoch: AtomicU64,
+    options: CacheOptions,
+}
+
+/// Sets `metadata.resourceVersion` and returns the JSON.
+pub fn with_resource_version(raw: &[u8], revision: Revision) -> Result<(Value, Vec<u8>), String> {
+    let mut value: Value = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+    }
+    let json = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    Ok((value, json))
+}
+
+impl WatchCache {
+    /// Starts the cache of `info`: lists the store, then follows its watch.
+    pub async fn start(
+        info: &'static ResourceInfo,
+        store: Arc<dyn Store>,
+        options: CacheOptions,
+    ) -> Result<Arc<Self>, StoreError> {
+        let cache = Arc::new(WatchCache {
+            info,
+            state: RwLock::new(CacheState {
+                objects: BTreeMap::new(),
+                events: VecDeque::new(),
+                event_bytes: 0,
+                window_start: 0,
+                revision: 0,
+                generation: 0,
+            }),
+            changed: Notify::new(),
+            bookmark_epoch: AtomicU64::new(0),
+            options,
+        });
+        let revision = cache.relist(store.as_ref()).await?;
+        let feeder = Arc::downgrade(&cache);
+        tokio::spawn(async move {
+            let mut from = revision + 1;
+            loop {
+                let Some(cache) = feeder.upgrade() else { return };
+                match cache.follow(store.as_ref(), from).await {
+                    Ok(()) => return,
+                    Err(StoreError::Compacted { .. }) => {
+                        tracing::warn!(resource = cache.info.plural, "watch cache fell behind the store; relisting");
+                        match cache.relist(store.as_ref()).await {
+                            Ok(rev) => from = rev + 1,
+                            Err(e) => {
+                                tracing::error!(error = %e, "relist failed");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(resource = cache.info.plural, error = %e, "store watch broke; resuming");
+                        from = cache.revision() + 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        let ticker = Arc::downgrade(&cache);
+        let interval = cache.options.bookmark_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(cache) = ticker.upgrade() else { return };
+                cache.bookmark_epoch.fetch_add(1, Ordering::Relaxed);
+                cache.changed.notify_waiters();
+            }
+        });
+        Ok(cache)
+    }
+
+    /// Decodes a stored object as the cache holds it (used by lists served from the store).
+    pub fn decode_object(&self, key: &str, raw: &[u8], revision: Revision) -> Result<CachedObject, String> {
+        self.decode(key, raw, revision)
+    }
+
+    fn decode(&self, key: &str, raw: &[u8], revision: Revision) -> Result<CachedObject, String> {
+        let (value, json) = with_resource_version(raw, revision)?;
+        Ok(self.cached(key, &value, Bytes::from(json), revision))
+    }
+
+    fn cached(&self, key: &str, value: &Value, json: Bytes, revision: Revision) -> CachedObject {
+        let meta = value.get("metadata");
+        let text = |f: &str| {
+            meta.and_then(|m| m.get(f))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let labels = meta
+            .and_then(|m| m.get("labels"))
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default();
+        CachedObject {
+            key: key.to_string(),
+            namespace: text("namespace"),
+            name: text("name"),
+            labels,
+            fields: selectable_fields(self.info.plural)
+                .iter()
+                .map(|f| field_value(value, f))
+                .collect(),
+            revision,
+            json,
+        }
+    }
+
+    async fn relist(&self, store: &dyn Store) -> Result<Revision, StoreError> {
+        let list = store.range(&self.info.key_prefix(), "", 0, 0).await?;
+        let mut objects = BTreeMap::new();
+        for kv in &list.kvs {
+            match self.decode(&kv.key, &kv.value, kv.mod_revision) {
+                Ok(o) => {
+                    objects.insert(kv.key.clone(), Arc::new(o));
+                }
+                Err(e) => tracing::error!(key = kv.key, error = %e, "undecodable object in store"),
+            }
+        }
+        let mut state = self.state.write();
+        state.objects = objects;
+        state.events.clear();
+        state.event_bytes = 0;
+        state.window_start = list.revision;
+        state.revision = list.revision;
+        state.generation += 1;
+        drop(state);
+        self.changed.notify_waiters();
+        Ok(list.revision)
+    }
+
+    async fn follow(&self, store: &dyn Store, from: Revision) -> Result<(), StoreError> {
+        let mut watch = store.watch(&self.info.key_prefix(), from).await?;
+        while let Some(resp) = watch.next().await {
+            let resp = resp?;
+            let mut built = Vec::with_capacity(resp.events.len());
+            for e in &resp.events {
+                let rev = e.revision();
+                let (kind, object) = match e.kind {
+                    EventKind::Put => {
+                        let kind = if e.prev.is_some() {
+                            EventType::Modified
+                        } else {
+                            EventType::Added
+                        };
+                        (kind, self.decode(&e.kv.key, &e.kv.value, rev))
+                    }
+                    EventKind::Delete => {
+                        let Some(prev) = &e.prev else { continue };
+                        (EventType::Deleted, self.decode(&e.kv.key, &prev.value, rev))
+                    }
+                };
+                let object = match object {
+                    Ok(o) => o,
+                    Err(err) => {
+                        tracing::error!(key = e.kv.key, error = %err, "undecodable object in store");
+                        continue;
+                    }
+                };
+                let frame = encode_frame(&WatchEvent {
+                    r#type: kind as i32,
+                    object: object.json.clone(),
+                });
+                // The object's JSON is the tail of the frame: share it instead of copying.
+                let json = frame.slice(frame.len() - object.json.len()..);
+                let object = Arc::new(CachedObject { json, ..object });
+                built.push((kind, rev, object, frame));
+            }
+            self.apply(built, resp.revision);
+        }
+        Err(StoreError::Closed)
+    }
+
+    fn apply(&self, built: Vec<(EventType, Revision, Arc<CachedObject>, Bytes)>, revision: Revision) {
+        let mut state = self.state.write();
+        for (kind, rev, object, frame) in built {
+            let prev = if kind == EventType::Deleted {
+                state.objects.remove(&object.key)
+            } else {
+                state.objects.insert(object.key.clone(), object.clone())
+            };
+            state.event_bytes += frame.len();
+            state.events.push_back(Arc::new(CachedEvent {
+                kind,
+                revision: rev,
+                object,
+                prev,
+                frame,
+            }));
+        }
+        while state.events.len() > self.options.max_events
+            || (state.event_bytes > self.options.max_bytes && state.events.len() > 1)
+        {
+            if let Some(old) = state.events.pop_front() {
+                state.event_bytes -= old.frame.len();
+                state.window_start = old.revision;
+            }
+        }
+        if revision > state.revision {
+            state.revision = revision;
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    pub fn info(&self) -> &'static ResourceInfo {
+        self.info
+    }
+
+    /// The revision the cache is current to.
+    pub fn revision(&self) -> Revision {
+        self.state.read().revision
+    }
+
+    /// Waits until the cache has applied every event up to `revision`.
+    pub async fn wait_for(&self, revision: Revision, timeout: Duration) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.revision() >= revision {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ApiError::new(
+                    skiff_api::Reason::Timeout,
+                    format!(
+                        "Too large resource version: {revision}, current: {}",
+                        self.revision()
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Every object matching `filter`, in key order, and the revision of the snapshot.
+    pub fn list(&self, filter: &Filter) -> (Vec<Arc<CachedObject>>, Revision) {
+        let state = self.state.read();
+        let prefix = self.info.namespace_prefix(&filter.namespace);
+        let items = state
+            .objects
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(_, o)| filter.matches(self.info.plural, o))
+            .map(|(_, o)| o.clone())
+            .collect();
+        (items, state.revision)
+    }
+
+    /// Opens a watch. `from`: deliver events after this revision (None: start with the
+    /// current state as ADDED events). `initial_end_bookmark`: close the initial state with a
+    /// bookmark annotated `k8s.io/initial-events-end`.
+    pub fn watch(
+        self: &Arc<Self>,
+        filter: Filter,
+        from: Option<Revision>,
+        bookmarks: bool,
+        initial_end_bookmark: bool,
+    ) -> Result<Watcher, ApiError> {
+        let state = self.state.read();
+        let (cursor, initial) = match from {
+            Some(rev) => {
+                if rev < state.window_start {
+                    return Err(too_old(rev, state.window_start));
+                }
+                (rev, Vec::new())
+            }
+            None => {
+                let prefix = self.info.namespace_prefix(&filter.namespace);
+                let objects: Vec<Arc<CachedObject>> = state
+                    .objects
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .filter(|(_, o)| filter.matches(self.info.plural, o))
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                (state.revision, objects)
+            }
+        };
+        Ok(Watcher {
+            cache: self.clone(),
+            filter,
+            cursor,
+            generation: state.generation,
+            initial,
+            initial_end_bookmark: initial_end_bookmark && from.is_none(),
+            bookmarks,
+            bookmark_epoch: self.bookmark_epoch.load(Ordering::Relaxed),
+            closed: false,
+        })
+    }
+}
+
+fn too_old(requested: Revision, oldest: Revision) -> ApiError {
+    ApiError::expired(format!(
+        "too old resource version: {requested} ({oldest})"
+    ))
+}
+
+fn event(kind: EventType, object: Bytes) -> WatchEvent {
+    WatchEvent {
+        r#type: kind as i32,
+        object,
+    }
+}
+
+fn bookmark(revision: Revision, initial_end: bool) -> WatchEvent {
+    let mut meta = serde_json::json!({"resourceVersion": revision.to_string()});
+    if initial_end {
+        meta["annotations"] = serde_json::json!({ INITIAL_EVENTS_END: "true" });
+    }
+    let body = serde_json::json!({"metadata": meta});
+    event(
+        EventType::Bookmark,
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+    )
+}
+
+/// One watcher: a cursor into its cache's window.
+pub struct Watcher {
+    cache: Arc<WatchCache>,
+    filter: Filter,
+    /// Every event at or below this revision has been considered.
+    cursor: Revision,
+    generation: u64,
+    initial: Vec<Arc<CachedObject>>,
+    initial_end_bookmark: bool,
+    bookmarks: bool,
+    bookmark_epoch: u64,
+    closed: bool,
+}
+
+impl Watcher {
+    /// The next batch of events; `None` once the watch is over. Errors (a cursor that fell out
+    /// of the window) come as a final ERROR event.
+    pub async fn next_batch(&mut self) -> Option<WatchBatch> {
+        if self.closed {
+            return None;
+        }
+        if !self.initial.is_empty() {
+            let take = self.initial.len().min(MAX_BATCH_EVENTS);
+            let events = self
+                .initial
+                .drain(..take)
+                .map(|o| event(EventType::Added, o.json.clone()))
+                .collect();
+            return Some(WatchBatch {
+                frames: Vec::new(),
+                events,
+            });
+        }
+        if self.initial_end_bookmark {
+            self.initial_end_bookmark = false;
+            return Some(WatchBatch {
+                frames: Vec::new(),
+                events: vec![bookmark(self.cursor, true)],
+            });
+        }
+        loop {
+            let cache = self.cache.clone();
+            let notified = cache.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(batch) = self.collect() {
+                return Some(batch);
+            }
+            notified.await;
+        }
+    }
+
+    fn collect(&mut self) -> Option<WatchBatch> {
+        let plural = self.cache.info.plural;
+        let state = self.cache.state.read();
+        if state.generation != self.generation || self.cursor < state.window_start {
+            self.closed = true;
+            let err = too_old(self.cursor, state.window_start);
+            return Some(WatchBatch {
+                frames: Vec::new(),
+                events: vec![event(
+                    EventType::Error,
+                    Bytes::from(serde_json::to_vec(&err.to_status_json()).unwrap_or_default()),
+                )],
+            });
+        }
+        let mut batch = WatchBatch::default();
+        let mut bytes = 0;
+        let first = state.events.partition_point(|e| e.revision <= self.cursor);
+        for e in state.events.range(first..) {
+            if batch.len() >= MAX_BATCH_EVENTS || bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            self.cursor = e.revision;
+            let now = self.filter.matches(plural, &e.object);
+            let before = e
+                .prev
+                .as_ref()
+                .is_some_and(|p| self.filter.matches(plural, p));
+            match (e.kind, before, now) {
+                (EventType::Modified, false, true) => {
+                    batch.events.push(event(EventType::Added, e.object.json.clone()));
+                }
+                (EventType::Modified, true, false) => {
+                    batch.events.push(event(EventType::Deleted, e.object.json.clone()));
+                }
+                (_, _, true) => {
+                    bytes += e.frame.len();
+                    batch.frames.push(e.frame.clone());
+                }
+                _ => {}
+            }
+        }
+        // Past the last event of this resource: the cache's progress covers us too.
+        let examined_all = state
+            .events
+            .back()
+            .is_none_or(|last| last.revision <= self.cursor);
+        if examined_all && state.revision > self.cursor {
+            self.cursor = state.revision;
+        }
+        if !batch.is_empty() {
+            return Some(batch);
+        }
+        let epoch = self.cache.bookmark_epoch.load(Ordering::Relaxed);
+        if self.bookmarks && epoch != self.bookmark_epoch {
+            self.bookmark_epoch = epoch;
+            return Some(WatchBatch {
+                frames: Vec::new(),
+                events: vec![bookmark(self.cursor, false)],
+            });
+        }
+        None
+    }
+}
