@@ -31,15 +31,24 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchBatch, Status>> + Send>
 
 #[tonic::async_trait]
 impl Api for ApiService {
-    async fn create(&self, req: Request<CreateRequest>) -> Result<Response<ObjectResponse>, Status> {
+    async fn create(
+        &self,
+        req: Request<CreateRequest>,
+    ) -> Result<Response<ObjectResponse>, Status> {
         let r = req.into_inner();
-        let object = self.registry.create(&r.resource, &r.namespace, &r.object).await?;
+        let object = self
+            .registry
+            .create(&r.resource, &r.namespace, &r.object)
+            .await?;
         Ok(Response::new(ObjectResponse { object }))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<ObjectResponse>, Status> {
         let r = req.into_inner();
-        let object = self.registry.get(&r.resource, &r.namespace, &r.name).await?;
+        let object = self
+            .registry
+            .get(&r.resource, &r.namespace, &r.name)
+            .await?;
         Ok(Response::new(ObjectResponse { object }))
     }
 
@@ -49,7 +58,13 @@ impl Api for ApiService {
         let filter = Registry::filter(info, &r.namespace, &r.label_selector, &r.field_selector)?;
         let list = self
             .registry
-            .list(&r.resource, filter, r.limit, &r.continue_token, &r.resource_version)
+            .list(
+                &r.resource,
+                filter,
+                r.limit,
+                &r.continue_token,
+                &r.resource_version,
+            )
             .await?;
         Ok(Response::new(ListResponse {
             resource_version: list.resource_version.to_string(),
@@ -59,11 +74,20 @@ impl Api for ApiService {
         }))
     }
 
-    async fn update(&self, req: Request<UpdateRequest>) -> Result<Response<ObjectResponse>, Status> {
+    async fn update(
+        &self,
+        req: Request<UpdateRequest>,
+    ) -> Result<Response<ObjectResponse>, Status> {
         let r = req.into_inner();
         let object = self
             .registry
-            .update(&r.resource, &r.namespace, &r.name, &r.object, &r.subresource)
+            .update(
+                &r.resource,
+                &r.namespace,
+                &r.name,
+                &r.object,
+                &r.subresource,
+            )
             .await?;
         Ok(Response::new(ObjectResponse { object }))
     }
@@ -77,7 +101,10 @@ impl Api for ApiService {
         Ok(Response::new(ObjectResponse { object }))
     }
 
-    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
         let r = req.into_inner();
         let options = DeleteOptions {
             grace_period_seconds: (r.grace_period_seconds >= 0).then_some(r.grace_period_seconds),
@@ -94,7 +121,10 @@ impl Api for ApiService {
 
     async fn bind(&self, req: Request<BindRequest>) -> Result<Response<ObjectResponse>, Status> {
         let r = req.into_inner();
-        let object = self.registry.bind(&r.namespace, &r.name, &r.binding).await?;
+        let object = self
+            .registry
+            .bind(&r.namespace, &r.name, &r.binding)
+            .await?;
         Ok(Response::new(ObjectResponse { object }))
     }
 
@@ -120,7 +150,10 @@ impl Api for ApiService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn version(&self, _: Request<VersionRequest>) -> Result<Response<VersionResponse>, Status> {
+    async fn version(
+        &self,
+        _: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
         let store = self.registry.store();
         let revision = store
             .current_revision()

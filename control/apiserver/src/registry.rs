@@ -44,7 +44,8 @@ impl Default for Config {
 }
 
 /// Namespaces that exist from the start and cannot be deleted (as in Kubernetes).
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// How to delete.
 #[derive(Debug, Clone, Default)]
@@ -183,9 +184,15 @@ fn service_ports(obj: &Value) -> Vec<(String, i64, String, Option<u16>)> {
                 .iter()
                 .map(|p| {
                     (
-                        p.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                        p.get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
                         p.get("port").and_then(Value::as_i64).unwrap_or_default(),
-                        p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string(),
+                        p.get("protocol")
+                            .and_then(Value::as_str)
+                            .unwrap_or("TCP")
+                            .to_string(),
                         p.get("nodePort")
                             .and_then(Value::as_u64)
                             .filter(|n| *n != 0)
@@ -226,7 +233,14 @@ impl Registry {
         registry.rebuild_allocations()?;
         for ns in SYSTEM_NAMESPACES {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            match registry.create("namespaces", "", &serde_json::to_vec(&body).unwrap_or_default()).await {
+            match registry
+                .create(
+                    "namespaces",
+                    "",
+                    &serde_json::to_vec(&body).unwrap_or_default(),
+                )
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if e.reason == Reason::AlreadyExists => {}
                 Err(e) => return Err(e),
@@ -253,7 +267,9 @@ impl Registry {
         let mut ips = self.cluster_ips.lock();
         let mut ports = self.node_ports.lock();
         for svc in services {
-            let Ok(v) = serde_json::from_slice::<Value>(&svc.json) else { continue };
+            let Ok(v) = serde_json::from_slice::<Value>(&svc.json) else {
+                continue;
+            };
             if let Some(ip) = service_cluster_ip(&v) {
                 let _ = ips.claim(ip);
             }
@@ -347,14 +363,17 @@ impl Registry {
             .await
             .map_err(|e| store_error(e, info, ns))?
             .ok_or_else(|| ApiError::not_found("namespaces", ns))?;
-        let obj: Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))?;
+        let obj: Value =
+            serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))?;
         if obj.pointer("/metadata/deletionTimestamp").is_some() {
             return Err(ApiError {
                 name: ns.into(),
                 kind: "namespaces".into(),
                 ..ApiError::new(
                     Reason::Forbidden,
-                    format!("unable to create new content in namespace {ns} because it is being terminated"),
+                    format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    ),
                 )
             });
         }
@@ -369,7 +388,10 @@ impl Registry {
 
     fn respond_value(obj: &Value, revision: Revision) -> Result<Bytes, ApiError> {
         let mut obj = obj.clone();
-        meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(revision.to_string()));
+        meta_mut(&mut obj).insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
         serde_json::to_vec(&obj)
             .map(Bytes::from)
             .map_err(|e| ApiError::internal(e.to_string()))
@@ -377,7 +399,12 @@ impl Registry {
 
     // ---- create -------------------------------------------------------------------------
 
-    pub async fn create(&self, plural: &str, namespace: &str, body: &[u8]) -> Result<Bytes, ApiError> {
+    pub async fn create(
+        &self,
+        plural: &str,
+        namespace: &str,
+        body: &[u8],
+    ) -> Result<Bytes, ApiError> {
         let info = Self::info(plural)?;
         let mut obj = parse_object(body)?;
         Self::check_type(info, &mut obj)?;
@@ -393,7 +420,13 @@ impl Registry {
         }
         {
             let meta = meta_mut(&mut obj);
-            for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ] {
                 meta.remove(f);
             }
         }
@@ -407,7 +440,10 @@ impl Registry {
         }
         {
             let meta = meta_mut(&mut obj);
-            meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+            meta.insert(
+                "uid".into(),
+                Value::String(uuid::Uuid::new_v4().to_string()),
+            );
             meta.insert("creationTimestamp".into(), Value::String(now()));
             meta.insert("generation".into(), json!(1));
         }
@@ -417,7 +453,11 @@ impl Registry {
             Allocation::default()
         };
         let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
-        match self.store.create(&info.key(&ns, &name), Bytes::from(bytes)).await {
+        match self
+            .store
+            .create(&info.key(&ns, &name), Bytes::from(bytes))
+            .await
+        {
             Ok(kv) => {
                 self.settle(alloc, true);
                 Self::respond_value(&obj, kv.mod_revision)
@@ -431,7 +471,11 @@ impl Registry {
 
     // ---- Service allocations ------------------------------------------------------------
 
-    fn allocate_service(&self, obj: &mut Value, old: Option<&Value>) -> Result<Allocation, ApiError> {
+    fn allocate_service(
+        &self,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<Allocation, ApiError> {
         let mut alloc = Allocation::default();
         let result = self.allocate_service_inner(obj, old, &mut alloc);
         if result.is_err() {
@@ -450,10 +494,21 @@ impl Registry {
     ) -> Result<(), ApiError> {
         let name = object_name(obj);
         let invalid = |cause: Cause| ApiError::invalid("Service", &name, vec![cause]);
-        let type_ = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
-        let requested = obj.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or_default().to_string();
+        let type_ = obj
+            .pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string();
+        let requested = obj
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let old_ip = old.and_then(service_cluster_ip);
-        let old_headless = old.and_then(|o| o.pointer("/spec/clusterIP")).and_then(Value::as_str) == Some("None");
+        let old_headless = old
+            .and_then(|o| o.pointer("/spec/clusterIP"))
+            .and_then(Value::as_str)
+            == Some("None");
 
         if type_ == "ExternalName" {
             if let Some(ip) = old_ip {
@@ -465,7 +520,11 @@ impl Registry {
             }
         } else if requested == "None" || (requested.is_empty() && old_headless) {
             if old.is_some() && !old_headless {
-                return Err(invalid(Cause::invalid("spec.clusterIP", "None", "field is immutable")));
+                return Err(invalid(Cause::invalid(
+                    "spec.clusterIP",
+                    "None",
+                    "field is immutable",
+                )));
             }
             obj["spec"]["clusterIP"] = json!("None");
             obj["spec"]["clusterIPs"] = json!(["None"]);
@@ -474,7 +533,11 @@ impl Registry {
                 (Some(old), "") => old,
                 (Some(old), r) if r == old.to_string() => old,
                 (Some(_), r) => {
-                    return Err(invalid(Cause::invalid("spec.clusterIP", r, "field is immutable")));
+                    return Err(invalid(Cause::invalid(
+                        "spec.clusterIP",
+                        r,
+                        "field is immutable",
+                    )));
                 }
                 (None, "") => {
                     let ip = self.cluster_ips.lock().allocate().ok_or_else(|| {
@@ -485,7 +548,11 @@ impl Registry {
                 }
                 (None, r) => {
                     let ip: Ipv4Addr = r.parse().map_err(|_| {
-                        invalid(Cause::invalid("spec.clusterIP", r, "must be a valid IPv4 address"))
+                        invalid(Cause::invalid(
+                            "spec.clusterIP",
+                            r,
+                            "must be a valid IPv4 address",
+                        ))
                     })?;
                     self.cluster_ips
                         .lock()
@@ -504,10 +571,21 @@ impl Registry {
         let mut kept = Vec::new();
         if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
             for (i, p) in ports.iter_mut().enumerate() {
-                let name = p.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+                let name = p
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 let port = p.get("port").and_then(Value::as_i64).unwrap_or_default();
-                let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string();
-                let asked = p.get("nodePort").and_then(Value::as_u64).filter(|n| *n != 0);
+                let proto = p
+                    .get("protocol")
+                    .and_then(Value::as_str)
+                    .unwrap_or("TCP")
+                    .to_string();
+                let asked = p
+                    .get("nodePort")
+                    .and_then(Value::as_u64)
+                    .filter(|n| *n != 0);
                 if !wants_node_ports {
                     if let Some(m) = p.as_object_mut() {
                         m.remove("nodePort");
@@ -516,7 +594,9 @@ impl Registry {
                 }
                 let previous = old_ports
                     .iter()
-                    .find(|(n, pt, pr, _)| (!n.is_empty() && *n == name) || (*pt == port && *pr == proto))
+                    .find(|(n, pt, pr, _)| {
+                        (!n.is_empty() && *n == name) || (*pt == port && *pr == proto)
+                    })
                     .and_then(|(_, _, _, np)| *np);
                 let np = match (asked, previous) {
                     (None, Some(prev)) => prev,
@@ -530,7 +610,11 @@ impl Registry {
                     }
                     (Some(a), _) => {
                         let np = u16::try_from(a).map_err(|_| {
-                            invalid(Cause::invalid(format!("spec.ports[{i}].nodePort"), a, "out of range"))
+                            invalid(Cause::invalid(
+                                format!("spec.ports[{i}].nodePort"),
+                                a,
+                                "out of range",
+                            ))
                         })?;
                         self.node_ports.lock().claim(np).map_err(|e| {
                             invalid(Cause::invalid(format!("spec.ports[{i}].nodePort"), a, &e))
@@ -570,7 +654,11 @@ impl Registry {
 
     pub async fn get(&self, plural: &str, namespace: &str, name: &str) -> Result<Bytes, ApiError> {
         let info = Self::info(plural)?;
-        let ns = if info.namespaced && namespace.is_empty() { "default" } else { namespace };
+        let ns = if info.namespaced && namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        };
         let kv = self
             .store
             .get(&info.key(ns, name), 0)
@@ -580,9 +668,18 @@ impl Registry {
         Self::respond(&kv)
     }
 
-    pub fn filter(info: &ResourceInfo, namespace: &str, labels: &str, fields: &str) -> Result<Filter, ApiError> {
+    pub fn filter(
+        info: &ResourceInfo,
+        namespace: &str,
+        labels: &str,
+        fields: &str,
+    ) -> Result<Filter, ApiError> {
         Ok(Filter {
-            namespace: if info.namespaced { namespace.to_string() } else { String::new() },
+            namespace: if info.namespaced {
+                namespace.to_string()
+            } else {
+                String::new()
+            },
             labels: LabelSelector::parse(labels)
                 .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?,
             fields: FieldSelector::parse(fields, info.plural).map_err(ApiError::bad_request)?,
@@ -599,13 +696,19 @@ impl Registry {
     ) -> Result<ListResult, ApiError> {
         let info = Self::info(plural)?;
         if limit > 0 || !continue_token.is_empty() {
-            return self.list_from_store(info, filter, limit, continue_token).await;
+            return self
+                .list_from_store(info, filter, limit, continue_token)
+                .await;
         }
         let cache = self.cache(plural)?;
         match resource_version {
             "0" => {}
             "" => {
-                let rev = self.store.current_revision().await.map_err(|e| store_error(e, info, ""))?;
+                let rev = self
+                    .store
+                    .current_revision()
+                    .await
+                    .map_err(|e| store_error(e, info, ""))?;
                 cache.wait_for(rev, Duration::from_secs(3)).await?;
             }
             rv => {
@@ -635,10 +738,18 @@ impl Registry {
                 .map_err(|_| ApiError::bad_request("invalid continue token"))?;
             (
                 token.get("rv").and_then(Value::as_i64).unwrap_or_default(),
-                token.get("start").and_then(Value::as_str).unwrap_or_default().to_string(),
+                token
+                    .get("start")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
             )
         };
-        let limit = if limit <= 0 { usize::MAX } else { limit as usize };
+        let limit = if limit <= 0 {
+            usize::MAX
+        } else {
+            limit as usize
+        };
         let prefix = info.namespace_prefix(&filter.namespace);
         let cache = self.cache(info.plural)?;
         let mut items = Vec::new();
@@ -646,7 +757,12 @@ impl Registry {
         loop {
             let page = self
                 .store
-                .range(&prefix, &start, limit.saturating_sub(items.len()).max(1), revision)
+                .range(
+                    &prefix,
+                    &start,
+                    limit.saturating_sub(items.len()).max(1),
+                    revision,
+                )
                 .await
                 .map_err(|e| match e {
                     StoreError::Compacted { .. } => ApiError::expired(
@@ -697,14 +813,22 @@ impl Registry {
         let from = match resource_version {
             "" | "0" => {
                 if resource_version.is_empty() {
-                    let rev = self.store.current_revision().await.map_err(|e| store_error(e, info, ""))?;
+                    let rev = self
+                        .store
+                        .current_revision()
+                        .await
+                        .map_err(|e| store_error(e, info, ""))?;
                     cache.wait_for(rev, Duration::from_secs(3)).await?;
                 }
                 None
             }
             rv => {
                 let rev = parse_revision(rv)?.unwrap_or_default();
-                let current = self.store.current_revision().await.map_err(|e| store_error(e, info, ""))?;
+                let current = self
+                    .store
+                    .current_revision()
+                    .await
+                    .map_err(|e| store_error(e, info, ""))?;
                 if rev > current {
                     return Err(ApiError::new(
                         Reason::Timeout,
@@ -759,14 +883,25 @@ impl Registry {
             other => {
                 return Err(ApiError::new(
                     Reason::NotFound,
-                    format!("the server could not find the requested resource ({}/{other})", info.plural),
+                    format!(
+                        "the server could not find the requested resource ({}/{other})",
+                        info.plural
+                    ),
                 ));
             }
         };
         {
             let cur_meta = current.get("metadata").cloned().unwrap_or(json!({}));
             let meta = meta_mut(&mut next);
-            for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "namespace",
+                "name",
+            ] {
                 match cur_meta.get(f) {
                     Some(v) => meta.insert(f.into(), v.clone()),
                     None => meta.remove(f),
@@ -776,27 +911,45 @@ impl Registry {
         }
         if current.pointer("/metadata/deletionTimestamp").is_some() {
             let old = finalizers(current);
-            let added: Vec<String> = finalizers(&next).into_iter().filter(|f| !old.contains(f)).collect();
+            let added: Vec<String> = finalizers(&next)
+                .into_iter()
+                .filter(|f| !old.contains(f))
+                .collect();
             if !added.is_empty() {
                 return Err(ApiError::invalid(
                     &info.qualified_kind(),
                     &name,
                     vec![Cause::forbidden(
                         "metadata.finalizers",
-                        format!("no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"),
+                        format!(
+                            "no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+                        ),
                     )],
                 ));
             }
         }
         let mut next = admit(info, next)?;
         self.check_immutable(info, current, &next, &name)?;
-        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-        let generation = if spec_of(info, current) != spec_of(info, &next) { generation + 1 } else { generation };
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let generation = if spec_of(info, current) != spec_of(info, &next) {
+            generation + 1
+        } else {
+            generation
+        };
         meta_mut(&mut next).insert("generation".into(), json!(generation));
         Ok(next)
     }
 
-    fn check_immutable(&self, info: &ResourceInfo, current: &Value, next: &Value, name: &str) -> Result<(), ApiError> {
+    fn check_immutable(
+        &self,
+        info: &ResourceInfo,
+        current: &Value,
+        next: &Value,
+        name: &str,
+    ) -> Result<(), ApiError> {
         let mut causes = Vec::new();
         match info.kind {
             "Deployment" | "ReplicaSet"
@@ -876,7 +1029,11 @@ impl Registry {
             Allocation::default()
         };
         let bytes = serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?;
-        match self.store.update(&cur.key, Bytes::from(bytes), cur.mod_revision).await {
+        match self
+            .store
+            .update(&cur.key, Bytes::from(bytes), cur.mod_revision)
+            .await
+        {
             Ok(kv) => {
                 self.settle(alloc, true);
                 Self::respond_value(&next, kv.mod_revision)
@@ -888,14 +1045,20 @@ impl Registry {
         }
     }
 
-    async fn read_current(&self, info: &'static ResourceInfo, key: &str, name: &str) -> Result<(KeyValue, Value), ApiError> {
+    async fn read_current(
+        &self,
+        info: &'static ResourceInfo,
+        key: &str,
+        name: &str,
+    ) -> Result<(KeyValue, Value), ApiError> {
         let cur = self
             .store
             .get(key, 0)
             .await
             .map_err(|e| store_error(e, info, name))?
             .ok_or_else(|| ApiError::not_found(&info.qualified_plural(), name))?;
-        let value = serde_json::from_slice(&cur.value).map_err(|e| ApiError::internal(e.to_string()))?;
+        let value =
+            serde_json::from_slice(&cur.value).map_err(|e| ApiError::internal(e.to_string()))?;
         Ok((cur, value))
     }
 
@@ -948,9 +1111,16 @@ impl Registry {
             return Err(ApiError::bad_request("a merge patch must be a JSON object"));
         }
         let expected = parse_revision(
-            patch.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default(),
+            patch
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
         )?;
-        let ns = if info.namespaced && namespace.is_empty() { "default" } else { namespace };
+        let ns = if info.namespaced && namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        };
         let key = info.key(ns, name);
         for _ in 0..16 {
             let (cur, current) = self.read_current(info, &key, name).await?;
@@ -960,11 +1130,18 @@ impl Registry {
             let mut patched = current.clone();
             json_patch::merge(&mut patched, &patch);
             if serde_json::to_vec(&patched).map(|b| b.len()).unwrap_or(0) > MAX_OBJECT_BYTES {
-                return Err(ApiError::new(Reason::RequestEntityTooLarge, "Request entity too large: the patched object exceeds 1.5 MiB"));
+                return Err(ApiError::new(
+                    Reason::RequestEntityTooLarge,
+                    "Request entity too large: the patched object exceeds 1.5 MiB",
+                ));
             }
             Self::check_type(info, &mut patched)?;
-            if meta_str(&patched, "name") != name || (info.namespaced && meta_str(&patched, "namespace") != ns) {
-                return Err(ApiError::bad_request("a patch may not change metadata.name or metadata.namespace"));
+            if meta_str(&patched, "name") != name
+                || (info.namespaced && meta_str(&patched, "namespace") != ns)
+            {
+                return Err(ApiError::bad_request(
+                    "a patch may not change metadata.name or metadata.namespace",
+                ));
             }
             let next = self.prepare_update(info, &current, patched, subresource)?;
             match self.write_update(info, &cur, &current, next).await {
@@ -998,25 +1175,38 @@ impl Registry {
         options: DeleteOptions,
     ) -> Result<(Bytes, bool), ApiError> {
         let info = Self::info(plural)?;
-        let ns = if info.namespaced && namespace.is_empty() { "default" } else { namespace };
+        let ns = if info.namespaced && namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        };
         if info.kind == "Namespace" && SYSTEM_NAMESPACES[..3].contains(&name) {
             return Err(ApiError {
                 name: name.into(),
                 kind: "namespaces".into(),
-                ..ApiError::new(Reason::Forbidden, format!("namespace \"{name}\" is forbidden: this namespace may not be deleted"))
+                ..ApiError::new(
+                    Reason::Forbidden,
+                    format!("namespace \"{name}\" is forbidden: this namespace may not be deleted"),
+                )
             });
         }
         let key = info.key(ns, name);
         for _ in 0..16 {
             let (cur, current) = self.read_current(info, &key, name).await?;
-            if !options.precondition_uid.is_empty() && options.precondition_uid != meta_str(&current, "uid") {
+            if !options.precondition_uid.is_empty()
+                && options.precondition_uid != meta_str(&current, "uid")
+            {
                 return Err(ApiError {
                     name: name.into(),
                     kind: info.qualified_plural(),
-                    ..ApiError::new(Reason::Conflict, format!(
-                        "Precondition failed: UID in precondition: {}, UID in object meta: {}",
-                        options.precondition_uid, meta_str(&current, "uid")
-                    ))
+                    ..ApiError::new(
+                        Reason::Conflict,
+                        format!(
+                            "Precondition failed: UID in precondition: {}, UID in object meta: {}",
+                            options.precondition_uid,
+                            meta_str(&current, "uid")
+                        ),
+                    )
                 });
             }
             if let Some(rv) = parse_revision(&options.precondition_resource_version)?
@@ -1025,18 +1215,27 @@ impl Registry {
                 return Err(ApiError {
                     name: name.into(),
                     kind: info.qualified_plural(),
-                    ..ApiError::new(Reason::Conflict, format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                        cur.mod_revision
-                    ))
+                    ..ApiError::new(
+                        Reason::Conflict,
+                        format!(
+                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                            cur.mod_revision
+                        ),
+                    )
                 });
             }
             let mut fins = finalizers(&current);
             match options.propagation_policy.as_str() {
-                "Foreground" if !fins.iter().any(|f| f == "foregroundDeletion") => fins.push("foregroundDeletion".into()),
+                "Foreground" if !fins.iter().any(|f| f == "foregroundDeletion") => {
+                    fins.push("foregroundDeletion".into())
+                }
                 "Orphan" if !fins.iter().any(|f| f == "orphan") => fins.push("orphan".into()),
                 "" | "Background" | "Foreground" | "Orphan" => {}
-                other => return Err(ApiError::bad_request(format!("unsupported propagationPolicy {other:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""))),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unsupported propagationPolicy {other:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""
+                    )));
+                }
             }
             let grace = self.grace_period(info, &current, options.grace_period_seconds);
             let terminating = current.pointer("/metadata/deletionTimestamp").is_some();
@@ -1047,8 +1246,13 @@ impl Registry {
                 let mut next = current.clone();
                 meta_mut(&mut next).insert("deletionTimestamp".into(), json!(now()));
                 next["status"] = json!({"phase": "Terminating"});
-                let bytes = serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?;
-                match self.store.update(&key, Bytes::from(bytes), cur.mod_revision).await {
+                let bytes =
+                    serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?;
+                match self
+                    .store
+                    .update(&key, Bytes::from(bytes), cur.mod_revision)
+                    .await
+                {
                     Ok(kv) => {
                         self.clone().finish_namespace(name.to_string());
                         return Ok((Self::respond_value(&next, kv.mod_revision)?, false));
@@ -1069,7 +1273,10 @@ impl Registry {
             }
             if terminating && fins == finalizers(&current) {
                 // Already being deleted: only a shorter grace period changes anything.
-                let remaining = current.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0);
+                let remaining = current
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
                 if grace >= remaining {
                     return Ok((Self::respond(&cur)?, false));
                 }
@@ -1077,13 +1284,20 @@ impl Registry {
             let mut next = current.clone();
             let deadline = chrono::Utc::now() + chrono::Duration::seconds(grace);
             let meta = meta_mut(&mut next);
-            meta.insert("deletionTimestamp".into(), json!(deadline.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
+            meta.insert(
+                "deletionTimestamp".into(),
+                json!(deadline.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            );
             meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
             if !fins.is_empty() {
                 meta.insert("finalizers".into(), json!(fins));
             }
             let bytes = serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?;
-            match self.store.update(&key, Bytes::from(bytes), cur.mod_revision).await {
+            match self
+                .store
+                .update(&key, Bytes::from(bytes), cur.mod_revision)
+                .await
+            {
                 Ok(kv) => return Ok((Self::respond_value(&next, kv.mod_revision)?, false)),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(store_error(e, info, name)),
@@ -1097,13 +1311,22 @@ impl Registry {
         if info.kind != "Pod" {
             return 0;
         }
-        let bound = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-        let phase = obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default();
+        let bound = obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let phase = obj
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if !bound || phase == "Succeeded" || phase == "Failed" {
             return 0;
         }
         requested
-            .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .or_else(|| {
+                obj.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
             .unwrap_or(30)
             .max(0)
     }
@@ -1115,20 +1338,38 @@ impl Registry {
             loop {
                 let mut remaining = 0;
                 for info in RESOURCES.iter().filter(|r| r.namespaced) {
-                    let Ok(cache) = self.cache(info.plural) else { continue };
-                    let (objects, _) = cache.list(&Filter { namespace: ns.clone(), ..Filter::default() });
+                    let Ok(cache) = self.cache(info.plural) else {
+                        continue;
+                    };
+                    let (objects, _) = cache.list(&Filter {
+                        namespace: ns.clone(),
+                        ..Filter::default()
+                    });
                     remaining += objects.len();
                     for o in objects {
                         let _ = self
-                            .delete(info.plural, &ns, &o.name, DeleteOptions { grace_period_seconds: Some(0), ..Default::default() })
+                            .delete(
+                                info.plural,
+                                &ns,
+                                &o.name,
+                                DeleteOptions {
+                                    grace_period_seconds: Some(0),
+                                    ..Default::default()
+                                },
+                            )
                             .await;
                     }
                 }
                 if remaining == 0 {
-                    let info = RESOURCES.iter().find(|r| r.kind == "Namespace").expect("namespaces are served");
+                    let info = RESOURCES
+                        .iter()
+                        .find(|r| r.kind == "Namespace")
+                        .expect("namespaces are served");
                     match self.store.delete(&info.key("", &ns), 0).await {
                         Ok(_) | Err(StoreError::NotFound(_)) => return,
-                        Err(e) => tracing::warn!(namespace = ns, error = %e, "cannot remove namespace"),
+                        Err(e) => {
+                            tracing::warn!(namespace = ns, error = %e, "cannot remove namespace")
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1138,12 +1379,25 @@ impl Registry {
 
     // ---- binding ------------------------------------------------------------------------
 
-    pub async fn bind(&self, namespace: &str, name: &str, binding: &[u8]) -> Result<Bytes, ApiError> {
+    pub async fn bind(
+        &self,
+        namespace: &str,
+        name: &str,
+        binding: &[u8],
+    ) -> Result<Bytes, ApiError> {
         let info = Self::info("pods")?;
         let binding = parse_object(binding)?;
-        let target = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let target = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if target.is_empty() {
-            return Err(ApiError::invalid("Binding", name, vec![Cause::required("target.name")]));
+            return Err(ApiError::invalid(
+                "Binding",
+                name,
+                vec![Cause::required("target.name")],
+            ));
         }
         let bname = meta_str(&binding, "name");
         if !bname.is_empty() && bname != name {
@@ -1151,28 +1405,45 @@ impl Registry {
                 "the name of the binding ({bname}) does not match the name of the pod ({name})"
             )));
         }
-        let ns = if namespace.is_empty() { "default" } else { namespace };
+        let ns = if namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        };
         let key = info.key(ns, name);
         for _ in 0..16 {
             let (cur, current) = self.read_current(info, &key, name).await?;
-            let assigned = current.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+            let assigned = current
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if !assigned.is_empty() {
                 return Err(ApiError {
                     name: name.into(),
                     kind: "pods/binding".into(),
-                    ..ApiError::new(Reason::Conflict, format!(
-                        "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{assigned}\""
-                    ))
+                    ..ApiError::new(
+                        Reason::Conflict,
+                        format!(
+                            "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{assigned}\""
+                        ),
+                    )
                 });
             }
             if current.pointer("/metadata/deletionTimestamp").is_some() {
-                return Err(ApiError::new(Reason::Conflict, format!(
-                    "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is being deleted, cannot be assigned to a host"
-                )));
+                return Err(ApiError::new(
+                    Reason::Conflict,
+                    format!(
+                        "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is being deleted, cannot be assigned to a host"
+                    ),
+                ));
             }
             let mut next = current.clone();
             next["spec"]["nodeName"] = json!(target);
-            let status = next.get_mut("status").filter(|s| s.is_object()).map(|_| ()).is_some();
+            let status = next
+                .get_mut("status")
+                .filter(|s| s.is_object())
+                .map(|_| ())
+                .is_some();
             if !status {
                 next["status"] = json!({});
             }
@@ -1185,7 +1456,11 @@ impl Registry {
             conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}));
             next["status"]["conditions"] = json!(conditions);
             let bytes = serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?;
-            match self.store.update(&key, Bytes::from(bytes), cur.mod_revision).await {
+            match self
+                .store
+                .update(&key, Bytes::from(bytes), cur.mod_revision)
+                .await
+            {
                 Ok(kv) => return Self::respond_value(&next, kv.mod_revision),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(store_error(e, info, name)),

@@ -168,7 +168,10 @@ pub struct WatchCache {
 pub fn with_resource_version(raw: &[u8], revision: Revision) -> Result<(Value, Vec<u8>), String> {
     let mut value: Value = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
     }
     let json = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
     Ok((value, json))
@@ -200,11 +203,16 @@ impl WatchCache {
         tokio::spawn(async move {
             let mut from = revision + 1;
             loop {
-                let Some(cache) = feeder.upgrade() else { return };
+                let Some(cache) = feeder.upgrade() else {
+                    return;
+                };
                 match cache.follow(store.as_ref(), from).await {
                     Ok(()) => return,
                     Err(StoreError::Compacted { .. }) => {
-                        tracing::warn!(resource = cache.info.plural, "watch cache fell behind the store; relisting");
+                        tracing::warn!(
+                            resource = cache.info.plural,
+                            "watch cache fell behind the store; relisting"
+                        );
                         match cache.relist(store.as_ref()).await {
                             Ok(rev) => from = rev + 1,
                             Err(e) => {
@@ -226,7 +234,9 @@ impl WatchCache {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;
-                let Some(cache) = ticker.upgrade() else { return };
+                let Some(cache) = ticker.upgrade() else {
+                    return;
+                };
                 cache.bookmark_epoch.fetch_add(1, Ordering::Relaxed);
                 cache.changed.notify_waiters();
             }
@@ -235,7 +245,12 @@ impl WatchCache {
     }
 
     /// Decodes a stored object as the cache holds it (used by lists served from the store).
-    pub fn decode_object(&self, key: &str, raw: &[u8], revision: Revision) -> Result<CachedObject, String> {
+    pub fn decode_object(
+        &self,
+        key: &str,
+        raw: &[u8],
+        revision: Revision,
+    ) -> Result<CachedObject, String> {
         self.decode(key, raw, revision)
     }
 
@@ -335,7 +350,11 @@ impl WatchCache {
         Err(StoreError::Closed)
     }
 
-    fn apply(&self, built: Vec<(EventType, Revision, Arc<CachedObject>, Bytes)>, revision: Revision) {
+    fn apply(
+        &self,
+        built: Vec<(EventType, Revision, Arc<CachedObject>, Bytes)>,
+        revision: Revision,
+    ) {
         let mut state = self.state.write();
         for (kind, rev, object, frame) in built {
             let prev = if kind == EventType::Deleted {
@@ -457,9 +476,7 @@ impl WatchCache {
 }
 
 fn too_old(requested: Revision, oldest: Revision) -> ApiError {
-    ApiError::expired(format!(
-        "too old resource version: {requested} ({oldest})"
-    ))
+    ApiError::expired(format!("too old resource version: {requested} ({oldest})"))
 }
 
 fn event(kind: EventType, object: Bytes) -> WatchEvent {
@@ -562,10 +579,14 @@ impl Watcher {
                 .is_some_and(|p| self.filter.matches(plural, p));
             match (e.kind, before, now) {
                 (EventType::Modified, false, true) => {
-                    batch.events.push(event(EventType::Added, e.object.json.clone()));
+                    batch
+                        .events
+                        .push(event(EventType::Added, e.object.json.clone()));
                 }
                 (EventType::Modified, true, false) => {
-                    batch.events.push(event(EventType::Deleted, e.object.json.clone()));
+                    batch
+                        .events
+                        .push(event(EventType::Deleted, e.object.json.clone()));
                 }
                 (_, _, true) => {
                     bytes += e.frame.len();

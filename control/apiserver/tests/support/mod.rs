@@ -1,0 +1,100 @@
+//! A real API server on a loopback port over an embedded store in a temp dir.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use skiff_apiserver::registry::{Config, Registry};
+use skiff_apiserver::watch_cache::CacheOptions;
+use skiff_client::Client;
+use skiff_store::embedded::{EmbeddedOptions, EmbeddedStore};
+
+pub struct TestServer {
+    pub client: Client,
+    pub address: String,
+    pub registry: Arc<Registry>,
+    _dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub async fn start_with(cache: CacheOptions) -> TestServer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).expect("open store");
+    let config = Config {
+        cache,
+        ..Config::default()
+    };
+    let registry = Registry::new(Arc::new(store), config)
+        .await
+        .expect("registry");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let r = registry.clone();
+    tokio::spawn(async move {
+        let _ = skiff_apiserver::serve(r, listener, async {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    let client = Client::connect(&address).await.expect("connect");
+    TestServer {
+        client,
+        address,
+        registry,
+        _dir: dir,
+        shutdown: Some(tx),
+    }
+}
+
+pub async fn start() -> TestServer {
+    start_with(CacheOptions {
+        bookmark_interval: Duration::from_millis(200),
+        ..CacheOptions::default()
+    })
+    .await
+}
+
+pub fn body(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).expect("json"))
+}
+
+pub fn parse(b: &[u8]) -> Value {
+    serde_json::from_slice(b).expect("json object")
+}
+
+pub fn rv(v: &Value) -> i64 {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .expect("resourceVersion")
+}
+
+pub fn pod(name: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}
+    })
+}
+
+pub fn configmap(name: &str, value: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name},
+        "data": {"k": value}
+    })
+}

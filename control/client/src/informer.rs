@@ -1,0 +1,364 @@
+//! Informers: list+watch of one kind into a local cache, with indexers and event handlers,
+//! as client-go's shared informers do. A watch that breaks resumes from the last
+//! resourceVersion seen (bookmarks keep it fresh); a watch that expires (410) relists and
+//! reports the difference as events, so handlers never miss a change.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::Metadata;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use parking_lot::RwLock;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use skiff_api::Reason;
+use tokio::sync::watch;
+
+use crate::{Api, ListParams, WatchEvent, resource_version};
+
+/// What changed in the cache.
+#[derive(Debug)]
+pub enum Event<K> {
+    Added(Arc<K>),
+    Updated { old: Arc<K>, new: Arc<K> },
+    Deleted(Arc<K>),
+}
+
+type IndexFn<K> = Arc<dyn Fn(&K) -> Vec<String> + Send + Sync>;
+type Handler<K> = Box<dyn Fn(&Event<K>) + Send + Sync>;
+/// An index: its function and value -> keys.
+type Index<K> = (IndexFn<K>, HashMap<String, BTreeSet<String>>);
+
+/// The cache key of an object: `namespace/name`, or `name` when cluster-scoped.
+pub fn key_of<K: Metadata<Ty = ObjectMeta>>(obj: &K) -> String {
+    let m = obj.metadata();
+    let name = m.name.as_deref().unwrap_or_default();
+    match m.namespace.as_deref() {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name.to_string(),
+    }
+}
+
+struct Shared<K> {
+    objects: RwLock<Cache<K>>,
+    synced: watch::Sender<bool>,
+}
+
+struct Cache<K> {
+    objects: BTreeMap<String, Arc<K>>,
+    indexes: HashMap<String, Index<K>>,
+    resource_version: String,
+}
+
+impl<K> Cache<K> {
+    fn unindex(&mut self, key: &str, obj: &K) {
+        for (f, index) in self.indexes.values_mut() {
+            for value in f(obj) {
+                if let Some(keys) = index.get_mut(&value) {
+                    keys.remove(key);
+                    if keys.is_empty() {
+                        index.remove(&value);
+                    }
+                }
+            }
+        }
+    }
+
+    fn index(&mut self, key: &str, obj: &K) {
+        for (f, index) in self.indexes.values_mut() {
+            for value in f(obj) {
+                index.entry(value).or_default().insert(key.to_string());
+            }
+        }
+    }
+
+    fn put(&mut self, key: String, obj: Arc<K>) -> Option<Arc<K>> {
+        let old = self.objects.insert(key.clone(), obj.clone());
+        if let Some(o) = &old {
+            self.unindex(&key, o);
+        }
+        self.index(&key, &obj);
+        old
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Arc<K>> {
+        let old = self.objects.remove(key);
+        if let Some(o) = &old {
+            self.unindex(key, o);
+        }
+        old
+    }
+}
+
+/// Read access to an informer's cache. Cheap to clone.
+pub struct Reader<K> {
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Clone for Reader<K> {
+    fn clone(&self) -> Self {
+        Reader {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K> Reader<K> {
+    /// The object at `namespace/name` (or `name`).
+    pub fn get(&self, key: &str) -> Option<Arc<K>> {
+        self.shared.objects.read().objects.get(key).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<K>> {
+        self.shared
+            .objects
+            .read()
+            .objects
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.shared.objects.read().objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Objects whose indexer `index` produced `value`.
+    pub fn by_index(&self, index: &str, value: &str) -> Vec<Arc<K>> {
+        let cache = self.shared.objects.read();
+        let Some((_, idx)) = cache.indexes.get(index) else {
+            return Vec::new();
+        };
+        idx.get(value)
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|k| cache.objects.get(k).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The resourceVersion the cache is current to.
+    pub fn resource_version(&self) -> String {
+        self.shared.objects.read().resource_version.clone()
+    }
+
+    pub fn has_synced(&self) -> bool {
+        *self.shared.synced.borrow()
+    }
+
+    /// Waits for the first list to land in the cache.
+    pub async fn wait_synced(&self) {
+        let mut rx = self.shared.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// Builder of an informer.
+pub struct Informer<K> {
+    api: Api<K>,
+    params: ListParams,
+    indexes: Vec<(String, IndexFn<K>)>,
+    handlers: Vec<Handler<K>>,
+}
+
+/// A running informer; stops when dropped.
+pub struct InformerHandle<K> {
+    pub reader: Reader<K>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<K> Drop for InformerHandle<K> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<K> Informer<K>
+where
+    K: k8s_openapi::Resource
+        + Metadata<Ty = ObjectMeta>
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    pub fn new(api: Api<K>, params: ListParams) -> Self {
+        Informer {
+            api,
+            params,
+            indexes: Vec::new(),
+            handlers: Vec::new(),
+        }
+    }
+
+    /// Adds an indexer: `f` gives the index values of an object.
+    pub fn index(
+        mut self,
+        name: &str,
+        f: impl Fn(&K) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.indexes.push((name.to_string(), Arc::new(f)));
+        self
+    }
+
+    /// Adds a handler, called in order for every change of the cache.
+    pub fn on_event(mut self, f: impl Fn(&Event<K>) + Send + Sync + 'static) -> Self {
+        self.handlers.push(Box::new(f));
+        self
+    }
+
+    /// Starts listing and watching.
+    pub fn start(self) -> InformerHandle<K> {
+        let (synced, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            objects: RwLock::new(Cache {
+                objects: BTreeMap::new(),
+                indexes: self
+                    .indexes
+                    .into_iter()
+                    .map(|(n, f)| (n, (f, HashMap::new())))
+                    .collect(),
+                resource_version: String::new(),
+            }),
+            synced,
+        });
+        let reader = Reader {
+            shared: shared.clone(),
+        };
+        let task = tokio::spawn(run(self.api, self.params, shared, self.handlers));
+        InformerHandle { reader, task }
+    }
+}
+
+fn emit<K>(handlers: &[Handler<K>], event: Event<K>) {
+    for h in handlers {
+        h(&event);
+    }
+}
+
+async fn run<K>(api: Api<K>, params: ListParams, shared: Arc<Shared<K>>, handlers: Vec<Handler<K>>)
+where
+    K: k8s_openapi::Resource
+        + Metadata<Ty = ObjectMeta>
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        // List, and report the difference with what the cache held.
+        let list = match api
+            .list(&ListParams {
+                resource_version: String::new(),
+                limit: 0,
+                continue_token: String::new(),
+                ..params.clone()
+            })
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(kind = K::KIND, error = %e, "informer list failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(200);
+        let mut rv = list.resource_version.clone();
+        {
+            let mut events = Vec::new();
+            let mut cache = shared.objects.write();
+            let mut fresh: BTreeMap<String, Arc<K>> = BTreeMap::new();
+            for item in list.items {
+                fresh.insert(key_of(&item), Arc::new(item));
+            }
+            let stale: Vec<String> = cache
+                .objects
+                .keys()
+                .filter(|k| !fresh.contains_key(*k))
+                .cloned()
+                .collect();
+            for key in stale {
+                if let Some(old) = cache.remove(&key) {
+                    events.push(Event::Deleted(old));
+                }
+            }
+            for (key, obj) in fresh {
+                match cache.put(key, obj.clone()) {
+                    None => events.push(Event::Added(obj)),
+                    Some(old) if resource_version(&*old) != resource_version(&*obj) => {
+                        events.push(Event::Updated { old, new: obj })
+                    }
+                    Some(_) => {}
+                }
+            }
+            cache.resource_version = rv.clone();
+            drop(cache);
+            for e in events {
+                emit(&handlers, e);
+            }
+        }
+        shared.synced.send_replace(true);
+
+        // Watch from the list's revision until the watch expires.
+        'watch: loop {
+            let mut stream = match api.watch(&params, &rv, false).await {
+                Ok(s) => s,
+                Err(e) if e.reason == Reason::Expired => break 'watch,
+                Err(e) => {
+                    tracing::debug!(kind = K::KIND, error = %e, "informer watch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            while let Some(item) = stream.next().await {
+                backoff = Duration::from_millis(200);
+                let event = match item {
+                    Ok(ev) => ev,
+                    Err(e) if e.reason == Reason::Expired => break 'watch,
+                    Err(e) => {
+                        tracing::debug!(kind = K::KIND, error = %e, "informer watch broke; resuming");
+                        break;
+                    }
+                };
+                let mut cache = shared.objects.write();
+                let out = match event {
+                    WatchEvent::Added(obj) | WatchEvent::Modified(obj) => {
+                        rv = resource_version(&obj).to_string();
+                        let obj = Arc::new(obj);
+                        match cache.put(key_of(&*obj), obj.clone()) {
+                            None => Some(Event::Added(obj)),
+                            Some(old) => Some(Event::Updated { old, new: obj }),
+                        }
+                    }
+                    WatchEvent::Deleted(obj) => {
+                        rv = resource_version(&obj).to_string();
+                        cache.remove(&key_of(&obj)).map(Event::Deleted)
+                    }
+                    WatchEvent::Bookmark(r, _) => {
+                        rv = r;
+                        None
+                    }
+                };
+                cache.resource_version = rv.clone();
+                drop(cache);
+                if let Some(e) = out {
+                    emit(&handlers, e);
+                }
+            }
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}

@@ -1,0 +1,618 @@
+//! The client every Skiff component uses to reach the API server: a raw JSON client
+//! ([`Client`]), typed access per kind ([`Api`]), and informers ([`informer`]) that keep a
+//! local cache in sync with list+watch.
+//!
+//! Every error is a [`skiff_api::ApiError`], the Kubernetes Status the server sent (or one
+//! describing why the server could not be reached), so callers match on `reason`.
+
+pub mod informer;
+
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use k8s_openapi::Metadata;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use skiff_api::proto::api_client::ApiClient;
+use skiff_api::proto::{
+    BindRequest, CreateRequest, DeleteRequest, EventType, GetRequest, ListRequest, PatchRequest,
+    UpdateRequest, VersionRequest, WatchRequest,
+};
+use skiff_api::{ApiError, INITIAL_EVENTS_END, Reason};
+use tonic::transport::{Channel, Endpoint};
+
+pub use skiff_api;
+
+/// Default API server address.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:6443";
+
+/// Largest message the client accepts (lists can be large).
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Options of a list.
+#[derive(Debug, Clone, Default)]
+pub struct ListParams {
+    pub label_selector: String,
+    pub field_selector: String,
+    pub limit: i64,
+    pub continue_token: String,
+    pub resource_version: String,
+}
+
+impl ListParams {
+    pub fn labels(mut self, selector: &str) -> Self {
+        self.label_selector = selector.to_string();
+        self
+    }
+
+    pub fn fields(mut self, selector: &str) -> Self {
+        self.field_selector = selector.to_string();
+        self
+    }
+}
+
+/// Options of a delete.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteParams {
+    pub grace_period_seconds: Option<i64>,
+    pub precondition_uid: String,
+    pub precondition_resource_version: String,
+    pub propagation_policy: String,
+}
+
+/// A list as JSON items.
+#[derive(Debug, Clone)]
+pub struct RawList {
+    pub items: Vec<Bytes>,
+    pub resource_version: String,
+    pub continue_token: String,
+}
+
+/// One watch event as JSON.
+#[derive(Debug, Clone)]
+pub enum RawEvent {
+    Added(Bytes),
+    Modified(Bytes),
+    Deleted(Bytes),
+    /// A bookmark: the resourceVersion, and whether it ends the initial events.
+    Bookmark(String, bool),
+}
+
+/// One typed watch event.
+#[derive(Debug, Clone)]
+pub enum WatchEvent<K> {
+    Added(K),
+    Modified(K),
+    Deleted(K),
+    Bookmark(String, bool),
+}
+
+pub type RawWatch = Pin<Box<dyn Stream<Item = Result<RawEvent, ApiError>> + Send>>;
+
+/// A connection to the API server, speaking JSON objects. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: ApiClient<Channel>,
+    address: String,
+}
+
+fn grpc_error(status: tonic::Status, address: &str) -> ApiError {
+    if status.code() == tonic::Code::Unavailable && status.details().is_empty() {
+        return ApiError::new(
+            Reason::ServiceUnavailable,
+            format!(
+                "The connection to the server {address} was refused - did you specify the right host or port? ({})",
+                status.message()
+            ),
+        );
+    }
+    ApiError::from_grpc(&status)
+}
+
+fn decode_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("cannot decode the server's answer: {e}"))
+}
+
+impl Client {
+    fn endpoint(address: &str) -> Result<Endpoint, ApiError> {
+        let url = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("http://{address}")
+        };
+        Ok(Endpoint::from_shared(url)
+            .map_err(|e| ApiError::bad_request(format!("invalid server address {address:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true))
+    }
+
+    fn wrap(channel: Channel, address: &str) -> Self {
+        Client {
+            inner: ApiClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            address: address.to_string(),
+        }
+    }
+
+    /// Connects now; fails with a clear message if the server is not there.
+    pub async fn connect(address: &str) -> Result<Self, ApiError> {
+        let channel = Self::endpoint(address)?.connect().await.map_err(|e| {
+            ApiError::new(
+                Reason::ServiceUnavailable,
+                format!(
+                    "The connection to the server {address} was refused - did you specify the right host or port? ({e})"
+                ),
+            )
+        })?;
+        Ok(Self::wrap(channel, address))
+    }
+
+    /// Connects on first use and reconnects as needed (for long-running components).
+    pub fn connect_lazy(address: &str) -> Result<Self, ApiError> {
+        Ok(Self::wrap(Self::endpoint(address)?.connect_lazy(), address))
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// A typed handle on `K` in `namespace` ("" for all namespaces or cluster-scoped kinds).
+    pub fn api<K: k8s_openapi::Resource>(&self, namespace: &str) -> Api<K> {
+        Api {
+            client: self.clone(),
+            namespace: namespace.to_string(),
+            _kind: PhantomData,
+        }
+    }
+
+    pub async fn version(&self) -> Result<(String, String, i64), ApiError> {
+        let v = self
+            .inner
+            .clone()
+            .version(VersionRequest {})
+            .await
+            .map_err(|s| grpc_error(s, &self.address))?
+            .into_inner();
+        Ok((v.version, v.store, v.revision))
+    }
+
+    pub async fn create(
+        &self,
+        resource: &str,
+        namespace: &str,
+        object: Bytes,
+    ) -> Result<Bytes, ApiError> {
+        let req = CreateRequest {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            object,
+        };
+        Ok(self
+            .inner
+            .clone()
+            .create(req)
+            .await
+            .map_err(|s| grpc_error(s, &self.address))?
+            .into_inner()
+            .object)
+    }
+
+    pub async fn get(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Bytes, ApiError> {
+        let req = GetRequest {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .get(req)
+            .await
+            .map_err(|s| grpc_error(s, &self.address))?
+            .into_inner()
+            .object)
+    }
+
+    pub async fn list(
+        &self,
+        resource: &str,
+        namespace: &str,
+        params: &ListParams,
+    ) -> Result<RawList, ApiError> {
+        let req = ListRequest {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            label_selector: params.label_selector.clone(),
+            field_selector: params.field_selector.clone(),
+            limit: params.limit,
+            continue_token: params.continue_token.clone(),
+            resource_version: params.resource_version.clone(),
+        };
+        let resp = self
+            .inner
+            .clone()
+            .list(req)
+            .await
+            .map_err(|s| grpc_error(s, &self.address))?
+            .into_inner();
+        Ok(RawList {
+            items: resp.items,
+            resource_version: resp.resource_version,
+            continue_token: resp.continue_token,
+        })
+    }
+
+    pub async fn update(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        object: Bytes,
+        subresource: &str,
+    ) -> Result<Bytes, ApiError> {
+        let req = UpdateRequest {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            object,
+            subresource: subresource.into(),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .update(req)
+            .await
+            .map_err(|s| grpc_error(s, &self.address))?
+            .into_inner()
+            .object)
+    }
+
+    /// Applies a JSON merge patch (RFC 7386).
+    pub async fn patch(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        patch: Bytes,
+        subresource: &str,
+    ) -> Result<Bytes, ApiError> {
+        let req = PatchRequest {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            patch,
+            subresource: subresource.into(),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .patch(req)
+            .await
+            .map_err(|s| grpc_error(s, &self.address))?
+            .into_inner()
+            .object)
+    }
+
+    /// Deletes; returns the object and whether it is gone already.
+    pub async fn delete(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        params: &DeleteParams,
+    ) -> Result<(Bytes, bool), ApiError> {
+        let req = DeleteRequest {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            grace_period_seconds: params.grace_period_seconds.unwrap_or(-1),
+            precondition_uid: params.precondition_uid.clone(),
+            precondition_resource_version: params.precondition_resource_version.clone(),
+            propagation_policy: params.propagation_policy.clone(),
+        };
+        let resp = self
+            .inner
+            .clone()
+            .delete(req)
+            .await
+            .map_err(|s| grpc_error(s, &self.address))?
+            .into_inner();
+        Ok((resp.object, resp.removed))
+    }
+
+    /// Binds a pod to a node (the scheduler's write).
+    pub async fn bind(&self, namespace: &str, pod: &str, node: &str) -> Result<Bytes, ApiError> {
+        let binding = serde_json::json!({
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": pod, "namespace": namespace},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        });
+        let req = BindRequest {
+            namespace: namespace.into(),
+            name: pod.into(),
+            binding: Bytes::from(serde_json::to_vec(&binding).map_err(decode_error)?),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .bind(req)
+            .await
+            .map_err(|s| grpc_error(s, &self.address))?
+            .into_inner()
+            .object)
+    }
+
+    /// Watches `resource`. An empty `resource_version` starts with the current state as
+    /// ADDED events (closed by a bookmark when `send_initial_events`); otherwise only
+    /// changes after it. A too-old version fails with `Reason::Expired`.
+    pub async fn watch(
+        &self,
+        resource: &str,
+        namespace: &str,
+        params: &ListParams,
+        resource_version: &str,
+        send_initial_events: bool,
+    ) -> Result<RawWatch, ApiError> {
+        let req = WatchRequest {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            label_selector: params.label_selector.clone(),
+            field_selector: params.field_selector.clone(),
+            resource_version: resource_version.into(),
+            send_initial_events,
+            allow_bookmarks: true,
+        };
+        let address = self.address.clone();
+        let stream = self
+            .inner
+            .clone()
+            .watch(req)
+            .await
+            .map_err(|s| grpc_error(s, &address))?
+            .into_inner();
+        let events = stream.flat_map(move |batch| {
+            let items: Vec<Result<RawEvent, ApiError>> = match batch {
+                Err(status) => vec![Err(grpc_error(status, &address))],
+                Ok(batch) => batch
+                    .events
+                    .into_iter()
+                    .map(|e| match EventType::try_from(e.r#type) {
+                        Ok(EventType::Added) => Ok(RawEvent::Added(e.object)),
+                        Ok(EventType::Modified) => Ok(RawEvent::Modified(e.object)),
+                        Ok(EventType::Deleted) => Ok(RawEvent::Deleted(e.object)),
+                        Ok(EventType::Bookmark) => {
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&e.object).map_err(decode_error)?;
+                            let rv = v
+                                .pointer("/metadata/resourceVersion")
+                                .and_then(|r| r.as_str())
+                                .unwrap_or_default()
+                                .to_string();
+                            let end = v
+                                .pointer("/metadata/annotations")
+                                .and_then(|a| a.get(INITIAL_EVENTS_END))
+                                .is_some();
+                            Ok(RawEvent::Bookmark(rv, end))
+                        }
+                        Ok(EventType::Error) => {
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&e.object).map_err(decode_error)?;
+                            Err(ApiError::from_status_json(&v)
+                                .unwrap_or_else(|| ApiError::internal("watch failed")))
+                        }
+                        Err(_) => Err(decode_error(format!("unknown event type {}", e.r#type))),
+                    })
+                    .collect(),
+            };
+            futures::stream::iter(items)
+        });
+        Ok(Box::pin(events))
+    }
+}
+
+/// Typed access to one kind in one namespace.
+pub struct Api<K> {
+    client: Client,
+    namespace: String,
+    _kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for Api<K> {
+    fn clone(&self) -> Self {
+        Api {
+            client: self.client.clone(),
+            namespace: self.namespace.clone(),
+            _kind: PhantomData,
+        }
+    }
+}
+
+/// A typed list.
+#[derive(Debug, Clone)]
+pub struct ObjectList<K> {
+    pub items: Vec<K>,
+    pub resource_version: String,
+    pub continue_token: String,
+}
+
+/// The resourceVersion of an object.
+pub fn resource_version<K: Metadata<Ty = ObjectMeta>>(obj: &K) -> &str {
+    obj.metadata()
+        .resource_version
+        .as_deref()
+        .unwrap_or_default()
+}
+
+impl<K> Api<K>
+where
+    K: k8s_openapi::Resource
+        + Metadata<Ty = ObjectMeta>
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + 'static,
+{
+    const PLURAL: &'static str = K::URL_PATH_SEGMENT;
+
+    fn encode(obj: &K) -> Result<Bytes, ApiError> {
+        serde_json::to_vec(obj)
+            .map(Bytes::from)
+            .map_err(|e| ApiError::bad_request(format!("cannot encode object: {e}")))
+    }
+
+    fn decode(raw: &[u8]) -> Result<K, ApiError> {
+        serde_json::from_slice(raw).map_err(decode_error)
+    }
+
+    fn ns_of<'a>(&'a self, obj: &'a K) -> &'a str {
+        obj.metadata()
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&self.namespace)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub async fn create(&self, obj: &K) -> Result<K, ApiError> {
+        let raw = self
+            .client
+            .create(Self::PLURAL, self.ns_of(obj), Self::encode(obj)?)
+            .await?;
+        Self::decode(&raw)
+    }
+
+    pub async fn get(&self, name: &str) -> Result<K, ApiError> {
+        Self::decode(&self.client.get(Self::PLURAL, &self.namespace, name).await?)
+    }
+
+    /// The object, or None if it does not exist.
+    pub async fn get_opt(&self, name: &str) -> Result<Option<K>, ApiError> {
+        match self.get(name).await {
+            Ok(o) => Ok(Some(o)),
+            Err(e) if e.reason == Reason::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn list(&self, params: &ListParams) -> Result<ObjectList<K>, ApiError> {
+        let raw = self
+            .client
+            .list(Self::PLURAL, &self.namespace, params)
+            .await?;
+        Ok(ObjectList {
+            items: raw
+                .items
+                .iter()
+                .map(|i| Self::decode(i))
+                .collect::<Result<_, _>>()?,
+            resource_version: raw.resource_version,
+            continue_token: raw.continue_token,
+        })
+    }
+
+    fn name_of(obj: &K) -> Result<&str, ApiError> {
+        obj.metadata()
+            .name
+            .as_deref()
+            .ok_or_else(|| ApiError::bad_request("metadata.name: Required value"))
+    }
+
+    pub async fn update(&self, obj: &K) -> Result<K, ApiError> {
+        let raw = self
+            .client
+            .update(
+                Self::PLURAL,
+                self.ns_of(obj),
+                Self::name_of(obj)?,
+                Self::encode(obj)?,
+                "",
+            )
+            .await?;
+        Self::decode(&raw)
+    }
+
+    pub async fn update_status(&self, obj: &K) -> Result<K, ApiError> {
+        let raw = self
+            .client
+            .update(
+                Self::PLURAL,
+                self.ns_of(obj),
+                Self::name_of(obj)?,
+                Self::encode(obj)?,
+                "status",
+            )
+            .await?;
+        Self::decode(&raw)
+    }
+
+    pub async fn patch(&self, name: &str, patch: &serde_json::Value) -> Result<K, ApiError> {
+        let body = Bytes::from(serde_json::to_vec(patch).map_err(decode_error)?);
+        Self::decode(
+            &self
+                .client
+                .patch(Self::PLURAL, &self.namespace, name, body, "")
+                .await?,
+        )
+    }
+
+    pub async fn patch_status(&self, name: &str, patch: &serde_json::Value) -> Result<K, ApiError> {
+        let body = Bytes::from(serde_json::to_vec(patch).map_err(decode_error)?);
+        Self::decode(
+            &self
+                .client
+                .patch(Self::PLURAL, &self.namespace, name, body, "status")
+                .await?,
+        )
+    }
+
+    /// Deletes; returns the object and whether it is gone already.
+    pub async fn delete(&self, name: &str, params: &DeleteParams) -> Result<(K, bool), ApiError> {
+        let (raw, removed) = self
+            .client
+            .delete(Self::PLURAL, &self.namespace, name, params)
+            .await?;
+        Ok((Self::decode(&raw)?, removed))
+    }
+
+    /// Typed watch; see [`Client::watch`].
+    pub async fn watch(
+        &self,
+        params: &ListParams,
+        resource_version: &str,
+        send_initial_events: bool,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<WatchEvent<K>, ApiError>> + Send>>, ApiError> {
+        let raw = self
+            .client
+            .watch(
+                Self::PLURAL,
+                &self.namespace,
+                params,
+                resource_version,
+                send_initial_events,
+            )
+            .await?;
+        Ok(Box::pin(raw.map(|e| {
+            Ok(match e? {
+                RawEvent::Added(o) => WatchEvent::Added(Self::decode(&o)?),
+                RawEvent::Modified(o) => WatchEvent::Modified(Self::decode(&o)?),
+                RawEvent::Deleted(o) => WatchEvent::Deleted(Self::decode(&o)?),
+                RawEvent::Bookmark(rv, end) => WatchEvent::Bookmark(rv, end),
+            })
+        })))
+    }
+}
