@@ -928,18 +928,8 @@ impl Registry {
                 ));
             }
         }
-        let mut next = admit(info, next)?;
+        let next = admit(info, next)?;
         self.check_immutable(info, current, &next, &name)?;
-        let generation = current
-            .pointer("/metadata/generation")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
-        let generation = if spec_of(info, current) != spec_of(info, &next) {
-            generation + 1
-        } else {
-            generation
-        };
-        meta_mut(&mut next).insert("generation".into(), json!(generation));
         Ok(next)
     }
 
@@ -1003,7 +993,26 @@ impl Registry {
         mut next: Value,
     ) -> Result<Bytes, ApiError> {
         let name = meta_str(current, "name").to_string();
+        // Allocate first: an update that restates the allocated IP and ports implicitly
+        // (as `apply` does) is then recognized as a no-op.
+        let alloc =
+            if info.kind == "Service" && next.pointer("/metadata/deletionTimestamp").is_none() {
+                self.allocate_service(&mut next, Some(current))?
+            } else {
+                Allocation::default()
+            };
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let generation = if spec_of(info, current) != spec_of(info, &next) {
+            generation + 1
+        } else {
+            generation
+        };
+        meta_mut(&mut next).insert("generation".into(), json!(generation));
         if next == *current {
+            self.settle(alloc, false);
             return Self::respond(cur);
         }
         let deleting = next.pointer("/metadata/deletionTimestamp").is_some()
@@ -1015,6 +1024,7 @@ impl Registry {
                 == 0
             && info.kind != "Namespace";
         if deleting {
+            self.settle(alloc, false);
             let removed = self
                 .store
                 .delete(&cur.key, cur.mod_revision)
@@ -1023,11 +1033,6 @@ impl Registry {
             self.after_delete(info, current);
             return Self::respond_value(&next, removed.mod_revision);
         }
-        let alloc = if info.kind == "Service" {
-            self.allocate_service(&mut next, Some(current))?
-        } else {
-            Allocation::default()
-        };
         let bytes = serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?;
         match self
             .store

@@ -1,0 +1,227 @@
+//! The `skiff` binary: the daemons (`server`, `up`) and kubectl-style verbs. It parses flags
+//! and wires the library crates together; the logic lives in the crates.
+
+mod cli;
+mod config;
+mod server;
+mod up;
+
+use clap::{Parser, Subcommand};
+use skiff_client::Client;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "Skiff: a Kubernetes-style orchestrator built for speed"
+)]
+struct Cli {
+    /// API server address (default: $SKIFF_SERVER, then the config file, then 127.0.0.1:6443).
+    #[arg(long, short = 's', global = true)]
+    server: Option<String>,
+    /// Namespace.
+    #[arg(long, short = 'n', global = true, default_value = "default")]
+    namespace: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API server.
+    Server(server::ServerArgs),
+    /// Start a local cluster and apply the demo.
+    Up(up::UpArgs),
+    /// Stop the local cluster.
+    Down(up::DownArgs),
+    /// Create or update objects from manifests.
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// Create objects from manifests, or a namespace.
+    Create {
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+        /// `namespace NAME`
+        args: Vec<String>,
+    },
+    /// Display objects.
+    Get {
+        args: Vec<String>,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short = 'l', long = "selector", default_value = "")]
+        selector: String,
+        #[arg(long = "field-selector", default_value = "")]
+        field_selector: String,
+        #[arg(short = 'o', long = "output", default_value = "")]
+        output: cli::Output,
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
+    /// Show details of objects.
+    Describe { args: Vec<String> },
+    /// Delete objects.
+    Delete {
+        args: Vec<String>,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(short = 'l', long = "selector", default_value = "")]
+        selector: String,
+        #[arg(long)]
+        grace_period: Option<i64>,
+        /// Same as --grace-period=0.
+        #[arg(long)]
+        now: bool,
+        #[arg(long)]
+        ignore_not_found: bool,
+    },
+    /// List the resource types the server serves.
+    ApiResources,
+    /// Client and server versions.
+    Version,
+}
+
+async fn connect(flag: Option<&str>) -> anyhow::Result<Client> {
+    let address = config::server(flag);
+    Client::connect(&address)
+        .await
+        .map_err(|e| anyhow::anyhow!(cli::server_error(&e)))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let server = cli.server.as_deref();
+    let ns = cli.namespace.as_str();
+    match cli.command {
+        Command::Server(args) => server::run(args).await,
+        Command::Up(args) => up::up(args).await,
+        Command::Down(args) => up::down(args),
+        Command::Apply { files } => cli::apply(&connect(server).await?, &files, ns, false).await,
+        Command::Create { files, args } => {
+            let client = connect(server).await?;
+            match (files.is_empty(), args.as_slice()) {
+                (false, []) => cli::apply(&client, &files, ns, true).await,
+                (true, [kind, name]) if kind == "namespace" || kind == "ns" => {
+                    cli::create_namespace(&client, name).await
+                }
+                _ => anyhow::bail!("usage: skiff create -f FILE | skiff create namespace NAME"),
+            }
+        }
+        Command::Get {
+            args,
+            all_namespaces,
+            selector,
+            field_selector,
+            output,
+            watch,
+        } => {
+            let client = connect(server).await?;
+            cli::get(
+                &client,
+                cli::GetArgs {
+                    args: &args,
+                    namespace: ns,
+                    all_namespaces,
+                    labels: &selector,
+                    fields: &field_selector,
+                    output,
+                    watch,
+                },
+            )
+            .await
+        }
+        Command::Describe { args } => cli::describe(&connect(server).await?, &args, ns).await,
+        Command::Delete {
+            args,
+            files,
+            all,
+            selector,
+            grace_period,
+            now,
+            ignore_not_found,
+        } => {
+            let client = connect(server).await?;
+            cli::delete(
+                &client,
+                cli::DeleteArgs {
+                    args: &args,
+                    files: &files,
+                    namespace: ns,
+                    all,
+                    labels: &selector,
+                    grace_period: if now { Some(0) } else { grace_period },
+                    ignore_not_found,
+                },
+            )
+            .await
+        }
+        Command::ApiResources => {
+            let mut rows = vec![vec![
+                "NAME".to_string(),
+                "SHORTNAMES".into(),
+                "APIVERSION".into(),
+                "NAMESPACED".into(),
+                "KIND".into(),
+            ]];
+            for r in skiff_api::resource::RESOURCES {
+                rows.push(vec![
+                    r.plural.into(),
+                    r.short_names.join(","),
+                    r.api_version(),
+                    r.namespaced.to_string(),
+                    r.kind.into(),
+                ]);
+            }
+            print!("{}", cli::table::render(&rows));
+            Ok(())
+        }
+        Command::Version => {
+            println!("Client Version: {}", env!("CARGO_PKG_VERSION"));
+            let client = connect(server).await?;
+            let (v, store, rev) = client
+                .version()
+                .await
+                .map_err(|e| anyhow::anyhow!(cli::server_error(&e)))?;
+            println!("Server Version: {v} (store: {store}, revision {rev})");
+            Ok(())
+        }
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| "warn,skiff=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        if e.downcast_ref::<cli::Reported>().is_none() {
+            let text = e.to_string();
+            if text.starts_with("Error from server") || text.starts_with("The connection") {
+                eprintln!("{text}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
+        }
+        std::process::exit(1);
+    }
+}
