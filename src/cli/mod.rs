@@ -118,6 +118,39 @@ fn check_all(docs: &[Document]) -> anyhow::Result<()> {
     }
 }
 
+/// Refuses the whole manifest if an object's namespace neither exists nor is created by
+/// the manifest itself.
+async fn check_namespaces(client: &Client, docs: &[Document], default_ns: &str) -> anyhow::Result<()> {
+    let created: Vec<String> = docs.iter().filter(|d| d.info.kind == "Namespace").map(Document::name).collect();
+    let mut known = std::collections::HashMap::new();
+    let mut errors = Vec::new();
+    for d in docs.iter().filter(|d| d.info.namespaced) {
+        let ns = namespace_for(d, default_ns);
+        if created.contains(&ns) {
+            continue;
+        }
+        if !known.contains_key(&ns) {
+            let exists = match client.get("namespaces", "", &ns).await {
+                Ok(_) => true,
+                Err(e) if e.reason == Reason::NotFound => false,
+                Err(e) => bail!(server_error(&e)),
+            };
+            known.insert(ns.clone(), exists);
+        }
+        if !known[&ns] {
+            errors.push(format!("error: document {} (line {}): namespaces \"{ns}\" not found", d.index, d.line));
+        }
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    eprintln!("error: nothing was applied");
+    Err(Reported.into())
+}
+
 fn namespace_for(d: &Document, default_ns: &str) -> String {
     if !d.info.namespaced {
         return String::new();
@@ -159,6 +192,7 @@ pub async fn apply(
 ) -> anyhow::Result<()> {
     let docs = read_manifests(files)?;
     check_all(&docs)?;
+    check_namespaces(client, &docs, default_ns).await?;
     let mut failed = 0;
     for d in &docs {
         let ns = namespace_for(d, default_ns);

@@ -130,7 +130,7 @@ impl Cause {
 
     /// kubectl's rendering: `spec.replicas: Invalid value: "-1": must be ...`.
     pub fn render(&self) -> String {
-        if self.field.is_empty() {
+        if self.field.is_empty() || self.message.starts_with("unknown field") {
             self.message.clone()
         } else {
             format!("{}: {}", self.field, self.message)
