@@ -75,9 +75,19 @@ fn normalize(text: &str) -> String {
             if i > 0 {
                 l.push(' ');
             }
-            let is_age = word.len() <= 3 && word.ends_with('s') && word[..word.len() - 1].chars().all(|c| c.is_ascii_digit()) && word.len() > 1;
-            let is_time = word.len() == 20 && word.ends_with('Z') && word.as_bytes().get(10) == Some(&b'T');
-            l.push_str(if is_age { "0s" } else if is_time { "<time>" } else { word });
+            let is_age = word.len() <= 3
+                && word.ends_with('s')
+                && word[..word.len() - 1].chars().all(|c| c.is_ascii_digit())
+                && word.len() > 1;
+            let is_time =
+                word.len() == 20 && word.ends_with('Z') && word.as_bytes().get(10) == Some(&b'T');
+            l.push_str(if is_age {
+                "0s"
+            } else if is_time {
+                "<time>"
+            } else {
+                word
+            });
         }
         out.push_str(&l);
         out.push('\n');
@@ -102,13 +112,15 @@ fn apply_get_describe_delete() {
         deployment.apps/shop created
         service/shop created
         [exit 0]
-    "#]].assert_eq(&run(&s, &["apply", "-f", app]));
+    "#]]
+    .assert_eq(&run(&s, &["apply", "-f", app]));
     expect![[r#"
         configmap/shop-config unchanged
         deployment.apps/shop unchanged
         service/shop unchanged
         [exit 0]
-    "#]].assert_eq(&run(&s, &["apply", "-f", app]));
+    "#]]
+    .assert_eq(&run(&s, &["apply", "-f", app]));
 
     let changed = APP.replace("replicas: 2", "replicas: 4");
     expect![[r#"
@@ -116,7 +128,10 @@ fn apply_get_describe_delete() {
         deployment.apps/shop configured
         service/shop unchanged
         [exit 0]
-    "#]].assert_eq(&normalize(&transcript(&s.skiff(&["apply", "-f", "-"], Some(&changed)))));
+    "#]]
+    .assert_eq(&normalize(&transcript(
+        &s.skiff(&["apply", "-f", "-"], Some(&changed)),
+    )));
 
     expect![[r#"
         NAME                   READY   UP-TO-DATE   AVAILABLE   AGE
@@ -128,7 +143,8 @@ fn apply_get_describe_delete() {
         NAME                    DATA   AGE
         configmap/shop-config   2      0s
         [exit 0]
-    "#]].assert_eq(&run(&s, &["get", "deploy,svc,cm"]));
+    "#]]
+    .assert_eq(&run(&s, &["get", "deploy,svc,cm"]));
     expect![[r#"
         NAME   READY   UP-TO-DATE   AVAILABLE   AGE   CONTAINERS   IMAGES                      SELECTOR
         shop   0/4     0            0           0s    web          registry.local/shop:2.1.0   app=shop
@@ -138,7 +154,8 @@ fn apply_get_describe_delete() {
         NAME   TYPE       CLUSTER-IP    EXTERNAL-IP   PORT(S)        AGE   SELECTOR
         shop   NodePort   198.19.0.10   <none>        80:30080/TCP   0s    app=shop
         [exit 0]
-    "#]].assert_eq(&run(&s, &["get", "svc", "-o", "wide", "-l", "app=shop"]));
+    "#]]
+    .assert_eq(&run(&s, &["get", "svc", "-o", "wide", "-l", "app=shop"]));
     expect![[r#"
         NAME              STATUS   AGE
         default           Active   0s
@@ -146,16 +163,19 @@ fn apply_get_describe_delete() {
         kube-public       Active   0s
         kube-system       Active   0s
         [exit 0]
-    "#]].assert_eq(&run(&s, &["get", "ns"]));
+    "#]]
+    .assert_eq(&run(&s, &["get", "ns"]));
     expect![[r#"
         configmap/shop-config
         [exit 0]
-    "#]].assert_eq(&run(&s, &["get", "cm", "-A", "-o", "name"]));
+    "#]]
+    .assert_eq(&run(&s, &["get", "cm", "-A", "-o", "name"]));
     expect![[r#"
         [stderr]
         No resources found in default namespace.
         [exit 0]
-    "#]].assert_eq(&run(&s, &["get", "pods"]));
+    "#]]
+    .assert_eq(&run(&s, &["get", "pods"]));
     expect![[r#"
         Name:                   shop
         Namespace:              default
@@ -176,7 +196,8 @@ fn apply_get_describe_delete() {
               Environment:  <none>
         Events:                 <none>
         [exit 0]
-    "#]].assert_eq(&run(&s, &["describe", "deployment", "shop"]));
+    "#]]
+    .assert_eq(&run(&s, &["describe", "deployment", "shop"]));
     expect![[r#"
         Name:              shop
         Namespace:         default
@@ -192,7 +213,8 @@ fn apply_get_describe_delete() {
         Session Affinity:  None
         Events:            <none>
         [exit 0]
-    "#]].assert_eq(&run(&s, &["describe", "svc", "shop"]));
+    "#]]
+    .assert_eq(&run(&s, &["describe", "svc", "shop"]));
     expect![[r#"
         Name:         shop-config
         Namespace:    default
@@ -211,7 +233,8 @@ fn apply_get_describe_delete() {
 
         Events:       <none>
         [exit 0]
-    "#]].assert_eq(&run(&s, &["describe", "cm", "shop-config"]));
+    "#]]
+    .assert_eq(&run(&s, &["describe", "cm", "shop-config"]));
 
     let yaml = transcript(&s.skiff(&["get", "cm", "shop-config", "-o", "yaml"], None));
     assert!(yaml.contains("FEATURES: cart,checkout"), "{yaml}");
@@ -225,14 +248,20 @@ fn apply_get_describe_delete() {
         deployment.apps "shop" deleted
         service "shop" deleted
         [exit 0]
-    "#]].assert_eq(&run(&s, &["delete", "deployment.apps/shop", "service/shop"]));
+    "#]]
+    .assert_eq(&run(
+        &s,
+        &["delete", "deployment.apps/shop", "service/shop"],
+    ));
     expect![[r#"
         configmap "shop-config" deleted
         [exit 0]
-    "#]].assert_eq(&run(&s, &["delete", "-f", app, "--ignore-not-found"]));
+    "#]]
+    .assert_eq(&run(&s, &["delete", "-f", app, "--ignore-not-found"]));
     expect![[r#"
         [exit 0]
-    "#]].assert_eq(&run(&s, &["get", "deploy,svc,cm"]));
+    "#]]
+    .assert_eq(&run(&s, &["get", "deploy,svc,cm"]));
 }
 
 #[test]
@@ -245,16 +274,27 @@ fn bad_input_is_refused_whole() {
         [stderr]
         error: STDIN: document 2 (line 7): did not find expected ',' or ']'
         [exit 1]
-    "#]].assert_eq(&normalize(&transcript(&s.skiff(&["apply", "-f", "-"], Some(broken_yaml)))));
+    "#]]
+    .assert_eq(&normalize(&transcript(
+        &s.skiff(&["apply", "-f", "-"], Some(broken_yaml)),
+    )));
 
     let unknown_kind = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n";
     expect![[r#"
         [stderr]
         error: STDIN: document 2 (line 5): no matches for kind "Widget" in version "example.com/v1"
         [exit 1]
-    "#]].assert_eq(&normalize(&transcript(&s.skiff(&["apply", "-f", "-"], Some(unknown_kind)))));
+    "#]]
+    .assert_eq(&normalize(&transcript(
+        &s.skiff(&["apply", "-f", "-"], Some(unknown_kind)),
+    )));
 
-    let invalid = APP.replace("name: web\n        image", "name: Web_Server\n        image").replace("port: 80\n", "port: 80000\n");
+    let invalid = APP
+        .replace(
+            "name: web\n        image",
+            "name: Web_Server\n        image",
+        )
+        .replace("port: 80\n", "port: 80000\n");
     expect![[r#"
         [stderr]
         error: document 2 (line 11): Deployment.apps "shop" is invalid: spec.template.spec.containers[0].name: Invalid value: "Web_Server": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')
@@ -269,7 +309,10 @@ fn bad_input_is_refused_whole() {
         error: document 1 (line 1): ConfigMap "a" is invalid: unknown field "datta"
         error: 1 of 1 objects are invalid; nothing was applied
         [exit 1]
-    "#]].assert_eq(&normalize(&transcript(&s.skiff(&["apply", "-f", "-"], Some(unknown_field)))));
+    "#]]
+    .assert_eq(&normalize(&transcript(
+        &s.skiff(&["apply", "-f", "-"], Some(unknown_field)),
+    )));
 
     let missing_ns = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: nowhere}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n";
     expect![[r#"
@@ -277,7 +320,10 @@ fn bad_input_is_refused_whole() {
         error: document 1 (line 1): namespaces "nowhere" not found
         error: nothing was applied
         [exit 1]
-    "#]].assert_eq(&normalize(&transcript(&s.skiff(&["apply", "-f", "-"], Some(missing_ns)))));
+    "#]]
+    .assert_eq(&normalize(&transcript(
+        &s.skiff(&["apply", "-f", "-"], Some(missing_ns)),
+    )));
 
     // A namespace created by the same manifest is fine.
     let with_ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b, namespace: team}\n";
@@ -285,19 +331,24 @@ fn bad_input_is_refused_whole() {
         namespace/team created
         configmap/b created
         [exit 0]
-    "#]].assert_eq(&normalize(&transcript(&s.skiff(&["apply", "-f", "-"], Some(with_ns)))));
+    "#]]
+    .assert_eq(&normalize(&transcript(
+        &s.skiff(&["apply", "-f", "-"], Some(with_ns)),
+    )));
 
     // Nothing from the refused manifests landed; only the last one's did.
     expect![[r#"
         NAMESPACE   NAME   DATA   AGE
         team        b      0      0s
         [exit 0]
-    "#]].assert_eq(&run(&s, &["get", "cm", "-A"]));
+    "#]]
+    .assert_eq(&run(&s, &["get", "cm", "-A"]));
     expect![[r#"
         [stderr]
         error: the server doesn't have a resource type "widgets"
         [exit 1]
-    "#]].assert_eq(&run(&s, &["get", "widgets"]));
+    "#]]
+    .assert_eq(&run(&s, &["get", "widgets"]));
     expect![[r#"
         [stderr]
         error: invalid value 'table' for '--output <OUTPUT>': unable to match a printer suitable for the output format "table", allowed formats are: json,name,wide,yaml
@@ -309,7 +360,8 @@ fn bad_input_is_refused_whole() {
         [stderr]
         Error from server (NotFound): pods "ghost" not found
         [exit 1]
-    "#]].assert_eq(&run(&s, &["delete", "pod", "ghost"]));
+    "#]]
+    .assert_eq(&run(&s, &["delete", "pod", "ghost"]));
 
     let down = tempfile::tempdir().expect("tempdir");
     let out = std::process::Command::new(support::SKIFF)
@@ -318,5 +370,8 @@ fn bad_input_is_refused_whole() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("The connection to the server 127.0.0.1:1 was refused"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("The connection to the server 127.0.0.1:1 was refused")
+    );
 }

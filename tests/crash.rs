@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use acked::Acked;
+use bytes::Bytes;
 use skiff_client::Client;
 use support::Server;
 
@@ -20,7 +20,10 @@ mod acked {
 
 fn rv_of(raw: &[u8]) -> i64 {
     let v: serde_json::Value = serde_json::from_slice(raw).expect("json");
-    v["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).expect("resourceVersion")
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("resourceVersion")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -35,7 +38,10 @@ async fn acknowledged_writes_survive_kill_9() {
         check_present(&client, &acked_total).await;
         let max_before = acked_total.iter().map(|(_, r)| *r).max().unwrap_or(0);
         let current = client.version().await.expect("version").2;
-        assert!(current >= max_before, "revision went back: {current} < {max_before}");
+        assert!(
+            current >= max_before,
+            "revision went back: {current} < {max_before}"
+        );
 
         let acked: Acked = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -53,7 +59,10 @@ async fn acknowledged_writes_survive_kill_9() {
                     let name = format!("r{round}-t{t}-{i}");
                     let body = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
                         "metadata": {"name": name}, "data": {"payload": payload}});
-                    match client.create("configmaps", "default", Bytes::from(body.to_string())).await {
+                    match client
+                        .create("configmaps", "default", Bytes::from(body.to_string()))
+                        .await
+                    {
                         Ok(obj) => acked.lock().expect("lock").push((name, rv_of(&obj))),
                         Err(_) => return,
                     }
@@ -67,9 +76,16 @@ async fn acknowledged_writes_survive_kill_9() {
             w.await.expect("writer");
         }
         let round_acked = acked.lock().expect("lock").clone();
-        assert!(round_acked.len() > 50, "round {round}: only {} writes acknowledged", round_acked.len());
+        assert!(
+            round_acked.len() > 50,
+            "round {round}: only {} writes acknowledged",
+            round_acked.len()
+        );
         let min_round = round_acked.iter().map(|(_, r)| *r).min().expect("writes");
-        assert!(min_round > max_before, "revisions are monotonic across restarts");
+        assert!(
+            min_round > max_before,
+            "revisions are monotonic across restarts"
+        );
         acked_total.extend(round_acked);
     }
     let server = Server::start(dir.path());
@@ -78,16 +94,26 @@ async fn acknowledged_writes_survive_kill_9() {
 }
 
 async fn check_present(client: &Client, acked: &[(String, i64)]) {
-    let list = client.list("configmaps", "default", &Default::default()).await.expect("list");
+    let list = client
+        .list("configmaps", "default", &Default::default())
+        .await
+        .expect("list");
     let stored: std::collections::HashMap<String, i64> = list
         .items
         .iter()
         .map(|raw| {
             let v: serde_json::Value = serde_json::from_slice(raw).expect("json");
-            (v["metadata"]["name"].as_str().expect("name").to_string(), rv_of(raw))
+            (
+                v["metadata"]["name"].as_str().expect("name").to_string(),
+                rv_of(raw),
+            )
         })
         .collect();
     for (name, rev) in acked {
-        assert_eq!(stored.get(name), Some(rev), "acknowledged write {name} survived at its revision");
+        assert_eq!(
+            stored.get(name),
+            Some(rev),
+            "acknowledged write {name} survived at its revision"
+        );
     }
 }

@@ -120,8 +120,16 @@ fn check_all(docs: &[Document]) -> anyhow::Result<()> {
 
 /// Refuses the whole manifest if an object's namespace neither exists nor is created by
 /// the manifest itself.
-async fn check_namespaces(client: &Client, docs: &[Document], default_ns: &str) -> anyhow::Result<()> {
-    let created: Vec<String> = docs.iter().filter(|d| d.info.kind == "Namespace").map(Document::name).collect();
+async fn check_namespaces(
+    client: &Client,
+    docs: &[Document],
+    default_ns: &str,
+) -> anyhow::Result<()> {
+    let created: Vec<String> = docs
+        .iter()
+        .filter(|d| d.info.kind == "Namespace")
+        .map(Document::name)
+        .collect();
     let mut known = std::collections::HashMap::new();
     let mut errors = Vec::new();
     for d in docs.iter().filter(|d| d.info.namespaced) {
@@ -138,7 +146,10 @@ async fn check_namespaces(client: &Client, docs: &[Document], default_ns: &str) 
             known.insert(ns.clone(), exists);
         }
         if !known[&ns] {
-            errors.push(format!("error: document {} (line {}): namespaces \"{ns}\" not found", d.index, d.line));
+            errors.push(format!(
+                "error: document {} (line {}): namespaces \"{ns}\" not found",
+                d.index, d.line
+            ));
         }
     }
     if errors.is_empty() {

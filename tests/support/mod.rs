@@ -20,7 +20,13 @@ impl Server {
     /// Starts `skiff server` on `dir` and waits for it to listen.
     pub fn start(dir: &Path) -> Server {
         let mut child = Command::new(SKIFF)
-            .args(["server", "--no-write-config", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "server",
+                "--no-write-config",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(dir)
             .env("SKIFF_LOG", "warn")
             .stdin(Stdio::null())
@@ -40,7 +46,11 @@ impl Server {
         };
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.by_ref() {});
-        Server { child, address, dir: dir.to_path_buf() }
+        Server {
+            child,
+            address,
+            dir: dir.to_path_buf(),
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -52,13 +62,23 @@ impl Server {
     pub fn skiff(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new(SKIFF);
         cmd.arg("--server").arg(&self.address).args(args);
-        cmd.env("SKIFF_CONFIG", self.dir.join("client-config")).env("SKIFF_LOG", "error");
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.env("SKIFF_CONFIG", self.dir.join("client-config"))
+            .env("SKIFF_LOG", "error");
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn skiff");
         if let Some(input) = stdin {
             use std::io::Write;
-            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
         }
         child.wait_with_output().expect("skiff output")
     }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 pub use registry::{Config, Registry};
 use skiff_api::proto::api_server::ApiServer;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 /// Largest gRPC message accepted: above the 1.5 MiB object limit, so oversized objects get
@@ -34,10 +35,18 @@ pub async fn serve(
     let service = ApiServer::new(grpc::ApiService::new(registry))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(usize::MAX);
+    // Sockets accepted here do not get the builder's TCP settings: disable Nagle on each,
+    // or small responses wait for the peer's delayed ACK (~40 ms).
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+    });
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -1,0 +1,75 @@
+//! Runs every benchmark and writes the README table: `skiff-bench [--quick] [--no-readme]`.
+
+use skiff_perf::{Mode, control, machine, report};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = if args.iter().any(|a| a == "--quick") {
+        Mode::Quick
+    } else {
+        Mode::Full
+    };
+    let only: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut results = Vec::new();
+    runtime.block_on(async {
+        if wanted("writes") {
+            for clients in [1, 64] {
+                let m = control::durable_writes(mode, clients).await?;
+                eprintln!(
+                    "{}: {:.0} vs {:.0} ({:.2}x)",
+                    m.name,
+                    m.skiff,
+                    m.peer,
+                    m.ratio()
+                );
+                results.push(m);
+            }
+        }
+        if wanted("latency") {
+            for m in control::api_latency(mode).await? {
+                eprintln!(
+                    "{}: {:.2} vs {:.2} ({:.2}x)",
+                    m.name,
+                    m.skiff,
+                    m.peer,
+                    m.ratio()
+                );
+                results.push(m);
+            }
+        }
+        if wanted("fanout") {
+            for m in control::watch_fanout(mode).await? {
+                eprintln!(
+                    "{}: {:.0} vs {:.0} ({:.2}x) {}",
+                    m.name,
+                    m.skiff,
+                    m.peer,
+                    m.ratio(),
+                    m.note
+                );
+                results.push(m);
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let command = if mode == Mode::Quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    let table = report::table(&results, &machine(), command);
+    print!("{table}");
+    if mode == Mode::Full && only.is_empty() && !args.iter().any(|a| a == "--no-readme") {
+        let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        report::write_readme(&readme, &table)?;
+        eprintln!("wrote {}", readme.display());
+    }
+    Ok(())
+}

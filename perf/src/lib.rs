@@ -1,0 +1,175 @@
+//! Benchmarks of the control plane, each run against its peer on the same machine in the
+//! same invocation and reported as a ratio: durable writes and API latency against etcd
+//! (through etcd-client, the way kube-apiserver writes), watch fan-out against etcd watches.
+//!
+//! The Skiff side is always the real `skiff server` binary in its own process, as etcd is.
+
+pub mod control;
+pub mod report;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Size of a benchmark run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Seconds: what the test suite runs so no benchmark rots.
+    Quick,
+    /// The published numbers.
+    Full,
+}
+
+/// Finds the `skiff` binary: `$SKIFF_BIN`, else the release or debug build in the target dir.
+pub fn skiff_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SKIFF_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    for profile in ["release", "debug"] {
+        let p = target.join(profile).join("skiff");
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "the skiff binary is not built (cargo build --release --bin skiff) and SKIFF_BIN is not set"
+    )
+}
+
+/// A `skiff server` process on a free loopback port over a temp data dir.
+pub struct SkiffServer {
+    child: Child,
+    pub address: String,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A temp directory removed on drop (kept dependency-free).
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl SkiffServer {
+    pub fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "skiff-bench-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ rand_u64()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut child = Command::new(skiff_bin()?)
+            .args([
+                "server",
+                "--no-write-config",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .args(extra)
+            .env("SKIFF_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting skiff server")?;
+        let stderr = child.stderr.take().context("server stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let address = loop {
+            if Instant::now() > deadline {
+                bail!("skiff server did not start");
+            }
+            let Some(line) = lines.next() else {
+                bail!("skiff server exited at start")
+            };
+            let line = line?;
+            if let Some(rest) = line.strip_prefix("skiff server listening on ") {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Ok(SkiffServer {
+            child,
+            address,
+            _dir: tempdir::Dir(dir),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for SkiffServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_u64() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// The median of some runs.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// One line describing this machine for the results table.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or_default().trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores {cpu}, Linux {}", kernel.trim())
+}

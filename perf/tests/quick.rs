@@ -1,0 +1,33 @@
+//! The quick mode of every benchmark, so none of them rots. Figures from here are not
+//! published; `cargo xtask bench` produces those.
+
+use skiff_perf::{Mode, control};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_writes_quick() {
+    let m = control::durable_writes(Mode::Quick, 64)
+        .await
+        .expect("benchmark runs");
+    assert!(m.skiff > 0.0 && m.peer > 0.0, "{m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_latency_quick() {
+    let ms = control::api_latency(Mode::Quick)
+        .await
+        .expect("benchmark runs");
+    assert!(ms.iter().all(|m| m.skiff > 0.0 && m.peer > 0.0), "{ms:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_fanout_quick() {
+    let ms = control::watch_fanout(Mode::Quick)
+        .await
+        .expect("benchmark runs");
+    assert!(ms[0].skiff > 0.0 && ms[0].peer > 0.0, "{ms:?}");
+    assert!(
+        ms[0].note.is_empty(),
+        "every event delivered: {}",
+        ms[0].note
+    );
+}
