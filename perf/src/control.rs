@@ -345,7 +345,7 @@ struct Fanout {
 
 impl Fanout {
     fn of(mode: Mode) -> Self {
-        match mode {
+        let mut f = match mode {
             Mode::Quick => Fanout {
                 watchers: 50,
                 updates: 1_000,
@@ -360,7 +360,16 @@ impl Fanout {
                 writers: 32,
                 timeout: Duration::from_secs(180),
             },
+        };
+        // For profiling runs only: SKIFF_BENCH_FANOUT=watchers,updates
+        if let Ok(v) = std::env::var("SKIFF_BENCH_FANOUT")
+            && let Some((w, u)) = v.split_once(',')
+            && let (Ok(w), Ok(u)) = (w.parse(), u.parse())
+        {
+            f.watchers = w;
+            f.updates = u;
         }
+        f
     }
 }
 
@@ -442,7 +451,7 @@ async fn skiff_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
     for w in 0..f.watchers {
         let c = conns[w % conns.len()].clone();
         let (tally, opened, from) = (tally.clone(), opened.clone(), from.clone());
-        let expected = f.updates;
+        let expected = f.updates / f.writers * f.writers;
         tokio::spawn(async move {
             let Ok(mut stream) = c
                 .watch("pods", "default", &ListParams::default(), &from, false)
@@ -540,7 +549,7 @@ async fn etcd_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
     for w in 0..f.watchers {
         let mut wc = conns[w % conns.len()].watch_client();
         let (tally, opened) = (tally.clone(), opened.clone());
-        let expected = f.updates;
+        let expected = f.updates / f.writers * f.writers;
         tokio::spawn(async move {
             let opts = WatchOptions::new().with_prefix().with_start_revision(from);
             let Ok(mut stream) = wc.watch("/registry/pods/default/", Some(opts)).await else {
@@ -615,6 +624,14 @@ pub async fn watch_fanout(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
     let mut notes = Vec::new();
     for _ in 0..repeats {
         let s = skiff_fanout(&f).await?;
+        if std::env::var("SKIFF_BENCH_NO_PEER").is_ok() {
+            // Profiling runs only: report Skiff's figures and stop.
+            eprintln!(
+                "skiff: {:.0} events/s, p99 {:.2} ms, {:.0} B/idle watcher, {}/{} delivered",
+                s.events_per_sec, s.p99_ms, s.idle_bytes_per_watcher, s.delivered, s.expected
+            );
+            anyhow::bail!("SKIFF_BENCH_NO_PEER set: no comparison made");
+        }
         let e = etcd_fanout(&f).await?;
         for (who, r) in [("skiff", &s), ("etcd", &e)] {
             if r.delivered < r.expected {

@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod defaults;
 pub mod error;
+pub mod grpc_codec;
 pub mod object;
 pub mod resource;
 pub mod selector;

@@ -159,14 +159,49 @@ fn find_unknown_fields(original: &Value, round: &Value, path: &str, out: &mut Ve
 
 fn admit_typed<K: Kind>(info: &ResourceInfo, value: Value) -> Result<Value, ApiError> {
     let name = object_name(&value);
-    let mut typed: K =
-        decode_strict(&value).map_err(|c| ApiError::invalid(&info.qualified_kind(), &name, c))?;
+    let invalid = |causes| ApiError::invalid(&info.qualified_kind(), &name, causes);
+    let mut typed: K = serde_path_to_error::deserialize(&value).map_err(|e| {
+        invalid(vec![Cause {
+            reason: "FieldValueTypeInvalid".into(),
+            message: e.inner().to_string(),
+            field: e.path().to_string(),
+        }])
+    })?;
+    // Defaulting only adds fields, so unknown fields can be found against the final form;
+    // Secrets fold stringData into data, so they are checked before defaulting.
+    let moves_fields = info.kind == "Secret";
+    let unknown = |checked: &Value| {
+        let mut found = Vec::new();
+        find_unknown_fields(&value, checked, "", &mut found);
+        found
+            .into_iter()
+            .map(|field| Cause {
+                reason: "FieldValueInvalid".into(),
+                message: format!("unknown field \"{field}\""),
+                field,
+            })
+            .collect::<Vec<_>>()
+    };
+    if moves_fields {
+        let round = serde_json::to_value(&typed).map_err(|e| ApiError::internal(e.to_string()))?;
+        let found = unknown(&round);
+        if !found.is_empty() {
+            return Err(invalid(found));
+        }
+    }
     typed.apply_defaults();
     let causes = typed.validate();
-    if !causes.is_empty() {
-        return Err(ApiError::invalid(&info.qualified_kind(), &name, causes));
+    let out = serde_json::to_value(&typed).map_err(|e| ApiError::internal(e.to_string()))?;
+    if !moves_fields {
+        let found = unknown(&out);
+        if !found.is_empty() {
+            return Err(invalid(found));
+        }
     }
-    serde_json::to_value(&typed).map_err(|e| ApiError::internal(e.to_string()))
+    if !causes.is_empty() {
+        return Err(invalid(causes));
+    }
+    Ok(out)
 }
 
 /// Decodes, defaults and validates an object of `info`'s kind, returning it defaulted.

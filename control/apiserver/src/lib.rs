@@ -11,6 +11,7 @@
 
 pub mod allocator;
 pub mod grpc;
+pub mod object_json;
 pub mod registry;
 pub mod watch_cache;
 

@@ -21,7 +21,8 @@ use skiff_api::{ApiError, Cause, MAX_OBJECT_BYTES, Reason};
 use skiff_store::{KeyValue, Revision, Store, StoreError};
 
 use crate::allocator::{IpAllocator, PortAllocator};
-use crate::watch_cache::{CacheOptions, Filter, WatchCache, Watcher, with_resource_version};
+use crate::object_json::with_resource_version;
+use crate::watch_cache::{CacheOptions, Filter, WatchCache, Watcher};
 
 /// API server settings.
 #[derive(Debug, Clone)]
@@ -74,7 +75,7 @@ pub struct Registry {
 }
 
 fn now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn store_error(e: StoreError, info: &ResourceInfo, name: &str) -> ApiError {
@@ -357,6 +358,23 @@ impl Registry {
 
     async fn ensure_namespace_active(&self, ns: &str) -> Result<(), ApiError> {
         let info = Self::info("namespaces")?;
+        // The cache answers almost always; a namespace it has not seen yet (created a moment
+        // ago) is read from the store.
+        if let Some(cached) = self.cache("namespaces")?.get(&info.key("", ns)) {
+            if cached.terminating {
+                return Err(ApiError {
+                    name: ns.into(),
+                    kind: "namespaces".into(),
+                    ..ApiError::new(
+                        Reason::Forbidden,
+                        format!(
+                            "unable to create new content in namespace {ns} because it is being terminated"
+                        ),
+                    )
+                });
+            }
+            return Ok(());
+        }
         let kv = self
             .store
             .get(&info.key("", ns), 0)
@@ -381,8 +399,12 @@ impl Registry {
     }
 
     fn respond(kv: &KeyValue) -> Result<Bytes, ApiError> {
-        with_resource_version(&kv.value, kv.mod_revision)
-            .map(|(_, json)| Bytes::from(json))
+        Self::respond_raw(&kv.value, kv.mod_revision)
+    }
+
+    fn respond_raw(raw: &[u8], revision: Revision) -> Result<Bytes, ApiError> {
+        with_resource_version(raw, revision)
+            .map(Bytes::from)
             .map_err(ApiError::internal)
     }
 
@@ -452,15 +474,16 @@ impl Registry {
         } else {
             Allocation::default()
         };
-        let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+        let bytes =
+            Bytes::from(serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?);
         match self
             .store
-            .create(&info.key(&ns, &name), Bytes::from(bytes))
+            .create(&info.key(&ns, &name), bytes.clone())
             .await
         {
             Ok(kv) => {
                 self.settle(alloc, true);
-                Self::respond_value(&obj, kv.mod_revision)
+                Self::respond_raw(&bytes, kv.mod_revision)
             }
             Err(e) => {
                 self.settle(alloc, false);
@@ -1033,15 +1056,16 @@ impl Registry {
             self.after_delete(info, current);
             return Self::respond_value(&next, removed.mod_revision);
         }
-        let bytes = serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?;
+        let bytes =
+            Bytes::from(serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?);
         match self
             .store
-            .update(&cur.key, Bytes::from(bytes), cur.mod_revision)
+            .update(&cur.key, bytes.clone(), cur.mod_revision)
             .await
         {
             Ok(kv) => {
                 self.settle(alloc, true);
-                Self::respond_value(&next, kv.mod_revision)
+                Self::respond_raw(&bytes, kv.mod_revision)
             }
             Err(e) => {
                 self.settle(alloc, false);

@@ -25,6 +25,8 @@ use skiff_api::selector::{FieldSelector, LabelSelector, field_value};
 use skiff_api::watch_batch::{WatchBatch, encode_frame};
 use skiff_api::{ApiError, INITIAL_EVENTS_END};
 use skiff_store::{EventKind, Revision, Store, StoreError};
+
+use crate::object_json::{Selectable, with_resource_version};
 use tokio::sync::Notify;
 
 /// Most events sent in one gRPC message.
@@ -77,6 +79,8 @@ pub struct CachedObject {
     fields: Vec<String>,
     pub revision: Revision,
     pub json: Bytes,
+    /// metadata.deletionTimestamp is set.
+    pub terminating: bool,
 }
 
 impl CachedObject {
@@ -164,19 +168,6 @@ pub struct WatchCache {
     options: CacheOptions,
 }
 
-/// Sets `metadata.resourceVersion` and returns the JSON.
-pub fn with_resource_version(raw: &[u8], revision: Revision) -> Result<(Value, Vec<u8>), String> {
-    let mut value: Value = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
-    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert(
-            "resourceVersion".into(),
-            Value::String(revision.to_string()),
-        );
-    }
-    let json = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
-    Ok((value, json))
-}
-
 impl WatchCache {
     /// Starts the cache of `info`: lists the store, then follows its watch.
     pub async fn start(
@@ -255,8 +246,29 @@ impl WatchCache {
     }
 
     fn decode(&self, key: &str, raw: &[u8], revision: Revision) -> Result<CachedObject, String> {
-        let (value, json) = with_resource_version(raw, revision)?;
-        Ok(self.cached(key, &value, Bytes::from(json), revision))
+        let json = Bytes::from(with_resource_version(raw, revision)?);
+        // Fast path: read only the indexed fields. Events keep the full decode (their
+        // selectable fields live in nested objects).
+        if self.info.plural != "events"
+            && let Some(sel) = Selectable::decode(raw)
+            && let Some(fields) = selectable_fields(self.info.plural)
+                .iter()
+                .map(|f| sel.field(f))
+                .collect::<Option<Vec<String>>>()
+        {
+            return Ok(CachedObject {
+                key: key.to_string(),
+                namespace: sel.metadata.namespace,
+                name: sel.metadata.name,
+                labels: sel.metadata.labels.unwrap_or_default(),
+                fields,
+                revision,
+                json,
+                terminating: sel.metadata.deletion_timestamp.is_some(),
+            });
+        }
+        let value: Value = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+        Ok(self.cached(key, &value, json, revision))
     }
 
     fn cached(&self, key: &str, value: &Value, json: Bytes, revision: Revision) -> CachedObject {
@@ -282,6 +294,7 @@ impl WatchCache {
                 .collect(),
             revision,
             json,
+            terminating: meta.and_then(|m| m.get("deletionTimestamp")).is_some(),
         }
     }
 
@@ -388,6 +401,11 @@ impl WatchCache {
 
     pub fn info(&self) -> &'static ResourceInfo {
         self.info
+    }
+
+    /// The cached object at `key`, if the cache has it.
+    pub fn get(&self, key: &str) -> Option<Arc<CachedObject>> {
+        self.state.read().objects.get(key).cloned()
     }
 
     /// The revision the cache is current to.

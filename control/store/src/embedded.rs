@@ -144,7 +144,11 @@ impl EmbeddedStore {
             StoreError::Backend(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("skiff.redb");
-        let db = Database::create(&path)
+        // Reads are served from memory, so redb's page cache only needs what a commit
+        // touches; its 1 GiB default would just grow the process.
+        let db = Database::builder()
+            .set_cache_size(32 << 20)
+            .create(&path)
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         let mut kvs = BTreeMap::new();
         let mut revision = 0;
