@@ -375,3 +375,75 @@ fn bad_input_is_refused_whole() {
             .starts_with("The connection to the server 127.0.0.1:1 was refused")
     );
 }
+
+#[test]
+fn directories_watch_and_delete_all() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(dir.path());
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).expect("mkdir");
+    for (file, name) in [
+        ("b.yaml", "second"),
+        ("a.yml", "first"),
+        ("notes.txt", "ignored"),
+    ] {
+        let text = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, labels: {{set: demo}}}}\n"
+        );
+        std::fs::write(manifests.join(file), text).expect("write");
+    }
+    let manifests = manifests.to_str().expect("utf8");
+    expect![[r#"
+        configmap/first created
+        configmap/second created
+        [exit 0]
+    "#]]
+    .assert_eq(&run(&s, &["apply", "-f", manifests]));
+
+    // `get -w` prints the current table, then a row per change.
+    let mut watch = std::process::Command::new(support::SKIFF)
+        .args(["--server", &s.address, "get", "cm", "-w"])
+        .env("SKIFF_CONFIG", dir.path().join("none"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn watch");
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(lines.next().expect("a line").expect("utf8"));
+    }
+    s.skiff(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: third}\ndata: {k: v}\n"),
+    );
+    got.push(lines.next().expect("a line").expect("utf8"));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    expect![[r#"
+        NAME     DATA   AGE
+        first    0      0s
+        second   0      0s
+        third    1      0s
+    "#]]
+    .assert_eq(&normalize(&(got.join("\n") + "\n")));
+
+    expect![[r#"
+        configmap "first" deleted
+        configmap "second" deleted
+        [exit 0]
+    "#]]
+    .assert_eq(&run(&s, &["delete", "cm", "-l", "set=demo"]));
+    expect![[r#"
+        configmap "third" deleted
+        [exit 0]
+    "#]]
+    .assert_eq(&run(&s, &["delete", "cm", "--all"]));
+    expect![[r#"
+        [stderr]
+        No resources found in default namespace.
+        [exit 0]
+    "#]]
+    .assert_eq(&run(&s, &["get", "cm"]));
+}

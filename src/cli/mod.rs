@@ -395,6 +395,7 @@ pub async fn get(client: &Client, a: GetArgs<'_>) -> anyhow::Result<()> {
     let mut collected: Vec<Value> = Vec::new();
     let mut single = false;
     let mut printed_any = false;
+    let mut widths = Vec::new();
     for (info, names) in &targets {
         let ns = if a.all_namespaces || !info.namespaced {
             ""
@@ -446,17 +447,15 @@ pub async fn get(client: &Client, a: GetArgs<'_>) -> anyhow::Result<()> {
                         println!();
                     }
                     printed_any = true;
-                    print!(
-                        "{}",
-                        table_text(
-                            info,
-                            &objects,
-                            a.output == Output::Wide,
-                            a.all_namespaces && info.namespaced,
-                            multi_kind,
-                            true
-                        )
-                    );
+                    let style = TableStyle {
+                        wide: a.output == Output::Wide,
+                        with_namespace: a.all_namespaces && info.namespaced,
+                        prefix_kind: multi_kind,
+                        with_header: true,
+                    };
+                    let (text, w) = table_text(info, &objects, style, &[]);
+                    widths = w;
+                    print!("{text}");
                 }
             }
         }
@@ -470,6 +469,7 @@ pub async fn get(client: &Client, a: GetArgs<'_>) -> anyhow::Result<()> {
                 &list_rv,
                 a.output,
                 a.all_namespaces,
+                widths,
             )
             .await;
         }
@@ -480,15 +480,29 @@ pub async fn get(client: &Client, a: GetArgs<'_>) -> anyhow::Result<()> {
     if failed { Err(Reported.into()) } else { Ok(()) }
 }
 
-/// A table of objects of one kind.
+/// How `get` lays out a table.
+#[derive(Debug, Clone, Copy)]
+pub struct TableStyle {
+    pub wide: bool,
+    pub with_namespace: bool,
+    pub prefix_kind: bool,
+    pub with_header: bool,
+}
+
+/// A table of objects of one kind, with columns at least `min_widths` wide; returns the
+/// text and the widths used (so later rows can line up).
 pub fn table_text(
     info: &ResourceInfo,
     objects: &[Value],
-    wide: bool,
-    with_namespace: bool,
-    prefix_kind: bool,
-    with_header: bool,
-) -> String {
+    style: TableStyle,
+    min_widths: &[usize],
+) -> (String, Vec<usize>) {
+    let TableStyle {
+        wide,
+        with_namespace,
+        prefix_kind,
+        with_header,
+    } = style;
     let mut rows = Vec::new();
     if with_header {
         let mut h: Vec<String> = table::headers(info, wide)
@@ -510,7 +524,7 @@ pub fn table_text(
         }
         rows.push(r);
     }
-    table::render(&rows)
+    table::render_aligned(&rows, min_widths)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -523,7 +537,9 @@ async fn watch(
     from: &str,
     output: Output,
     all_namespaces: bool,
+    mut widths: Vec<usize>,
 ) -> anyhow::Result<()> {
+    use std::io::Write;
     let params = ListParams::default().labels(labels).fields(fields);
     let mut stream = client
         .watch(info.plural, ns, &params, from, false)
@@ -539,18 +555,19 @@ async fn watch(
             Output::Name => println!("{}/{}", kind_ref(info), meta(&v, "name")),
             Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
             Output::Yaml => print!("---\n{}", serde_yaml_ng::to_string(&v)?),
-            _ => print!(
-                "{}",
-                table_text(
-                    info,
-                    &[v],
-                    output == Output::Wide,
-                    all_namespaces && info.namespaced,
-                    false,
-                    false
-                )
-            ),
+            _ => {
+                let style = TableStyle {
+                    wide: output == Output::Wide,
+                    with_namespace: all_namespaces && info.namespaced,
+                    prefix_kind: false,
+                    with_header: false,
+                };
+                let (text, w) = table_text(info, &[v], style, &widths);
+                widths = w;
+                print!("{text}");
+            }
         }
+        let _ = std::io::stdout().flush();
     }
     Ok(())
 }

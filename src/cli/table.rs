@@ -526,31 +526,37 @@ pub fn row(info: &ResourceInfo, obj: &Value, wide: bool) -> Vec<String> {
 /// Renders rows as kubectl's tabwriter does: columns padded to their widest cell plus
 /// three spaces; the last column unpadded.
 pub fn render(rows: &[Vec<String>]) -> String {
+    render_aligned(rows, &[]).0
+}
+
+/// Like [`render`], with columns at least `min_widths` wide (so rows printed later, as
+/// `get -w` does, line up under an earlier table); returns the widths used.
+pub fn render_aligned(rows: &[Vec<String>], min_widths: &[usize]) -> (String, Vec<usize>) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
-            rows.iter()
+            let widest = rows
+                .iter()
                 .filter_map(|r| r.get(c))
                 .map(|x| x.chars().count())
                 .max()
-                .unwrap_or(0)
+                .unwrap_or(0);
+            widest.max(min_widths.get(c).copied().unwrap_or(0))
         })
         .collect();
     let mut out = String::new();
     for r in rows {
         let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {
-            if c + 1 == r.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(cell);
+            line.push_str(cell);
+            if c + 1 < r.len() {
                 line.push_str(&" ".repeat(widths[c] - cell.chars().count() + 3));
             }
         }
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    out
+    (out, widths)
 }
 
 #[cfg(test)]

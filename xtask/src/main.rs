@@ -106,6 +106,7 @@ fn up(extra: &[String]) -> Result<(), String> {
         .map(|d| std::path::PathBuf::from(d).join(".."))
         .unwrap_or_else(|_| ".".into());
     let bin = root.join("target/release/skiff");
+    let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
     run(Command::new(&bin).arg("up").args(extra))?;
     eprintln!(
         "\nThe skiff binary is {}; add it to PATH: export PATH=$PWD/target/release:$PATH",

@@ -244,8 +244,9 @@ pub struct FieldSelector {
 /// Fields every resource can be selected by.
 const COMMON_FIELDS: &[&str] = &["metadata.name", "metadata.namespace"];
 
-/// Extra selectable fields per resource, as kube-apiserver registers them.
-fn extra_fields(plural: &str) -> &'static [&'static str] {
+/// Selectable fields of a resource beyond metadata.name and metadata.namespace, as
+/// kube-apiserver registers them.
+pub fn selectable_fields(plural: &str) -> &'static [&'static str] {
     match plural {
         "pods" => &[
             "spec.nodeName",
@@ -304,7 +305,7 @@ impl FieldSelector {
                 ));
             };
             let field = field.trim();
-            if !COMMON_FIELDS.contains(&field) && !extra_fields(plural).contains(&field) {
+            if !COMMON_FIELDS.contains(&field) && !selectable_fields(plural).contains(&field) {
                 return Err(format!("field label not supported: {field}"));
             }
             requirements.push(FieldRequirement {

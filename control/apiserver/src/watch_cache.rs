@@ -21,7 +21,7 @@ use parking_lot::RwLock;
 use serde_json::Value;
 use skiff_api::proto::{EventType, WatchEvent};
 use skiff_api::resource::ResourceInfo;
-use skiff_api::selector::{FieldSelector, LabelSelector, field_value};
+use skiff_api::selector::{FieldSelector, LabelSelector, field_value, selectable_fields};
 use skiff_api::watch_batch::{WatchBatch, encode_frame};
 use skiff_api::{ApiError, INITIAL_EVENTS_END};
 use skiff_store::{EventKind, Revision, Store, StoreError};
@@ -33,40 +33,6 @@ use tokio::sync::Notify;
 const MAX_BATCH_EVENTS: usize = 512;
 /// Most bytes sent in one gRPC message.
 const MAX_BATCH_BYTES: usize = 1 << 20;
-
-/// Fields indexed for field selectors, per resource.
-fn selectable_fields(plural: &str) -> &'static [&'static str] {
-    match plural {
-        "pods" => &[
-            "spec.nodeName",
-            "spec.restartPolicy",
-            "spec.schedulerName",
-            "spec.serviceAccountName",
-            "spec.hostNetwork",
-            "status.phase",
-            "status.podIP",
-            "status.nominatedNodeName",
-        ],
-        "nodes" => &["spec.unschedulable"],
-        "secrets" => &["type"],
-        "namespaces" => &["status.phase"],
-        "replicasets" => &["status.replicas"],
-        "events" => &[
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-        ],
-        _ => &[],
-    }
-}
 
 /// One object as the cache holds it: its JSON (with resourceVersion) and what selectors need.
 #[derive(Debug)]

@@ -17,6 +17,7 @@ pub struct TestServer {
     pub address: String,
     pub registry: Arc<Registry>,
     _dir: tempfile::TempDir,
+    _etcd: Option<skiff_store::etcd_server::EtcdServer>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -31,13 +32,35 @@ impl Drop for TestServer {
 pub async fn start_with(cache: CacheOptions) -> TestServer {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).expect("open store");
+    serve(Arc::new(store), cache, dir, None).await
+}
+
+/// The API server over a real etcd started for the test.
+pub async fn start_on_etcd() -> TestServer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = skiff_store::etcd_server::EtcdServer::start()
+        .expect("start etcd (cargo xtask setup installs it)");
+    let store = skiff_store::etcd::EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .expect("connect to etcd");
+    let cache = CacheOptions {
+        bookmark_interval: Duration::from_millis(200),
+        ..CacheOptions::default()
+    };
+    serve(Arc::new(store), cache, dir, Some(etcd)).await
+}
+
+async fn serve(
+    store: Arc<dyn skiff_store::Store>,
+    cache: CacheOptions,
+    dir: tempfile::TempDir,
+    etcd: Option<skiff_store::etcd_server::EtcdServer>,
+) -> TestServer {
     let config = Config {
         cache,
         ..Config::default()
     };
-    let registry = Registry::new(Arc::new(store), config)
-        .await
-        .expect("registry");
+    let registry = Registry::new(store, config).await.expect("registry");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -56,6 +79,7 @@ pub async fn start_with(cache: CacheOptions) -> TestServer {
         address,
         registry,
         _dir: dir,
+        _etcd: etcd,
         shutdown: Some(tx),
     }
 }
