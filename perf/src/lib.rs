@@ -31,11 +31,14 @@ pub fn skiff_bin() -> anyhow::Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    for profile in ["release", "debug"] {
-        let p = target.join(profile).join("skiff");
-        if p.exists() {
-            return Ok(p);
-        }
+    // The newest build: the one the test run or the bench just made.
+    let newest = ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("skiff"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max();
+    if let Some((_, p)) = newest {
+        return Ok(p);
     }
     bail!(
         "the skiff binary is not built (cargo build --release --bin skiff) and SKIFF_BIN is not set"

@@ -117,17 +117,25 @@ fn up(extra: &[String]) -> Result<(), String> {
 
 fn bench(extra: &[String]) -> Result<(), String> {
     setup()?;
-    run(cargo()
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "skiff-perf",
-            "--bin",
-            "skiff-bench",
-            "--",
-        ])
-        .args(extra))
+    // The benchmarks run the release server binary as its own process, as etcd is.
+    run(cargo().args([
+        "build",
+        "--release",
+        "--bin",
+        "skiff",
+        "--bin",
+        "skiff-bench",
+    ]))?;
+    let root = std::env::var("CARGO_MANIFEST_DIR")
+        .map(|d| std::path::PathBuf::from(d).join(".."))
+        .unwrap_or_else(|_| ".".into());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("release");
+    run(Command::new(target.join("skiff-bench"))
+        .args(extra)
+        .env("SKIFF_BIN", target.join("skiff")))
 }
 
 fn main() -> ExitCode {
