@@ -3,10 +3,13 @@
 //!
 //! Writes go through one committer thread. It takes every write waiting in its queue,
 //! checks each against the state (plus the writes earlier in the same batch), gives each its
-//! own revision, writes the batch to redb in **one transaction with one fsync**, and only then
-//! applies it to memory, publishes the events and answers the writers. So many concurrent
-//! writers share one fsync (group commit), a write is acknowledged only once it is durable,
-//! and readers never see a write that could still be lost.
+//! own revision, appends the batch to the write-ahead log as **one record with one
+//! fdatasync** ([`crate::wal`]), and only then applies it to memory, publishes the events
+//! and answers the writers. So many concurrent writers share one fsync (group commit), a
+//! write is acknowledged only once it is durable, and readers never see a write that could
+//! still be lost. A checkpointer thread writes the keys changed since the last checkpoint to
+//! redb every few seconds and deletes the log segments that the checkpoint covers; opening
+//! the store loads redb and replays the log after it.
 //!
 //! History is kept in memory only: after a restart, watches and reads resume from the
 //! revision at start-up (older ones get `Compacted`, as kube-apiserver's watch cache does).
@@ -22,6 +25,7 @@ use parking_lot::RwLock;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
+use crate::wal;
 use crate::{
     Event, EventKind, KeyValue, RangeResult, Result, Revision, Store, StoreError, WatchResponse,
     WatchStream,
@@ -40,6 +44,10 @@ pub struct EmbeddedOptions {
     pub history_age: Duration,
     /// Most writes committed in one transaction.
     pub max_batch: usize,
+    /// A checkpoint to redb starts when this much log was written since the last one...
+    pub checkpoint_bytes: usize,
+    /// ...or when this long passed with changes pending.
+    pub checkpoint_every: Duration,
 }
 
 impl Default for EmbeddedOptions {
@@ -48,6 +56,8 @@ impl Default for EmbeddedOptions {
             history_limit: 200_000,
             history_age: Duration::from_secs(300),
             max_batch: 4096,
+            checkpoint_bytes: 32 << 20,
+            checkpoint_every: Duration::from_secs(5),
         }
     }
 }
@@ -104,6 +114,7 @@ pub struct EmbeddedStore {
     shared: Arc<Shared>,
     ops: Option<mpsc::Sender<Op>>,
     committer: Option<std::thread::JoinHandle<()>>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
 }
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
@@ -175,6 +186,31 @@ impl EmbeddedStore {
                 Err(e) => return Err(backend(e)),
             }
         }
+        // Replay what the log holds beyond the checkpoint, then checkpoint it at once so the
+        // log does not grow across restarts.
+        let wal_dir = dir.join("wal");
+        let mut replayed: HashMap<String, Option<KeyValue>> = HashMap::new();
+        let checkpointed = revision;
+        revision = wal::replay(&wal_dir, checkpointed, |_, entries| {
+            for e in entries {
+                match e {
+                    wal::Entry::Put(kv) => {
+                        replayed.insert(kv.key.clone(), Some(kv.clone()));
+                        kvs.insert(kv.key.clone(), kv);
+                    }
+                    wal::Entry::Delete(key) => {
+                        kvs.remove(&key);
+                        replayed.insert(key, None);
+                    }
+                }
+            }
+        })?;
+        if revision > checkpointed {
+            checkpoint(&db, &replayed, revision)?;
+            wal::remove_covered(&wal_dir, revision)?;
+        }
+        let log = wal::Wal::create(&wal_dir, revision + 1)?;
+        wal::remove_covered(&wal_dir, revision)?;
         let (commits, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             state: RwLock::new(State {
@@ -186,16 +222,22 @@ impl EmbeddedStore {
             }),
             commits,
         });
+        let (jobs, job_rx) = mpsc::channel::<(HashMap<String, Option<KeyValue>>, Revision)>();
+        let checkpointer = std::thread::Builder::new()
+            .name("skiff-store-checkpoint".into())
+            .spawn(move || run_checkpointer(db, wal_dir, job_rx))
+            .map_err(backend)?;
         let (tx, rx) = mpsc::channel();
         let committer_shared = shared.clone();
         let committer = std::thread::Builder::new()
             .name("skiff-store-commit".into())
-            .spawn(move || Committer::new(committer_shared, db, options).run(rx))
+            .spawn(move || Committer::new(committer_shared, log, jobs, options).run(rx))
             .map_err(backend)?;
         Ok(EmbeddedStore {
             shared,
             ops: Some(tx),
             committer: Some(committer),
+            checkpointer: Some(checkpointer),
         })
     }
 
@@ -223,7 +265,12 @@ impl EmbeddedStore {
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         self.ops.take();
+        // The committer owns the checkpointer's queue: once it is gone the checkpointer
+        // finishes its last checkpoint and closes redb.
         if let Some(handle) = self.committer.take() {
+            let _ = handle.join();
+        }
+        if let Some(handle) = self.checkpointer.take() {
             let _ = handle.join();
         }
     }
@@ -231,8 +278,65 @@ impl Drop for EmbeddedStore {
 
 struct Committer {
     shared: Arc<Shared>,
-    db: Database,
+    log: wal::Wal,
+    /// Keys changed since the last checkpoint was handed over, with their state now.
+    dirty: HashMap<String, Option<KeyValue>>,
+    dirty_bytes: usize,
+    last_checkpoint: Instant,
+    checkpoints: mpsc::Sender<(HashMap<String, Option<KeyValue>>, Revision)>,
     options: EmbeddedOptions,
+}
+
+/// Writes `changes` (the state of each changed key at `revision`) to redb, durably.
+fn checkpoint(
+    db: &Database,
+    changes: &HashMap<String, Option<KeyValue>>,
+    revision: Revision,
+) -> Result<()> {
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        let mut table = txn.open_table(KV).map_err(backend)?;
+        for (key, value) in changes {
+            match value {
+                Some(kv) => {
+                    table
+                        .insert(key.as_str(), encode(kv).as_slice())
+                        .map_err(backend)?;
+                }
+                None => {
+                    table.remove(key.as_str()).map_err(backend)?;
+                }
+            }
+        }
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        meta.insert("revision", revision).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)
+}
+
+/// The checkpointer thread: applies checkpoints in order. A failed one is kept and merged
+/// with the next (never skipped: a later checkpoint must not drop log segments holding
+/// changes that are not in redb yet).
+fn run_checkpointer(
+    db: Database,
+    wal_dir: std::path::PathBuf,
+    jobs: mpsc::Receiver<(HashMap<String, Option<KeyValue>>, Revision)>,
+) {
+    let mut pending: HashMap<String, Option<KeyValue>> = HashMap::new();
+    while let Ok((changes, revision)) = jobs.recv() {
+        pending.extend(changes);
+        match checkpoint(&db, &pending, revision) {
+            Ok(()) => {
+                pending.clear();
+                if let Err(e) = wal::remove_covered(&wal_dir, revision) {
+                    tracing::warn!(error = %e, "cannot remove checkpointed log segments");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint failed; the log keeps every change and the next checkpoint retries")
+            }
+        }
+    }
 }
 
 enum Reply {
@@ -241,15 +345,24 @@ enum Reply {
 }
 
 impl Committer {
-    fn new(shared: Arc<Shared>, db: Database, options: EmbeddedOptions) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        log: wal::Wal,
+        checkpoints: mpsc::Sender<(HashMap<String, Option<KeyValue>>, Revision)>,
+        options: EmbeddedOptions,
+    ) -> Self {
         Committer {
             shared,
-            db,
+            log,
+            dirty: HashMap::new(),
+            dirty_bytes: 0,
+            last_checkpoint: Instant::now(),
+            checkpoints,
             options,
         }
     }
 
-    fn run(self, rx: mpsc::Receiver<Op>) {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
         loop {
             let first = match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(op) => op,
@@ -271,7 +384,7 @@ impl Committer {
         }
     }
 
-    fn commit(&self, batch: Vec<Op>) {
+    fn commit(&mut self, batch: Vec<Op>) {
         let mut overlay: HashMap<String, Option<KeyValue>> = HashMap::new();
         let mut events: Vec<Arc<Event>> = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
@@ -418,6 +531,9 @@ impl Committer {
         }
 
         if rev != start_revision {
+            for (key, value) in &overlay {
+                self.dirty.insert(key.clone(), value.clone());
+            }
             let mut state = self.shared.state.write();
             for (key, value) in overlay {
                 match value {
@@ -447,26 +563,31 @@ impl Committer {
         }
     }
 
-    fn persist(&self, overlay: &HashMap<String, Option<KeyValue>>, rev: Revision) -> Result<()> {
-        let txn = self.db.begin_write().map_err(backend)?;
+    fn persist(
+        &mut self,
+        overlay: &HashMap<String, Option<KeyValue>>,
+        rev: Revision,
+    ) -> Result<()> {
+        let payload = wal::encode_batch(rev, overlay.iter().map(|(k, v)| (k.as_str(), v.as_ref())));
+        self.dirty_bytes += payload.len();
+        self.log.append(&payload, rev + 1)
+    }
+
+    /// Hands the changed keys to the checkpointer when enough log has piled up.
+    fn maybe_checkpoint(&mut self) {
+        if self.dirty.is_empty()
+            || (self.dirty_bytes < self.options.checkpoint_bytes
+                && self.last_checkpoint.elapsed() < self.options.checkpoint_every)
         {
-            let mut table = txn.open_table(KV).map_err(backend)?;
-            for (key, value) in overlay {
-                match value {
-                    Some(kv) => {
-                        table
-                            .insert(key.as_str(), encode(kv).as_slice())
-                            .map_err(backend)?;
-                    }
-                    None => {
-                        table.remove(key.as_str()).map_err(backend)?;
-                    }
-                }
-            }
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            meta.insert("revision", rev).map_err(backend)?;
+            return;
         }
-        txn.commit().map_err(backend)
+        let revision = self.shared.state.read().revision;
+        let changes = std::mem::take(&mut self.dirty);
+        self.dirty_bytes = 0;
+        self.last_checkpoint = Instant::now();
+        if self.checkpoints.send((changes, revision)).is_err() {
+            tracing::error!("the checkpointer is gone; the log keeps growing");
+        }
     }
 
     fn compact(&self, revision: Revision) -> Result<()> {
@@ -494,8 +615,10 @@ impl Committer {
         Ok(())
     }
 
-    /// Background compaction: bounded history, bounded age.
-    fn maintain(&self) {
+    /// Background work between batches: checkpoints, then compaction of the history
+    /// (bounded in length and age).
+    fn maintain(&mut self) {
+        self.maybe_checkpoint();
         let now = Instant::now();
         let target =
             {

@@ -15,6 +15,7 @@
 pub mod embedded;
 pub mod etcd;
 pub mod etcd_server;
+pub mod wal;
 
 use std::pin::Pin;
 

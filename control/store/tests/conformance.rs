@@ -439,3 +439,65 @@ async fn embedded_group_commit_acknowledges_every_write() {
     let all = store.range("/g/", "", 0, 0).await.expect("range");
     assert_eq!(all.kvs.len(), 64 * 20);
 }
+
+/// Checkpoints move the log into redb and drop covered segments; reopening reads redb and
+/// replays only the log after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_checkpoints_and_replays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = EmbeddedOptions {
+        checkpoint_every: Duration::from_millis(50),
+        ..EmbeddedOptions::default()
+    };
+    let segments = |dir: &std::path::Path| {
+        skiff_store::wal::segments(&dir.join("wal"))
+            .expect("segments")
+            .len()
+    };
+    let (rev, kept) = {
+        let store = EmbeddedStore::open(dir.path(), options.clone()).expect("open");
+        let mut cur = store.create("/c/a", b("0")).await.expect("create");
+        for i in 0..200 {
+            cur = store
+                .update("/c/a", b(&i.to_string()), cur.mod_revision)
+                .await
+                .expect("update");
+            store
+                .create(&format!("/c/k{i}"), b("x"))
+                .await
+                .expect("create");
+        }
+        store.delete("/c/k7", 0).await.expect("delete");
+        // Let a checkpoint happen (the committer checks between batches and every second).
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let after_checkpoint = store.create("/c/late", b("after")).await.expect("create");
+        (after_checkpoint.mod_revision, cur)
+    };
+    assert!(segments(dir.path()) <= 2, "covered segments were removed");
+    let store = EmbeddedStore::open(dir.path(), options).expect("reopen");
+    assert_eq!(store.current_revision().await.expect("revision"), rev);
+    assert_eq!(store.get("/c/a", 0).await.expect("get"), Some(kept));
+    assert_eq!(store.get("/c/k7", 0).await.expect("get"), None);
+    assert_eq!(
+        store
+            .get("/c/late", 0)
+            .await
+            .expect("get")
+            .map(|kv| kv.value),
+        Some(b("after"))
+    );
+    assert_eq!(
+        store
+            .range("/c/k", "", 0, 0)
+            .await
+            .expect("range")
+            .kvs
+            .len(),
+        199
+    );
+    assert_eq!(
+        segments(dir.path()),
+        1,
+        "reopening checkpoints the replayed log"
+    );
+}
