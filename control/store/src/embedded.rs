@@ -568,9 +568,11 @@ impl Committer {
         overlay: &HashMap<String, Option<KeyValue>>,
         rev: Revision,
     ) -> Result<()> {
-        let payload = wal::encode_batch(rev, overlay.iter().map(|(k, v)| (k.as_str(), v.as_ref())));
-        self.dirty_bytes += payload.len();
-        self.log.append(&payload, rev + 1)
+        let size = self
+            .log
+            .append_batch(rev, overlay.iter().map(|(k, v)| (k.as_str(), v.as_ref())))?;
+        self.dirty_bytes += size;
+        Ok(())
     }
 
     /// Hands the changed keys to the checkpointer when enough log has piled up.
