@@ -409,6 +409,42 @@ impl Tally {
         }
     }
 
+    /// Waits for the writers and then for every watcher (or the timeout), and sums up.
+    async fn finish(
+        &self,
+        f: &Fanout,
+        writers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+        start: Instant,
+        idle_growth: u64,
+    ) -> anyhow::Result<FanoutResult> {
+        for w in writers {
+            w.await??;
+        }
+        let finished = self.wait(f.watchers, f.timeout).await;
+        let end = if finished {
+            *self
+                .last_event
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+        } else {
+            Instant::now()
+        };
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        let p99 = self
+            .hist
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .value_at_quantile(0.99) as f64
+            / 1000.0;
+        Ok(FanoutResult {
+            events_per_sec: delivered as f64 / (end - start).as_secs_f64(),
+            p99_ms: p99,
+            idle_bytes_per_watcher: idle_growth as f64 / f.watchers as f64,
+            delivered,
+            expected: (f.watchers * (f.updates / f.writers) * f.writers) as u64,
+        })
+    }
+
     async fn wait(&self, watchers: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while self.done.load(Ordering::Relaxed) < watchers {
@@ -489,32 +525,9 @@ async fn skiff_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
             anyhow::Ok(())
         }));
     }
-    for w in writers {
-        w.await??;
-    }
-    let finished = tally.wait(f.watchers, f.timeout).await;
-    let end = if finished {
-        *tally
-            .last_event
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-    } else {
-        Instant::now()
-    };
-    let delivered = tally.delivered.load(Ordering::Relaxed);
-    let p99 = tally
-        .hist
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .value_at_quantile(0.99) as f64
-        / 1000.0;
-    Ok(FanoutResult {
-        events_per_sec: delivered as f64 / (end - start).as_secs_f64(),
-        p99_ms: p99,
-        idle_bytes_per_watcher: rss1.saturating_sub(rss0) as f64 / f.watchers as f64,
-        delivered,
-        expected: (f.watchers * per_writer * f.writers) as u64,
-    })
+    tally
+        .finish(f, writers, start, rss1.saturating_sub(rss0))
+        .await
 }
 
 async fn etcd_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
@@ -588,32 +601,9 @@ async fn etcd_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
             anyhow::Ok(())
         }));
     }
-    for w in writers {
-        w.await??;
-    }
-    let finished = tally.wait(f.watchers, f.timeout).await;
-    let end = if finished {
-        *tally
-            .last_event
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-    } else {
-        Instant::now()
-    };
-    let delivered = tally.delivered.load(Ordering::Relaxed);
-    let p99 = tally
-        .hist
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .value_at_quantile(0.99) as f64
-        / 1000.0;
-    Ok(FanoutResult {
-        events_per_sec: delivered as f64 / (end - start).as_secs_f64(),
-        p99_ms: p99,
-        idle_bytes_per_watcher: rss1.saturating_sub(rss0) as f64 / f.watchers as f64,
-        delivered,
-        expected: (f.watchers * per_writer * f.writers) as u64,
-    })
+    tally
+        .finish(f, writers, start, rss1.saturating_sub(rss0))
+        .await
 }
 
 /// Watch fan-out: events delivered per second, p99 delivery latency, memory per idle watcher.

@@ -121,10 +121,11 @@ fn bench(extra: &[String]) -> Result<(), String> {
     run(cargo().args([
         "build",
         "--release",
-        "--bin",
+        "-p",
         "skiff",
-        "--bin",
-        "skiff-bench",
+        "-p",
+        "skiff-perf",
+        "--bins",
     ]))?;
     let root = std::env::var("CARGO_MANIFEST_DIR")
         .map(|d| std::path::PathBuf::from(d).join(".."))

@@ -163,6 +163,12 @@ impl Client {
         &self.address
     }
 
+    /// The message of a unary answer, or the error as the API server reported it.
+    fn answer<T>(&self, r: Result<tonic::Response<T>, tonic::Status>) -> Result<T, ApiError> {
+        r.map(tonic::Response::into_inner)
+            .map_err(|s| grpc_error(s, &self.address))
+    }
+
     /// A typed handle on `K` in `namespace` ("" for all namespaces or cluster-scoped kinds).
     pub fn api<K: k8s_openapi::Resource>(&self, namespace: &str) -> Api<K> {
         Api {
@@ -194,14 +200,7 @@ impl Client {
             namespace: namespace.into(),
             object,
         };
-        Ok(self
-            .inner
-            .clone()
-            .create(req)
-            .await
-            .map_err(|s| grpc_error(s, &self.address))?
-            .into_inner()
-            .object)
+        Ok(self.answer(self.inner.clone().create(req).await)?.object)
     }
 
     pub async fn get(
@@ -215,14 +214,7 @@ impl Client {
             namespace: namespace.into(),
             name: name.into(),
         };
-        Ok(self
-            .inner
-            .clone()
-            .get(req)
-            .await
-            .map_err(|s| grpc_error(s, &self.address))?
-            .into_inner()
-            .object)
+        Ok(self.answer(self.inner.clone().get(req).await)?.object)
     }
 
     pub async fn list(
@@ -240,13 +232,7 @@ impl Client {
             continue_token: params.continue_token.clone(),
             resource_version: params.resource_version.clone(),
         };
-        let resp = self
-            .inner
-            .clone()
-            .list(req)
-            .await
-            .map_err(|s| grpc_error(s, &self.address))?
-            .into_inner();
+        let resp = self.answer(self.inner.clone().list(req).await)?;
         Ok(RawList {
             items: resp.items,
             resource_version: resp.resource_version,
@@ -269,14 +255,7 @@ impl Client {
             object,
             subresource: subresource.into(),
         };
-        Ok(self
-            .inner
-            .clone()
-            .update(req)
-            .await
-            .map_err(|s| grpc_error(s, &self.address))?
-            .into_inner()
-            .object)
+        Ok(self.answer(self.inner.clone().update(req).await)?.object)
     }
 
     /// Applies a JSON merge patch (RFC 7386).
@@ -295,14 +274,7 @@ impl Client {
             patch,
             subresource: subresource.into(),
         };
-        Ok(self
-            .inner
-            .clone()
-            .patch(req)
-            .await
-            .map_err(|s| grpc_error(s, &self.address))?
-            .into_inner()
-            .object)
+        Ok(self.answer(self.inner.clone().patch(req).await)?.object)
     }
 
     /// Deletes; returns the object and whether it is gone already.
@@ -322,13 +294,7 @@ impl Client {
             precondition_resource_version: params.precondition_resource_version.clone(),
             propagation_policy: params.propagation_policy.clone(),
         };
-        let resp = self
-            .inner
-            .clone()
-            .delete(req)
-            .await
-            .map_err(|s| grpc_error(s, &self.address))?
-            .into_inner();
+        let resp = self.answer(self.inner.clone().delete(req).await)?;
         Ok((resp.object, resp.removed))
     }
 
@@ -344,14 +310,7 @@ impl Client {
             name: pod.into(),
             binding: Bytes::from(serde_json::to_vec(&binding).map_err(decode_error)?),
         };
-        Ok(self
-            .inner
-            .clone()
-            .bind(req)
-            .await
-            .map_err(|s| grpc_error(s, &self.address))?
-            .into_inner()
-            .object)
+        Ok(self.answer(self.inner.clone().bind(req).await)?.object)
     }
 
     /// Watches `resource`. An empty `resource_version` starts with the current state as
