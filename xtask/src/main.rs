@@ -58,7 +58,7 @@ fn setup() -> Result<(), String> {
         c
     };
     run(apt(&["update", "-qq"]).stdin(std::process::Stdio::null()))?;
-    let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
+    let mut install = apt(&["install", "-y", "-qq"]);
     install.args(&missing).stdin(std::process::Stdio::null());
     run(&mut install)
 }

@@ -19,8 +19,7 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 impl EtcdServer {
-    /// Starts etcd and waits until it answers. `fsync` false passes `--unsafe-no-fsync`
-    /// (never used for comparisons of durable writes).
+    /// Starts etcd (durable, default settings) and waits until it answers.
     pub fn start() -> std::io::Result<Self> {
         let binary = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
             .into_iter()
