@@ -492,20 +492,14 @@ where
     }
 
     pub async fn update(&self, obj: &K) -> Result<K, ApiError> {
-        let raw = self
-            .client
-            .update(
-                Self::PLURAL,
-                self.ns_of(obj),
-                Self::name_of(obj)?,
-                Self::encode(obj)?,
-                "",
-            )
-            .await?;
-        Self::decode(&raw)
+        self.replace(obj, "").await
     }
 
     pub async fn update_status(&self, obj: &K) -> Result<K, ApiError> {
+        self.replace(obj, "status").await
+    }
+
+    async fn replace(&self, obj: &K, subresource: &str) -> Result<K, ApiError> {
         let raw = self
             .client
             .update(
@@ -513,28 +507,31 @@ where
                 self.ns_of(obj),
                 Self::name_of(obj)?,
                 Self::encode(obj)?,
-                "status",
+                subresource,
             )
             .await?;
         Self::decode(&raw)
     }
 
     pub async fn patch(&self, name: &str, patch: &serde_json::Value) -> Result<K, ApiError> {
-        let body = Bytes::from(serde_json::to_vec(patch).map_err(decode_error)?);
-        Self::decode(
-            &self
-                .client
-                .patch(Self::PLURAL, &self.namespace, name, body, "")
-                .await?,
-        )
+        self.merge(name, patch, "").await
     }
 
     pub async fn patch_status(&self, name: &str, patch: &serde_json::Value) -> Result<K, ApiError> {
+        self.merge(name, patch, "status").await
+    }
+
+    async fn merge(
+        &self,
+        name: &str,
+        patch: &serde_json::Value,
+        subresource: &str,
+    ) -> Result<K, ApiError> {
         let body = Bytes::from(serde_json::to_vec(patch).map_err(decode_error)?);
         Self::decode(
             &self
                 .client
-                .patch(Self::PLURAL, &self.namespace, name, body, "status")
+                .patch(Self::PLURAL, &self.namespace, name, body, subresource)
                 .await?,
         )
     }
