@@ -283,6 +283,9 @@ struct Committer {
     dirty: HashMap<String, Option<KeyValue>>,
     dirty_bytes: usize,
     last_checkpoint: Instant,
+    /// When the history was last trimmed (it takes the state's write lock, so not after
+    /// every batch).
+    last_trim: Instant,
     checkpoints: mpsc::Sender<(HashMap<String, Option<KeyValue>>, Revision)>,
     options: EmbeddedOptions,
 }
@@ -357,6 +360,7 @@ impl Committer {
             dirty: HashMap::new(),
             dirty_bytes: 0,
             last_checkpoint: Instant::now(),
+            last_trim: Instant::now(),
             checkpoints,
             options,
         }
@@ -622,6 +626,10 @@ impl Committer {
     fn maintain(&mut self) {
         self.maybe_checkpoint();
         let now = Instant::now();
+        if now.duration_since(self.last_trim) < Duration::from_millis(100) {
+            return;
+        }
+        self.last_trim = now;
         let target =
             {
                 let mut state = self.shared.state.write();
