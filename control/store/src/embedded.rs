@@ -299,7 +299,10 @@ fn checkpoint(
     let txn = db.begin_write().map_err(backend)?;
     {
         let mut table = txn.open_table(KV).map_err(backend)?;
-        for (key, value) in changes {
+        // In key order: neighbouring inserts land on the same B-tree pages.
+        let mut ordered: Vec<(&String, &Option<KeyValue>)> = changes.iter().collect();
+        ordered.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (key, value) in ordered {
             match value {
                 Some(kv) => {
                     table
