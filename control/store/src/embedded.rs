@@ -439,22 +439,13 @@ impl Committer {
                         expected,
                         reply,
                     } => {
-                        let cur = match current(&overlay, &key) {
-                            None => {
-                                replies.push(Reply::Kv(reply, Err(StoreError::NotFound(key))));
+                        let cur = match guard(current(&overlay, &key), key.clone(), Some(expected))
+                        {
+                            Ok(cur) => cur,
+                            Err(e) => {
+                                replies.push(Reply::Kv(reply, Err(e)));
                                 continue;
                             }
-                            Some(cur) if cur.mod_revision != expected => {
-                                replies.push(Reply::Kv(
-                                    reply,
-                                    Err(StoreError::Conflict {
-                                        key,
-                                        current: Some(Box::new(cur)),
-                                    }),
-                                ));
-                                continue;
-                            }
-                            Some(cur) => cur,
                         };
                         rev += 1;
                         let kv = KeyValue {
@@ -477,22 +468,16 @@ impl Committer {
                         expected,
                         reply,
                     } => {
-                        let cur = match current(&overlay, &key) {
-                            None => {
-                                replies.push(Reply::Kv(reply, Err(StoreError::NotFound(key))));
+                        let cur = match guard(
+                            current(&overlay, &key),
+                            key.clone(),
+                            (expected != 0).then_some(expected),
+                        ) {
+                            Ok(cur) => cur,
+                            Err(e) => {
+                                replies.push(Reply::Kv(reply, Err(e)));
                                 continue;
                             }
-                            Some(cur) if expected != 0 && cur.mod_revision != expected => {
-                                replies.push(Reply::Kv(
-                                    reply,
-                                    Err(StoreError::Conflict {
-                                        key,
-                                        current: Some(Box::new(cur)),
-                                    }),
-                                ));
-                                continue;
-                            }
-                            Some(cur) => cur,
                         };
                         rev += 1;
                         overlay.insert(key.clone(), None);
@@ -660,6 +645,19 @@ impl Committer {
         if target > oldest {
             let _ = self.compact(target);
         }
+    }
+}
+
+/// The compare of a guarded update or delete: the key must exist and, when `expected` is
+/// given, still be at that mod revision.
+fn guard(current: Option<KeyValue>, key: String, expected: Option<Revision>) -> Result<KeyValue> {
+    match current {
+        None => Err(StoreError::NotFound(key)),
+        Some(cur) if expected.is_some_and(|e| cur.mod_revision != e) => Err(StoreError::Conflict {
+            key,
+            current: Some(Box::new(cur)),
+        }),
+        Some(cur) => Ok(cur),
     }
 }
 

@@ -66,6 +66,17 @@ impl EtcdStore {
         Ok(store)
     }
 
+    /// Why a guarded update or delete failed, from its else branch's read of the key.
+    fn guard_failed(key: &str, responses: Vec<TxnOpResponse>) -> StoreError {
+        match Self::else_kv(responses) {
+            Some(cur) => StoreError::Conflict {
+                key: key.to_string(),
+                current: Some(Box::new(cur)),
+            },
+            None => StoreError::NotFound(key.to_string()),
+        }
+    }
+
     /// The current value of `key`, read inside a failed transaction's else branch.
     fn else_kv(responses: Vec<TxnOpResponse>) -> Option<KeyValue> {
         responses.into_iter().find_map(|r| match r {
@@ -194,13 +205,7 @@ impl Store for EtcdStore {
                 version,
             });
         }
-        match Self::else_kv(responses) {
-            Some(cur) => Err(StoreError::Conflict {
-                key: key.to_string(),
-                current: Some(Box::new(cur)),
-            }),
-            None => Err(StoreError::NotFound(key.to_string())),
-        }
+        Err(Self::guard_failed(key, responses))
     }
 
     async fn delete(&self, key: &str, expected: Revision) -> Result<KeyValue> {
@@ -238,13 +243,7 @@ impl Store for EtcdStore {
                 None => Err(StoreError::NotFound(key.to_string())),
             };
         }
-        match Self::else_kv(responses) {
-            Some(cur) => Err(StoreError::Conflict {
-                key: key.to_string(),
-                current: Some(Box::new(cur)),
-            }),
-            None => Err(StoreError::NotFound(key.to_string())),
-        }
+        Err(Self::guard_failed(key, responses))
     }
 
     async fn watch(&self, prefix: &str, start: Revision) -> Result<WatchStream> {
