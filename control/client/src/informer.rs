@@ -11,12 +11,10 @@ use futures::StreamExt;
 use k8s_openapi::Metadata;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use parking_lot::RwLock;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use skiff_api::Reason;
 use tokio::sync::watch;
 
-use crate::{Api, ListParams, WatchEvent, resource_version};
+use crate::{Api, ApiObject, ListParams, WatchEvent, resource_version};
 
 /// What changed in the cache.
 #[derive(Debug)]
@@ -182,13 +180,7 @@ impl<K> Drop for InformerHandle<K> {
 
 impl<K> Informer<K>
 where
-    K: k8s_openapi::Resource
-        + Metadata<Ty = ObjectMeta>
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: ApiObject,
 {
     pub fn new(api: Api<K>, params: ListParams) -> Self {
         Informer {
@@ -246,13 +238,7 @@ fn emit<K>(handlers: &[Handler<K>], event: Event<K>) {
 
 async fn run<K>(api: Api<K>, params: ListParams, shared: Arc<Shared<K>>, handlers: Vec<Handler<K>>)
 where
-    K: k8s_openapi::Resource
-        + Metadata<Ty = ObjectMeta>
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: ApiObject,
 {
     let mut backoff = Duration::from_millis(200);
     loop {

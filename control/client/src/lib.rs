@@ -406,6 +406,30 @@ pub struct ObjectList<K> {
     pub continue_token: String,
 }
 
+/// A Kubernetes kind a typed [`Api`] and an informer can handle: every built-in kind of
+/// `k8s-openapi`.
+pub trait ApiObject:
+    k8s_openapi::Resource
+    + Metadata<Ty = ObjectMeta>
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> ApiObject for K where
+    K: k8s_openapi::Resource
+        + Metadata<Ty = ObjectMeta>
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The resourceVersion of an object.
 pub fn resource_version<K: Metadata<Ty = ObjectMeta>>(obj: &K) -> &str {
     obj.metadata()
@@ -414,15 +438,7 @@ pub fn resource_version<K: Metadata<Ty = ObjectMeta>>(obj: &K) -> &str {
         .unwrap_or_default()
 }
 
-impl<K> Api<K>
-where
-    K: k8s_openapi::Resource
-        + Metadata<Ty = ObjectMeta>
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + 'static,
-{
+impl<K: ApiObject> Api<K> {
     const PLURAL: &'static str = K::URL_PATH_SEGMENT;
 
     fn encode(obj: &K) -> Result<Bytes, ApiError> {
