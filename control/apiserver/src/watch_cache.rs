@@ -50,15 +50,17 @@ pub struct CachedObject {
 }
 
 impl CachedObject {
-    fn field(&self, plural: &str, field: &str) -> String {
+    /// A selectable field's value, borrowed: matching runs for every event and every
+    /// field-selected watcher (each node agent watches pods by spec.nodeName).
+    fn field(&self, plural: &str, field: &str) -> &str {
         match field {
-            "metadata.name" => self.name.clone(),
-            "metadata.namespace" => self.namespace.clone(),
+            "metadata.name" => &self.name,
+            "metadata.namespace" => &self.namespace,
             f => selectable_fields(plural)
                 .iter()
                 .position(|x| *x == f)
-                .and_then(|i| self.fields.get(i).cloned())
-                .unwrap_or_default(),
+                .and_then(|i| self.fields.get(i))
+                .map_or("", String::as_str),
         }
     }
 }
