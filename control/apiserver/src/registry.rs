@@ -476,20 +476,25 @@ impl Registry {
         };
         let bytes =
             Bytes::from(serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?);
-        match self
+        let written = self
             .store
             .create(&info.key(&ns, &name), bytes.clone())
-            .await
-        {
-            Ok(kv) => {
-                self.settle(alloc, true);
-                Self::respond_raw(&bytes, kv.mod_revision)
-            }
-            Err(e) => {
-                self.settle(alloc, false);
-                Err(store_error(e, info, &name))
-            }
-        }
+            .await;
+        self.finish_write(written, &bytes, alloc, info, &name)
+    }
+
+    /// Settles a write's allocations by its outcome and answers with the stored object.
+    fn finish_write(
+        &self,
+        written: Result<KeyValue, StoreError>,
+        bytes: &Bytes,
+        alloc: Allocation,
+        info: &ResourceInfo,
+        name: &str,
+    ) -> Result<Bytes, ApiError> {
+        self.settle(alloc, written.is_ok());
+        let kv = written.map_err(|e| store_error(e, info, name))?;
+        Self::respond_raw(bytes, kv.mod_revision)
     }
 
     // ---- Service allocations ------------------------------------------------------------
@@ -1058,20 +1063,11 @@ impl Registry {
         }
         let bytes =
             Bytes::from(serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?);
-        match self
+        let written = self
             .store
             .update(&cur.key, bytes.clone(), cur.mod_revision)
-            .await
-        {
-            Ok(kv) => {
-                self.settle(alloc, true);
-                Self::respond_raw(&bytes, kv.mod_revision)
-            }
-            Err(e) => {
-                self.settle(alloc, false);
-                Err(store_error(e, info, &name))
-            }
-        }
+            .await;
+        self.finish_write(written, &bytes, alloc, info, &name)
     }
 
     async fn read_current(
