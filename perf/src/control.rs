@@ -47,30 +47,23 @@ fn configmap(name: &str, payload: &str) -> Bytes {
 
 // ---- durable writes ---------------------------------------------------------------------
 
-async fn skiff_write_rate(
-    address: &str,
-    clients: usize,
-    run: Duration,
-    tag: &str,
-) -> anyhow::Result<f64> {
-    let conns = skiff_clients(address, clients.min(8)).await?;
-    let payload = "x".repeat(1024);
+/// Runs `clients` closed-loop writers for `run`; `op(t, i)` is writer t's i-th write.
+/// Returns completed writes per second.
+async fn write_rate<F, Fut>(clients: usize, run: Duration, op: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let op = Arc::new(op);
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..clients {
-        let c = conns[t % conns.len()].clone();
-        let (count, payload, tag) = (count.clone(), payload.clone(), tag.to_string());
+        let (op, count) = (op.clone(), count.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while start.elapsed() < run {
-                c.create(
-                    "configmaps",
-                    "default",
-                    configmap(&format!("{tag}-{t}-{i}"), &payload),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                op(t, i).await?;
                 count.fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }
@@ -83,6 +76,28 @@ async fn skiff_write_rate(
     Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
+async fn skiff_write_rate(
+    address: &str,
+    clients: usize,
+    run: Duration,
+    tag: &str,
+) -> anyhow::Result<f64> {
+    let conns = Arc::new(skiff_clients(address, clients.min(8)).await?);
+    let payload = "x".repeat(1024);
+    let tag = tag.to_string();
+    write_rate(clients, run, move |t, i| {
+        let c = conns[t % conns.len()].clone();
+        let body = configmap(&format!("{tag}-{t}-{i}"), &payload);
+        async move {
+            c.create("configmaps", "default", body)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(())
+        }
+    })
+    .await
+}
+
 async fn etcd_write_rate(
     etcd: &etcd_client::Client,
     clients: usize,
@@ -90,32 +105,22 @@ async fn etcd_write_rate(
     tag: &str,
 ) -> anyhow::Result<f64> {
     let payload = String::from_utf8(configmap("x", &"x".repeat(1024)).to_vec())?;
-    let count = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..clients {
-        let mut kv = etcd.kv_client();
-        let (count, payload, tag) = (count.clone(), payload.clone(), tag.to_string());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while start.elapsed() < run {
-                // kube-apiserver's create: a transaction that writes only if the key is new.
-                let key = format!("/registry/configmaps/default/{tag}-{t}-{i}");
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key.as_str(), payload.as_str(), None)])
-                    .or_else([TxnOp::get(key.as_str(), None)]);
-                kv.txn(txn).await?;
-                count.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    let kv = etcd.kv_client();
+    let tag = tag.to_string();
+    write_rate(clients, run, move |t, i| {
+        let mut kv = kv.clone();
+        // kube-apiserver's create: a transaction that writes only if the key is new.
+        let key = format!("/registry/configmaps/default/{tag}-{t}-{i}");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), payload.as_str(), None)])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        async move {
+            kv.txn(txn).await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Durable writes/s of 1 KiB objects at `clients` concurrent clients.
