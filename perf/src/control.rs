@@ -16,7 +16,7 @@ use skiff_client::{Client, ListParams, RawEvent};
 use skiff_store::etcd_server::EtcdServer;
 
 use crate::report::Measurement;
-use crate::{Mode, SkiffServer, median, rss_bytes};
+use crate::{Mode, SkiffServer, cpu_time, median, rss_bytes};
 
 fn now_nanos() -> u64 {
     SystemTime::now()
@@ -319,6 +319,8 @@ struct FanoutResult {
     events_per_sec: f64,
     p99_ms: f64,
     idle_bytes_per_watcher: f64,
+    /// Server CPU time (all threads) per delivered event while the updates were delivered.
+    server_cpu_ns_per_event: f64,
     delivered: u64,
     expected: u64,
 }
@@ -421,11 +423,13 @@ impl Tally {
         writers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
         start: Instant,
         idle_growth: u64,
+        server: (u32, Duration),
     ) -> anyhow::Result<FanoutResult> {
         for w in writers {
             w.await??;
         }
         let finished = self.wait(f.watchers, f.timeout).await;
+        let server_cpu = cpu_time(server.0).saturating_sub(server.1);
         let end = if finished {
             *self
                 .last_event
@@ -445,6 +449,7 @@ impl Tally {
             events_per_sec: delivered as f64 / (end - start).as_secs_f64(),
             p99_ms: p99,
             idle_bytes_per_watcher: idle_growth as f64 / f.watchers as f64,
+            server_cpu_ns_per_event: server_cpu.as_nanos() as f64 / delivered.max(1) as f64,
             delivered,
             expected: (f.watchers * (f.updates / f.writers) * f.writers) as u64,
         })
@@ -515,6 +520,7 @@ async fn skiff_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss1 = rss_bytes(server.pid());
 
+    let cpu0 = cpu_time(server.pid());
     let start = Instant::now();
     let per_writer = f.updates / f.writers;
     let mut writers = Vec::new();
@@ -531,7 +537,13 @@ async fn skiff_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
         }));
     }
     tally
-        .finish(f, writers, start, rss1.saturating_sub(rss0))
+        .finish(
+            f,
+            writers,
+            start,
+            rss1.saturating_sub(rss0),
+            (server.pid(), cpu0),
+        )
         .await
 }
 
@@ -590,6 +602,7 @@ async fn etcd_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss1 = rss_bytes(server.pid());
 
+    let cpu0 = cpu_time(server.pid());
     let start = Instant::now();
     let per_writer = f.updates / f.writers;
     let mut writers = Vec::new();
@@ -607,7 +620,13 @@ async fn etcd_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
         }));
     }
     tally
-        .finish(f, writers, start, rss1.saturating_sub(rss0))
+        .finish(
+            f,
+            writers,
+            start,
+            rss1.saturating_sub(rss0),
+            (server.pid(), cpu0),
+        )
         .await
 }
 
@@ -616,14 +635,20 @@ pub async fn watch_fanout(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
     let f = Fanout::of(mode);
     let repeats = if mode == Mode::Quick { 1 } else { 3 };
     let (mut rate, mut p99, mut mem) = ((vec![], vec![]), (vec![], vec![]), (vec![], vec![]));
+    let mut cpu = (vec![], vec![]);
     let mut notes = Vec::new();
     for _ in 0..repeats {
         let s = skiff_fanout(&f).await?;
         if std::env::var("SKIFF_BENCH_NO_PEER").is_ok() {
             // Profiling runs only: report Skiff's figures and stop.
             eprintln!(
-                "skiff: {:.0} events/s, p99 {:.2} ms, {:.0} B/idle watcher, {}/{} delivered",
-                s.events_per_sec, s.p99_ms, s.idle_bytes_per_watcher, s.delivered, s.expected
+                "skiff: {:.0} events/s, p99 {:.2} ms, {:.0} B/idle watcher, {:.0} ns server CPU/event, {}/{} delivered",
+                s.events_per_sec,
+                s.p99_ms,
+                s.idle_bytes_per_watcher,
+                s.server_cpu_ns_per_event,
+                s.delivered,
+                s.expected
             );
             anyhow::bail!("SKIFF_BENCH_NO_PEER set: no comparison made");
         }
@@ -642,6 +667,8 @@ pub async fn watch_fanout(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
         p99.1.push(e.p99_ms);
         mem.0.push(s.idle_bytes_per_watcher);
         mem.1.push(e.idle_bytes_per_watcher);
+        cpu.0.push(s.server_cpu_ns_per_event);
+        cpu.1.push(e.server_cpu_ns_per_event);
     }
     let label = format!("{} watchers, {} pod updates", f.watchers, f.updates);
     let peer = "etcd 3.4 watches (etcd-client)";
@@ -659,6 +686,14 @@ pub async fn watch_fanout(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
             median(p99.0),
             median(p99.1),
             "ms",
+            peer,
+            "",
+        ),
+        Measurement::lower_better(
+            &format!("Server CPU per delivered event ({label})"),
+            median(cpu.0),
+            median(cpu.1),
+            "ns",
             peer,
             "",
         ),

@@ -1,9 +1,11 @@
-//! The gRPC codec: prost encoding with a small initial encode buffer.
+//! The gRPC codec: prost encoding with buffers allocated on demand.
 //!
-//! tonic's default codec allocates an 8 KiB buffer per response stream up front. A watch is
-//! a long-lived stream that is idle most of the time, so that buffer would be most of an
-//! idle watcher's cost; starting at 512 bytes (grown on demand) keeps idle watchers cheap
-//! while busy streams grow to what they need.
+//! tonic's default codec allocates an 8 KiB encode buffer per response stream and an 8 KiB
+//! decode buffer per request up front. A watch is a long-lived stream that is idle most of
+//! the time, so its encode buffer would be most of an idle watcher's cost: it starts empty
+//! and grows with the first event. Requests are small (one object), so their decode buffer
+//! starts at 1 KiB and grows for the large ones; 1,000 watches opened at once then leave
+//! 1 MiB of freed buffers behind in the allocator instead of 8 MiB.
 
 use std::marker::PhantomData;
 
@@ -11,8 +13,10 @@ use prost::Message;
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-/// Initial size of a stream's encode buffer.
-const ENCODE_BUFFER: usize = 512;
+/// Initial size of a stream's encode buffer: nothing until the first message.
+const ENCODE_BUFFER: usize = 0;
+/// Initial size of a request's decode buffer.
+const DECODE_BUFFER: usize = 1024;
 /// Bytes buffered before the encoder yields them to the transport.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
@@ -41,6 +45,6 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(BufferSettings::default())
+        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD))
     }
 }
