@@ -1,0 +1,495 @@
+//! The service table: programs services and their backends into the BPF maps.
+//!
+//! The unit is one service port (`LbService`): its frontends (ClusterIP:port, and later
+//! node address:NodePort) and its endpoints. `apply` diffs against what was programmed
+//! before and writes only what changed. A changed backend set is written under a new
+//! generation and published by one update of each frontend entry, so a program sees the
+//! old set or the new one, never an empty or partial one (see maps.h). Terminating
+//! endpoints keep their backend entry (existing flows finish) but get no slot (no new
+//! flows), unless no ready endpoint is left: then serving terminating endpoints take the
+//! slots, as kube-proxy does (KEP-1669). No usable endpoint at all programs a count of 0,
+//! which the programs turn into a rejection.
+//!
+//! Backend and service ids are allocated round-robin and reused only after the whole id
+//! space went by, so a stale flow or affinity entry never points at a recycled id.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray};
+
+use crate::maps::{
+    self, AffinityKey, AffinityValue, BACKEND_F_TERMINATING, Backend, MAX_BACKENDS, MAX_SERVICES,
+    Proto, SVC_F_AFFINITY, SlotKey, SockFlowValue, SockRevnatKey, SvcKey, SvcStats, SvcValue,
+};
+
+/// One way a service port is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+    /// `maps::SVC_SCOPE_*`.
+    pub scope: u8,
+}
+
+/// One endpoint of a service port, with its EndpointSlice conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+/// A service port as the data plane programs it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LbService {
+    pub frontends: Vec<Frontend>,
+    pub endpoints: Vec<Endpoint>,
+    /// `sessionAffinity: ClientIP` timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error("BPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("BPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("all {0} {1} ids are in use")]
+    Exhausted(u32, &'static str),
+    #[error("service port {service}: frontends mix protocols {first:?} and {other:?}")]
+    MixedProtocols {
+        service: String,
+        first: Proto,
+        other: Proto,
+    },
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> LbError {
+    move |source| LbError::Map { map, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct BackendAddr {
+    addr: Ipv4Addr,
+    port: u16,
+    proto: Proto,
+}
+
+#[derive(Debug)]
+struct BackendState {
+    id: u32,
+    terminating: bool,
+    users: u32,
+}
+
+#[derive(Debug)]
+struct ServiceState {
+    id: u32,
+    generation: u16,
+    value: SvcValue,
+    frontends: BTreeSet<Frontend>,
+    /// Backends in slot order.
+    slots: Vec<BackendAddr>,
+    /// Every backend this service references (slots and terminating ones).
+    backends: BTreeSet<BackendAddr>,
+}
+
+/// Round-robin id allocation over `0..limit`, skipping ids in use.
+#[derive(Debug)]
+struct Ids {
+    next: u32,
+    limit: u32,
+    used: BTreeSet<u32>,
+    what: &'static str,
+}
+
+impl Ids {
+    fn new(first: u32, limit: u32, what: &'static str) -> Self {
+        Ids {
+            next: first,
+            limit,
+            used: BTreeSet::new(),
+            what,
+        }
+    }
+
+    fn take(&mut self) -> Result<u32, LbError> {
+        if self.used.len() as u32 >= self.limit {
+            return Err(LbError::Exhausted(self.limit, self.what));
+        }
+        loop {
+            let id = self.next;
+            self.next = (self.next + 1) % self.limit;
+            if self.used.insert(id) {
+                return Ok(id);
+            }
+        }
+    }
+
+    fn release(&mut self, id: u32) {
+        self.used.remove(&id);
+    }
+}
+
+/// Counters of one service port, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub connections: u64,
+}
+
+/// The programmed services of one node's BPF maps.
+pub struct LoadBalancer {
+    services_map: BpfHashMap<MapData, SvcKey, SvcValue>,
+    slots_map: BpfHashMap<MapData, SlotKey, u32>,
+    backends_map: BpfHashMap<MapData, u32, Backend>,
+    sock_flows: BpfHashMap<MapData, SockRevnatKey, SockFlowValue>,
+    affinity: BpfHashMap<MapData, AffinityKey, AffinityValue>,
+    stats: PerCpuArray<MapData, SvcStats>,
+    services: HashMap<String, ServiceState>,
+    backends: BTreeMap<BackendAddr, BackendState>,
+    service_ids: Ids,
+    backend_ids: Ids,
+    /// Map writes done so far (for tests and benchmarks: "only what changed").
+    pub writes: u64,
+}
+
+impl LoadBalancer {
+    /// Takes the service maps out of a loaded BPF object.
+    pub fn new(mut take: impl FnMut(&'static str) -> Option<Map>) -> Result<Self, LbError> {
+        let mut get = |name: &'static str| take(name).ok_or(LbError::MissingMap(name));
+        Ok(LoadBalancer {
+            services_map: BpfHashMap::try_from(get(maps::SERVICES)?)
+                .map_err(map_err(maps::SERVICES))?,
+            slots_map: BpfHashMap::try_from(get(maps::SLOTS)?).map_err(map_err(maps::SLOTS))?,
+            backends_map: BpfHashMap::try_from(get(maps::BACKENDS)?)
+                .map_err(map_err(maps::BACKENDS))?,
+            sock_flows: BpfHashMap::try_from(get(maps::SOCK_FLOWS)?)
+                .map_err(map_err(maps::SOCK_FLOWS))?,
+            affinity: BpfHashMap::try_from(get(maps::AFFINITY)?)
+                .map_err(map_err(maps::AFFINITY))?,
+            stats: PerCpuArray::try_from(get(maps::SVC_STATS)?)
+                .map_err(map_err(maps::SVC_STATS))?,
+            services: HashMap::new(),
+            backends: BTreeMap::new(),
+            // Service id 0 is never used, so a zeroed value is never a live service.
+            service_ids: Ids::new(1, MAX_SERVICES, "service"),
+            backend_ids: Ids::new(1, MAX_BACKENDS, "backend"),
+            writes: 0,
+        })
+    }
+
+    /// Programs `name` (one service port) as `svc` says, writing only what changed.
+    pub fn apply(&mut self, name: &str, svc: &LbService) -> Result<(), LbError> {
+        let proto = svc.frontends.first().map(|f| f.proto).unwrap_or(Proto::Tcp);
+        if let Some(f) = svc.frontends.iter().find(|f| f.proto != proto) {
+            return Err(LbError::MixedProtocols {
+                service: name.to_string(),
+                first: proto,
+                other: f.proto,
+            });
+        }
+        if svc.frontends.is_empty() {
+            return self.remove(name);
+        }
+
+        // Desired backends and slots.
+        let mut wanted: BTreeMap<BackendAddr, bool> = BTreeMap::new();
+        for e in &svc.endpoints {
+            if !(e.ready || e.serving) {
+                continue;
+            }
+            let addr = BackendAddr {
+                addr: e.addr,
+                port: e.port,
+                proto,
+            };
+            let terminating = e.terminating || !e.ready;
+            let t = wanted.entry(addr).or_insert(terminating);
+            *t &= terminating;
+        }
+        let mut slots: Vec<BackendAddr> = wanted
+            .iter()
+            .filter(|(_, t)| !**t)
+            .map(|(a, _)| *a)
+            .collect();
+        if slots.is_empty() {
+            // No ready endpoint: serving-but-terminating ones take new flows (KEP-1669).
+            slots = wanted.keys().copied().collect();
+        }
+        let slots = &slots[..slots.len().min(u16::MAX as usize)];
+
+        // Backend entries first, so slots never name a missing backend.
+        for (addr, terminating) in &wanted {
+            self.hold_backend(*addr, *terminating)?;
+        }
+
+        let flags = if svc.affinity_timeout.is_some() {
+            SVC_F_AFFINITY
+        } else {
+            0
+        };
+        let (id, old_generation, old_slots, old_frontends, old_backends, old_value) =
+            match self.services.remove(name) {
+                Some(s) => (
+                    s.id,
+                    Some(s.generation),
+                    s.slots,
+                    s.frontends,
+                    s.backends,
+                    Some(s.value),
+                ),
+                None => (
+                    self.service_ids.take()?,
+                    None,
+                    Vec::new(),
+                    BTreeSet::new(),
+                    BTreeSet::new(),
+                    None,
+                ),
+            };
+
+        let slots_changed = old_generation.is_none() || old_slots.as_slice() != slots;
+        let generation = match old_generation {
+            Some(g) if slots_changed => g.wrapping_add(1),
+            Some(g) => g,
+            None => 0,
+        };
+        if slots_changed {
+            for (i, b) in slots.iter().enumerate() {
+                let backend_id = self.backends[b].id;
+                let key = SlotKey {
+                    svc_id: id,
+                    generation,
+                    slot: i as u16,
+                };
+                self.slots_map
+                    .insert(key, backend_id, 0)
+                    .map_err(map_err(maps::SLOTS))?;
+                self.writes += 1;
+            }
+        }
+        let value = SvcValue {
+            id,
+            count: slots.len() as u16,
+            generation,
+            flags,
+            affinity_timeout: svc.affinity_timeout.unwrap_or(0),
+        };
+        let frontends: BTreeSet<Frontend> = svc.frontends.iter().copied().collect();
+        for f in &frontends {
+            if old_value == Some(value) && old_frontends.contains(f) {
+                continue;
+            }
+            self.services_map
+                .insert(SvcKey::new(f.addr, f.port, f.proto, f.scope), value, 0)
+                .map_err(map_err(maps::SERVICES))?;
+            self.writes += 1;
+        }
+        for f in old_frontends.difference(&frontends) {
+            self.remove_key(SvcKey::new(f.addr, f.port, f.proto, f.scope))?;
+        }
+        if slots_changed && let Some(old) = old_generation {
+            self.remove_slots(id, old, old_slots.len())?;
+        }
+        if old_value
+            .is_some_and(|v| v.flags != flags || v.affinity_timeout != value.affinity_timeout)
+        {
+            self.purge_affinity(id)?;
+        }
+
+        let backends: BTreeSet<BackendAddr> = wanted.keys().copied().collect();
+        for gone in old_backends.difference(&backends) {
+            self.release_backend(*gone)?;
+        }
+        // hold_backend counted every wanted backend once more; drop the old holds.
+        for kept in old_backends.intersection(&backends) {
+            if let Some(b) = self.backends.get_mut(kept) {
+                b.users -= 1;
+            }
+        }
+        self.services.insert(
+            name.to_string(),
+            ServiceState {
+                id,
+                generation,
+                value,
+                frontends,
+                slots: slots.to_vec(),
+                backends,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes every entry of `name`; a no-op for an unknown name.
+    pub fn remove(&mut self, name: &str) -> Result<(), LbError> {
+        let Some(s) = self.services.remove(name) else {
+            return Ok(());
+        };
+        for f in &s.frontends {
+            self.remove_key(SvcKey::new(f.addr, f.port, f.proto, f.scope))?;
+        }
+        self.remove_slots(s.id, s.generation, s.slots.len())?;
+        for b in &s.backends {
+            self.release_backend(*b)?;
+        }
+        self.purge_affinity(s.id)?;
+        // Counters start from zero for whoever gets the id next.
+        let zero = aya::maps::PerCpuValues::try_from(vec![SvcStats::default(); num_cpus()])
+            .map_err(|e| map_err(maps::SVC_STATS)(MapError::from(e)))?;
+        self.stats
+            .set(s.id, zero, 0)
+            .map_err(map_err(maps::SVC_STATS))?;
+        self.service_ids.release(s.id);
+        Ok(())
+    }
+
+    /// Names of the programmed service ports.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.services.keys().map(String::as_str)
+    }
+
+    /// The counters of a programmed service port.
+    pub fn counters(&self, name: &str) -> Result<Option<ServiceCounters>, LbError> {
+        let Some(s) = self.services.get(name) else {
+            return Ok(None);
+        };
+        let per_cpu = self.stats.get(&s.id, 0).map_err(map_err(maps::SVC_STATS))?;
+        Ok(Some(per_cpu.iter().fold(
+            ServiceCounters::default(),
+            |acc, c| ServiceCounters {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+                connections: acc.connections + c.connections,
+            },
+        )))
+    }
+
+    /// How many entries the service, slot and backend maps hold (read from the kernel).
+    pub fn entries(&self) -> Result<(usize, usize, usize), LbError> {
+        Ok((
+            self.services_map.keys().count(),
+            self.slots_map.keys().count(),
+            self.backends_map.keys().count(),
+        ))
+    }
+
+    fn remove_key(&mut self, key: SvcKey) -> Result<(), LbError> {
+        self.writes += 1;
+        match self.services_map.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(maps::SERVICES)(e)),
+        }
+    }
+
+    fn remove_slots(&mut self, svc_id: u32, generation: u16, count: usize) -> Result<(), LbError> {
+        for slot in 0..count {
+            let key = SlotKey {
+                svc_id,
+                generation,
+                slot: slot as u16,
+            };
+            self.writes += 1;
+            match self.slots_map.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(maps::SLOTS)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds one user to a backend, creating or updating its map entry as needed.
+    fn hold_backend(&mut self, addr: BackendAddr, terminating: bool) -> Result<(), LbError> {
+        let flags = if terminating {
+            BACKEND_F_TERMINATING
+        } else {
+            0
+        };
+        let (id, write) = match self.backends.get_mut(&addr) {
+            Some(b) => {
+                b.users += 1;
+                // Terminating wins only when every user sees it terminating; a backend
+                // shared by services is terminating for all of them at once anyway.
+                let write = b.terminating != terminating;
+                b.terminating = terminating;
+                (b.id, write)
+            }
+            None => {
+                let id = self.backend_ids.take()?;
+                self.backends.insert(
+                    addr,
+                    BackendState {
+                        id,
+                        terminating,
+                        users: 1,
+                    },
+                );
+                (id, true)
+            }
+        };
+        if write {
+            self.backends_map
+                .insert(id, Backend::new(addr.addr, addr.port, addr.proto, flags), 0)
+                .map_err(map_err(maps::BACKENDS))?;
+            self.writes += 1;
+        }
+        Ok(())
+    }
+
+    /// Drops one user of a backend; the last one removes it and the socket flows using it.
+    fn release_backend(&mut self, addr: BackendAddr) -> Result<(), LbError> {
+        let Some(b) = self.backends.get_mut(&addr) else {
+            return Ok(());
+        };
+        b.users -= 1;
+        if b.users > 0 {
+            return Ok(());
+        }
+        let id = b.id;
+        self.backends.remove(&addr);
+        self.writes += 1;
+        match self.backends_map.remove(&id) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(maps::BACKENDS)(e)),
+        }
+        let stale: Vec<SockRevnatKey> = self
+            .sock_flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.backend_id == id)
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            let _ = self.sock_flows.remove(&k);
+        }
+        self.backend_ids.release(id);
+        Ok(())
+    }
+
+    fn purge_affinity(&mut self, svc_id: u32) -> Result<(), LbError> {
+        let stale: Vec<AffinityKey> = self
+            .affinity
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.svc_id == svc_id)
+            .collect();
+        for k in stale {
+            let _ = self.affinity.remove(&k);
+        }
+        Ok(())
+    }
+}
+
+fn num_cpus() -> usize {
+    aya::util::nr_cpus().map(|n| n.max(1)).unwrap_or(1)
+}

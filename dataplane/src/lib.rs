@@ -1,0 +1,16 @@
+//! Skiff's data plane: kube-proxy replaced by eBPF.
+//!
+//! The C programs in `ebpf-programs/` are compiled into one BPF object by the build
+//! (`build.rs`, clang-19) and embedded here. One `DataPlane` per node loads that object
+//! (so all its programs share one set of maps), attaches the socket-level load balancer to
+//! the node's cgroup2 subtree, and hands the maps to a `LoadBalancer` that programs
+//! services. `maps` mirrors the C structs; `maglev` builds the consistent-hash tables.
+
+pub mod lb;
+pub mod loader;
+pub mod maglev;
+pub mod maps;
+
+pub use lb::{Endpoint, Frontend, LbError, LbService, LoadBalancer, ServiceCounters};
+pub use loader::{DataPlane, DataPlaneError};
+pub use maps::Proto;
