@@ -16,11 +16,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray};
 
+use crate::maglev::{self, MaglevBackend};
 use crate::maps::{
-    self, AffinityKey, AffinityValue, BACKEND_F_TERMINATING, Backend, MAX_BACKENDS, MAX_SERVICES,
-    Proto, SVC_F_AFFINITY, SlotKey, SockFlowValue, SockRevnatKey, SvcKey, SvcStats, SvcValue,
+    self, AffinityKey, AffinityValue, BACKEND_F_TERMINATING, Backend, CtKey, CtValue,
+    MAGLEV_SERVICES, MAGLEV_SIZE, MAX_BACKENDS, MAX_SERVICES, NodeConfig, Proto, SVC_F_AFFINITY,
+    SVC_SCOPE_NODEPORT, SlotKey, SockFlowValue, SockRevnatKey, SvcKey, SvcStats, SvcValue,
 };
 
 /// One way a service port is reached.
@@ -100,6 +102,8 @@ struct ServiceState {
     slots: Vec<BackendAddr>,
     /// Every backend this service references (slots and terminating ones).
     backends: BTreeSet<BackendAddr>,
+    /// Index of its Maglev table pair, when it has a NodePort frontend.
+    maglev: Option<u32>,
 }
 
 /// Round-robin id allocation over `0..limit`, skipping ids in use.
@@ -155,10 +159,14 @@ pub struct LoadBalancer {
     sock_flows: BpfHashMap<MapData, SockRevnatKey, SockFlowValue>,
     affinity: BpfHashMap<MapData, AffinityKey, AffinityValue>,
     stats: PerCpuArray<MapData, SvcStats>,
+    ct: BpfHashMap<MapData, CtKey, CtValue>,
+    maglev_map: Array<MapData, u32>,
+    node: Array<MapData, NodeConfig>,
     services: HashMap<String, ServiceState>,
     backends: BTreeMap<BackendAddr, BackendState>,
     service_ids: Ids,
     backend_ids: Ids,
+    maglev_ids: Ids,
     /// Map writes done so far (for tests and benchmarks: "only what changed").
     pub writes: u64,
 }
@@ -179,11 +187,15 @@ impl LoadBalancer {
                 .map_err(map_err(maps::AFFINITY))?,
             stats: PerCpuArray::try_from(get(maps::SVC_STATS)?)
                 .map_err(map_err(maps::SVC_STATS))?,
+            ct: BpfHashMap::try_from(get(maps::CT)?).map_err(map_err(maps::CT))?,
+            maglev_map: Array::try_from(get(maps::MAGLEV)?).map_err(map_err(maps::MAGLEV))?,
+            node: Array::try_from(get(maps::NODE)?).map_err(map_err(maps::NODE))?,
             services: HashMap::new(),
             backends: BTreeMap::new(),
             // Service id 0 is never used, so a zeroed value is never a live service.
             service_ids: Ids::new(1, MAX_SERVICES, "service"),
             backend_ids: Ids::new(1, MAX_BACKENDS, "backend"),
+            maglev_ids: Ids::new(0, MAGLEV_SERVICES, "Maglev table"),
             writes: 0,
         })
     }
@@ -238,7 +250,7 @@ impl LoadBalancer {
         } else {
             0
         };
-        let (id, old_generation, old_slots, old_frontends, old_backends, old_value) =
+        let (id, old_generation, old_slots, old_frontends, old_backends, old_value, old_maglev) =
             match self.services.remove(name) {
                 Some(s) => (
                     s.id,
@@ -247,6 +259,7 @@ impl LoadBalancer {
                     s.frontends,
                     s.backends,
                     Some(s.value),
+                    s.maglev,
                 ),
                 None => (
                     self.service_ids.take()?,
@@ -254,6 +267,7 @@ impl LoadBalancer {
                     Vec::new(),
                     BTreeSet::new(),
                     BTreeSet::new(),
+                    None,
                     None,
                 ),
             };
@@ -264,6 +278,24 @@ impl LoadBalancer {
             Some(g) => g,
             None => 0,
         };
+        // A NodePort frontend needs a Maglev table, written for the generation it will be
+        // read under (a new generation's table goes to the half not in use).
+        let nodeport = svc.frontends.iter().any(|f| f.scope == SVC_SCOPE_NODEPORT);
+        let maglev = match (nodeport, old_maglev) {
+            (true, Some(m)) => Some(m),
+            (true, None) => Some(self.maglev_ids.take()?),
+            (false, old) => {
+                if let Some(m) = old {
+                    self.maglev_ids.release(m);
+                }
+                None
+            }
+        };
+        if let Some(m) = maglev
+            && (slots_changed || old_maglev.is_none())
+        {
+            self.write_maglev(m, generation, slots)?;
+        }
         if slots_changed {
             for (i, b) in slots.iter().enumerate() {
                 let backend_id = self.backends[b].id;
@@ -284,6 +316,7 @@ impl LoadBalancer {
             generation,
             flags,
             affinity_timeout: svc.affinity_timeout.unwrap_or(0),
+            maglev: maglev.map_or(0, |m| m + 1),
         };
         let frontends: BTreeSet<Frontend> = svc.frontends.iter().copied().collect();
         for f in &frontends {
@@ -326,8 +359,39 @@ impl LoadBalancer {
                 frontends,
                 slots: slots.to_vec(),
                 backends,
+                maglev,
             },
         );
+        Ok(())
+    }
+
+    /// Sets this node's address and pod CIDR (NodePort destination, SNAT source, and what
+    /// counts as a local backend).
+    pub fn set_node(&mut self, node: NodeConfig) -> Result<(), LbError> {
+        self.node.set(0, node, 0).map_err(map_err(maps::NODE))
+    }
+
+    fn write_maglev(
+        &mut self,
+        index: u32,
+        generation: u16,
+        slots: &[BackendAddr],
+    ) -> Result<(), LbError> {
+        let backends: Vec<MaglevBackend> = slots
+            .iter()
+            .map(|b| MaglevBackend {
+                addr: b.addr,
+                port: b.port,
+            })
+            .collect();
+        let table = maglev::table(&backends, MAGLEV_SIZE);
+        let base = (2 * index + u32::from(generation & 1)) * MAGLEV_SIZE;
+        for (i, &owner) in table.iter().enumerate() {
+            let id = self.backends[&slots[owner as usize]].id;
+            self.maglev_map
+                .set(base + i as u32, id, 0)
+                .map_err(map_err(maps::MAGLEV))?;
+        }
         Ok(())
     }
 
@@ -344,6 +408,9 @@ impl LoadBalancer {
             self.release_backend(*b)?;
         }
         self.purge_affinity(s.id)?;
+        if let Some(m) = s.maglev {
+            self.maglev_ids.release(m);
+        }
         // Counters start from zero for whoever gets the id next.
         let zero = aya::maps::PerCpuValues::try_from(vec![SvcStats::default(); num_cpus()])
             .map_err(|e| map_err(maps::SVC_STATS)(MapError::from(e)))?;
@@ -471,6 +538,17 @@ impl LoadBalancer {
             .collect();
         for k in stale {
             let _ = self.sock_flows.remove(&k);
+        }
+        // Conntrack entries of the backend go too: their flows are chosen again.
+        let stale: Vec<CtKey> = self
+            .ct
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.backend_id == id)
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            let _ = self.ct.remove(&k);
         }
         self.backend_ids.release(id);
         Ok(())

@@ -12,5 +12,5 @@ pub mod maglev;
 pub mod maps;
 
 pub use lb::{Endpoint, Frontend, LbError, LbService, LoadBalancer, ServiceCounters};
-pub use loader::{DataPlane, DataPlaneError};
+pub use loader::{DataPlane, DataPlaneError, PacketVerdict};
 pub use maps::Proto;

@@ -6,7 +6,11 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError};
+use aya::programs::tc::{self, TcAttachType};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp,
+    XdpMode,
+};
 use aya::{Ebpf, EbpfError};
 
 use crate::lb::{LbError, LoadBalancer};
@@ -21,6 +25,20 @@ const SOCK_PROGRAMS: [&str; 4] = [
     "skiff_recvmsg4",
     "skiff_getpeername4",
 ];
+
+/// XDP on the node's uplink (north-south).
+const XDP_NODEPORT: &str = "skiff_xdp_nodeport";
+/// TC on the host side of pod veths.
+const TC_POD: &str = "skiff_tc_pod";
+
+/// What a program did with a packet run through it (`run_xdp`, `run_tc`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketVerdict {
+    /// The program's return value (XDP_PASS = 2, XDP_TX = 3, ...; TC_ACT_OK = 0, ...).
+    pub action: u32,
+    /// The packet as the program left it.
+    pub packet: Vec<u8>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataPlaneError {
@@ -62,7 +80,45 @@ impl DataPlane {
                 .map_err(|e| program_err(name, e))?;
             program.load().map_err(|e| program_err(name, e))?;
         }
+        let xdp: &mut Xdp = program(&mut ebpf, XDP_NODEPORT)?;
+        xdp.load().map_err(|e| program_err(XDP_NODEPORT, e))?;
+        let tc: &mut SchedClassifier = program(&mut ebpf, TC_POD)?;
+        tc.load().map_err(|e| program_err(TC_POD, e))?;
         Ok(DataPlane { ebpf, cgroup: None })
+    }
+
+    /// Attaches the NodePort program to the node's uplink, in native mode. The interface
+    /// is looked up in the calling thread's network namespace.
+    pub fn attach_xdp(&mut self, interface: &str) -> Result<(), DataPlaneError> {
+        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_NODEPORT)?;
+        xdp.attach(interface, XdpMode::Driver)
+            .map_err(|e| program_err(XDP_NODEPORT, e))?;
+        Ok(())
+    }
+
+    /// Attaches the pod program to the ingress of a pod veth's host side (packets leaving
+    /// the pod). The interface is looked up in the calling thread's network namespace.
+    pub fn attach_tc(&mut self, interface: &str) -> Result<(), DataPlaneError> {
+        // Kernels before 6.6 need a clsact qdisc; with TCX (aya's default since) this
+        // reports that it already exists or is not needed.
+        let _ = tc::qdisc_add_clsact(interface);
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_POD)?;
+        tc.attach(interface, TcAttachType::Ingress)
+            .map_err(|e| program_err(TC_POD, e))?;
+        Ok(())
+    }
+
+    /// Runs the NodePort program on one packet (BPF_PROG_TEST_RUN), against this node's
+    /// maps. For tests and for `skiff dataplane` diagnostics.
+    pub fn run_xdp(&mut self, packet: &[u8]) -> Result<PacketVerdict, DataPlaneError> {
+        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_NODEPORT)?;
+        run(xdp, XDP_NODEPORT, packet)
+    }
+
+    /// Runs the pod program on one packet (BPF_PROG_TEST_RUN).
+    pub fn run_tc(&mut self, packet: &[u8]) -> Result<PacketVerdict, DataPlaneError> {
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_POD)?;
+        run(tc, TC_POD, packet)
     }
 
     /// Attaches the socket-level load balancer to a cgroup2 directory: every socket created
@@ -96,6 +152,36 @@ impl DataPlane {
     pub fn load_balancer(&mut self) -> Result<LoadBalancer, DataPlaneError> {
         Ok(LoadBalancer::new(|name| self.ebpf.take_map(name))?)
     }
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DataPlaneError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DataPlaneError::MissingProgram(name))?
+        .try_into()
+        .map_err(|e| program_err(name, e))
+}
+
+fn run<P>(program: &P, name: &'static str, packet: &[u8]) -> Result<PacketVerdict, DataPlaneError>
+where
+    for<'b> P: TestRun<Opts<'b> = TestRunOptions<'b>, Result = aya::programs::TestRunResult>,
+{
+    // Room for programs that grow the packet (encapsulation, ICMP replies).
+    let mut out = vec![0u8; packet.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .map_err(|e| program_err(name, e))?;
+    out.truncate(result.data_size_out as usize);
+    Ok(PacketVerdict {
+        action: result.return_value,
+        packet: out,
+    })
 }
 
 fn program_err(name: &'static str, e: ProgramError) -> DataPlaneError {

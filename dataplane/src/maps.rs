@@ -14,6 +14,15 @@ pub const SOCK_REVNAT: &str = "skiff_sock_revnat";
 pub const SOCK_FLOWS: &str = "skiff_sock_flows";
 pub const AFFINITY: &str = "skiff_affinity";
 pub const SVC_STATS: &str = "skiff_svc_stats";
+pub const CT: &str = "skiff_ct";
+pub const FRAGS: &str = "skiff_frags";
+pub const MAGLEV: &str = "skiff_maglev";
+pub const NODE: &str = "skiff_node";
+
+/// Maglev table size compiled into the programs (`SKIFF_MAGLEV_SIZE`).
+pub const MAGLEV_SIZE: u32 = 16381;
+/// Services that can have Maglev tables (`SKIFF_MAGLEV_SERVICES`).
+pub const MAGLEV_SERVICES: u32 = 64;
 
 /// Largest service id + 1 (size of the counters array).
 pub const MAX_SERVICES: u32 = 65536;
@@ -24,6 +33,8 @@ pub const SVC_SCOPE_CLUSTER: u8 = 0;
 pub const SVC_SCOPE_NODEPORT: u8 = 1;
 pub const SVC_F_AFFINITY: u32 = 0x1;
 pub const BACKEND_F_TERMINATING: u8 = 0x1;
+pub const CT_DIR_FORWARD: u8 = 0;
+pub const CT_DIR_REPLY: u8 = 1;
 
 /// IP protocol numbers as the kernel uses them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,6 +79,8 @@ pub struct SvcValue {
     pub generation: u16,
     pub flags: u32,
     pub affinity_timeout: u32,
+    /// 1 + index of the service's Maglev table pair; 0 = none.
+    pub maglev: u32,
 }
 
 #[repr(C)]
@@ -150,7 +163,80 @@ pub struct SvcStats {
     pub connections: u64,
 }
 
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CtValue {
+    pub last_seen_ns: u64,
+    pub backend_id: u32,
+    pub svc_id: u32,
+    pub addr: u32,
+    pub addr2: u32,
+    pub port: u16,
+    pub port2: u16,
+    pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FragValue {
+    pub saddr: u32,
+    pub daddr: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeConfig {
+    pub addr: u32,
+    pub pod_cidr: u32,
+    pub pod_cidr_mask: u32,
+    pub flags: u32,
+}
+
+impl NodeConfig {
+    /// This node's address and pod CIDR (`prefix` bits).
+    pub fn new(addr: Ipv4Addr, pod_cidr: Ipv4Addr, prefix: u8) -> Self {
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(prefix.min(32)))
+        };
+        NodeConfig {
+            addr: u32::from(addr).to_be(),
+            pod_cidr: (u32::from(pod_cidr) & mask).to_be(),
+            pod_cidr_mask: mask.to_be(),
+            flags: 0,
+        }
+    }
+}
+
 pod!(
+    CtKey,
+    CtValue,
+    FragKey,
+    FragValue,
+    NodeConfig,
     SvcKey,
     SvcValue,
     SlotKey,
@@ -244,7 +330,36 @@ mod tests {
             l,
             SvcValue,
             "svc_value",
-            [id, count, generation, flags, affinity_timeout]
+            [id, count, generation, flags, affinity_timeout, maglev]
+        );
+        check!(
+            l,
+            CtKey,
+            "ct_key",
+            [saddr, daddr, sport, dport, proto, dir, pad]
+        );
+        check!(
+            l,
+            CtValue,
+            "ct_value",
+            [
+                last_seen_ns,
+                backend_id,
+                svc_id,
+                addr,
+                addr2,
+                port,
+                port2,
+                pad
+            ]
+        );
+        check!(l, FragKey, "frag_key", [saddr, daddr, id, proto, pad]);
+        check!(l, FragValue, "frag_value", [saddr, daddr]);
+        check!(
+            l,
+            NodeConfig,
+            "node_config",
+            [addr, pod_cidr, pod_cidr_mask, flags]
         );
         check!(l, SlotKey, "slot_key", [svc_id, generation, slot]);
         check!(l, Backend, "backend", [addr, port, proto, flags]);

@@ -24,6 +24,12 @@
 #define SKIFF_SOCK_REVNAT_ENTRIES 262144
 #define SKIFF_AFFINITY_ENTRIES 65536
 #define SKIFF_SOCK_FLOW_ENTRIES 262144
+#define SKIFF_CT_ENTRIES 524288
+#define SKIFF_FRAG_ENTRIES 8192
+/* Maglev: a prime table size, and how many services can have tables (two each: the
+ * generation in use and the next one). Userspace may lower the entries at load. */
+#define SKIFF_MAGLEV_SIZE 16381
+#define SKIFF_MAGLEV_SERVICES 64
 
 /* svc_key.scope */
 #define SVC_SCOPE_CLUSTER 0 /* ClusterIP (and every VIP reached from inside the node) */
@@ -48,6 +54,7 @@ struct svc_value {
 	__u16 generation;       /* generation of the slots in use */
 	__u32 flags;            /* SVC_F_* */
 	__u32 affinity_timeout; /* seconds */
+	__u32 maglev;           /* 1 + index of the service's Maglev table pair; 0 = none */
 };
 
 struct slot_key {
@@ -94,6 +101,58 @@ struct affinity_value {
 	__u64 last_used_ns; /* bpf_ktime_get_ns */
 	__u32 backend_id;
 	__u32 pad;
+};
+
+/* Conntrack, for the programs that translate packets (XDP, TC). */
+#define CT_DIR_FORWARD 0 /* client -> service, as the client sent it */
+#define CT_DIR_REPLY 1   /* backend -> client (or -> SNAT address), as the backend sends it */
+
+struct ct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 dir; /* CT_DIR_* */
+	__u16 pad;
+};
+
+/*
+ * Forward entry: `addr:port` is the backend (new destination); `addr2:port2` the SNAT
+ * source, or 0 without SNAT. Reply entry: `addr:port` is the service (new source);
+ * `addr2:port2` the client (new destination) when the flow was SNATed, else 0.
+ */
+struct ct_value {
+	__u64 last_seen_ns;
+	__u32 backend_id;
+	__u32 svc_id;
+	__u32 addr;
+	__u32 addr2;
+	__u16 port;
+	__u16 port2;
+	__u32 pad;
+};
+
+/* Fragments after the first carry no ports: they follow the first one's translation. */
+struct frag_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct frag_value {
+	__u32 saddr; /* new source */
+	__u32 daddr; /* new destination */
+};
+
+/* This node, as the programs need it. One entry, written at start. */
+struct node_config {
+	__u32 addr;          /* the node's address on the uplink (NodePort, SNAT source) */
+	__u32 pod_cidr;      /* this node's pod CIDR, network order */
+	__u32 pod_cidr_mask; /* its mask, network order */
+	__u32 flags;
 };
 
 /* Per-service counters, one per CPU. */
@@ -157,5 +216,34 @@ struct {
 	__type(key, __u32);
 	__type(value, struct svc_stats);
 } skiff_svc_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SKIFF_CT_ENTRIES);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+} skiff_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SKIFF_FRAG_ENTRIES);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+} skiff_frags SEC(".maps");
+
+/* Maglev tables: entry (2 * (maglev - 1) + (generation & 1)) * SKIFF_MAGLEV_SIZE + h. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SKIFF_MAGLEV_SERVICES * 2 * SKIFF_MAGLEV_SIZE);
+	__type(key, __u32);
+	__type(value, __u32); /* backend id */
+} skiff_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_config);
+} skiff_node SEC(".maps");
 
 #endif /* SKIFF_MAPS_H */
