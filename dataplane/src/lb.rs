@@ -167,6 +167,8 @@ pub struct LoadBalancer {
     service_ids: Ids,
     backend_ids: Ids,
     maglev_ids: Ids,
+    /// Backends removed by the change being applied, whose flows are still to purge.
+    gone: BTreeSet<u32>,
     /// Map writes done so far (for tests and benchmarks: "only what changed").
     pub writes: u64,
 }
@@ -196,6 +198,7 @@ impl LoadBalancer {
             service_ids: Ids::new(1, MAX_SERVICES, "service"),
             backend_ids: Ids::new(1, MAX_BACKENDS, "backend"),
             maglev_ids: Ids::new(0, MAGLEV_SERVICES, "Maglev table"),
+            gone: BTreeSet::new(),
             writes: 0,
         })
     }
@@ -362,6 +365,7 @@ impl LoadBalancer {
                 maglev,
             },
         );
+        self.purge_gone();
         Ok(())
     }
 
@@ -418,6 +422,7 @@ impl LoadBalancer {
             .set(s.id, zero, 0)
             .map_err(map_err(maps::SVC_STATS))?;
         self.service_ids.release(s.id);
+        self.purge_gone();
         Ok(())
     }
 
@@ -440,6 +445,40 @@ impl LoadBalancer {
                 connections: acc.connections + c.connections,
             },
         )))
+    }
+
+    /// What the kernel's maps say: each frontend and the backends in its current slots
+    /// (sorted). Read back from the maps, not from this struct's bookkeeping.
+    #[allow(clippy::type_complexity)]
+    pub fn dump(&self) -> Result<BTreeMap<Frontend, Vec<(Ipv4Addr, u16)>>, LbError> {
+        let mut out = BTreeMap::new();
+        for entry in self.services_map.iter() {
+            let (k, v) = entry.map_err(map_err(maps::SERVICES))?;
+            let proto = match k.proto {
+                6 => Proto::Tcp,
+                _ => Proto::Udp,
+            };
+            let frontend = Frontend {
+                addr: Ipv4Addr::from(u32::from_be(k.addr)),
+                port: u16::from_be(k.port),
+                proto,
+                scope: k.scope,
+            };
+            let mut backends = Vec::new();
+            for slot in 0..v.count {
+                let key = SlotKey {
+                    svc_id: v.id,
+                    generation: v.generation,
+                    slot,
+                };
+                let id = self.slots_map.get(&key, 0).map_err(map_err(maps::SLOTS))?;
+                let b = self.backends_map.get(&id, 0).map_err(map_err(maps::BACKENDS))?;
+                backends.push((b.ip(), u16::from_be(b.port)));
+            }
+            backends.sort();
+            out.insert(frontend, backends);
+        }
+        Ok(out)
     }
 
     /// How many entries the service, slot and backend maps hold (read from the kernel).
@@ -529,29 +568,41 @@ impl LoadBalancer {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err(maps::BACKENDS)(e)),
         }
+        self.gone.insert(id);
+        Ok(())
+    }
+
+    /// Removes the socket flows and conntrack entries of the backends removed by the last
+    /// change (one pass over each map however many went), then frees their ids: their flows
+    /// are chosen again.
+    fn purge_gone(&mut self) {
+        if self.gone.is_empty() {
+            return;
+        }
+        let gone = std::mem::take(&mut self.gone);
         let stale: Vec<SockRevnatKey> = self
             .sock_flows
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, v)| v.backend_id == id)
+            .filter(|(_, v)| gone.contains(&v.backend_id))
             .map(|(k, _)| k)
             .collect();
         for k in stale {
             let _ = self.sock_flows.remove(&k);
         }
-        // Conntrack entries of the backend go too: their flows are chosen again.
         let stale: Vec<CtKey> = self
             .ct
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, v)| v.backend_id == id)
+            .filter(|(_, v)| gone.contains(&v.backend_id))
             .map(|(k, _)| k)
             .collect();
         for k in stale {
             let _ = self.ct.remove(&k);
         }
-        self.backend_ids.release(id);
-        Ok(())
+        for id in gone {
+            self.backend_ids.release(id);
+        }
     }
 
     fn purge_affinity(&mut self, svc_id: u32) -> Result<(), LbError> {

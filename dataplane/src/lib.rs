@@ -4,13 +4,16 @@
 //! (`build.rs`, clang-19) and embedded here. One `DataPlane` per node loads that object
 //! (so all its programs share one set of maps), attaches the socket-level load balancer to
 //! the node's cgroup2 subtree, and hands the maps to a `LoadBalancer` that programs
-//! services. `maps` mirrors the C structs; `maglev` builds the consistent-hash tables.
+//! services. `sync` feeds it from the API server (Services and EndpointSlices through
+//! informers). `maps` mirrors the C structs; `maglev` builds the consistent-hash tables.
 
 pub mod lb;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod sync;
 
 pub use lb::{Endpoint, Frontend, LbError, LbService, LoadBalancer, ServiceCounters};
 pub use loader::{DataPlane, DataPlaneError, PacketVerdict};
 pub use maps::Proto;
+pub use sync::ServiceSync;

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
