@@ -3,7 +3,9 @@
 
 mod cli;
 mod config;
+mod dataplane;
 mod server;
+mod signal;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,8 @@ enum Command {
     Up(up::UpArgs),
     /// Stop the local cluster.
     Down(up::DownArgs),
+    /// Run one node's eBPF data plane (service load balancing) on its own.
+    Dataplane(dataplane::DataplaneArgs),
     /// Create or update objects from manifests.
     Apply {
         #[arg(short = 'f', long = "filename", required = true)]
@@ -102,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => server::run(args).await,
         Command::Up(args) => up::up(args).await,
         Command::Down(args) => up::down(args),
+        Command::Dataplane(args) => dataplane::run(args, connect(server).await?).await,
         Command::Apply { files } => cli::apply(&connect(server).await?, &files, ns, false).await,
         Command::Create { files, args } => {
             let client = connect(server).await?;

@@ -107,14 +107,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     tracing::info!(%address, store = backend, "skiff server is serving");
     eprintln!("skiff server listening on {address} (store: {backend})");
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-        }
-    };
+    let shutdown = crate::signal::shutdown();
     // Watches never finish on their own, so a graceful drain would wait forever: on a
     // signal, stop serving at once (every acknowledged write is already durable).
     tokio::select! {

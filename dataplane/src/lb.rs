@@ -472,7 +472,10 @@ impl LoadBalancer {
                     slot,
                 };
                 let id = self.slots_map.get(&key, 0).map_err(map_err(maps::SLOTS))?;
-                let b = self.backends_map.get(&id, 0).map_err(map_err(maps::BACKENDS))?;
+                let b = self
+                    .backends_map
+                    .get(&id, 0)
+                    .map_err(map_err(maps::BACKENDS))?;
                 backends.push((b.ip(), u16::from_be(b.port)));
             }
             backends.sort();

@@ -9,8 +9,12 @@
 
 pub mod lb;
 pub mod loader;
+pub mod localnet;
 pub mod maglev;
 pub mod maps;
+pub mod netlink;
+pub mod netns;
+pub mod podnet;
 pub mod sync;
 
 pub use lb::{Endpoint, Frontend, LbError, LbService, LoadBalancer, ServiceCounters};

@@ -28,6 +28,8 @@ const SOCK_PROGRAMS: [&str; 4] = [
 
 /// XDP on the node's uplink (north-south).
 const XDP_NODEPORT: &str = "skiff_xdp_nodeport";
+/// XDP_PASS, for the far end of a veth whose near end transmits with XDP.
+const XDP_PASS: &str = "skiff_xdp_pass";
 /// TC on the host side of pod veths.
 const TC_POD: &str = "skiff_tc_pod";
 
@@ -58,6 +60,12 @@ pub enum DataPlaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{interface}: setting accept_local: {source}")]
+    Sysctl {
+        interface: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Lb(#[from] LbError),
 }
@@ -80,8 +88,10 @@ impl DataPlane {
                 .map_err(|e| program_err(name, e))?;
             program.load().map_err(|e| program_err(name, e))?;
         }
-        let xdp: &mut Xdp = program(&mut ebpf, XDP_NODEPORT)?;
-        xdp.load().map_err(|e| program_err(XDP_NODEPORT, e))?;
+        for name in [XDP_NODEPORT, XDP_PASS] {
+            let xdp: &mut Xdp = program(&mut ebpf, name)?;
+            xdp.load().map_err(|e| program_err(name, e))?;
+        }
         let tc: &mut SchedClassifier = program(&mut ebpf, TC_POD)?;
         tc.load().map_err(|e| program_err(TC_POD, e))?;
         Ok(DataPlane { ebpf, cgroup: None })
@@ -90,9 +100,27 @@ impl DataPlane {
     /// Attaches the NodePort program to the node's uplink, in native mode. The interface
     /// is looked up in the calling thread's network namespace.
     pub fn attach_xdp(&mut self, interface: &str) -> Result<(), DataPlaneError> {
+        // Packets the program translates but hands to the stack (no neighbour entry yet
+        // for XDP_TX) carry this node's address as their source: accept them rather than
+        // drop them as martians, so the stack forwards them (and resolves the neighbour).
+        crate::netns::sysctl(&format!("net/ipv4/conf/{interface}/accept_local"), "1").map_err(
+            |source| DataPlaneError::Sysctl {
+                interface: interface.to_string(),
+                source,
+            },
+        )?;
         let xdp: &mut Xdp = program(&mut self.ebpf, XDP_NODEPORT)?;
         xdp.attach(interface, XdpMode::Driver)
             .map_err(|e| program_err(XDP_NODEPORT, e))?;
+        Ok(())
+    }
+
+    /// Attaches an XDP_PASS program to the far end of the uplink's veth (in the calling
+    /// thread's namespace): a veth hands frames sent with XDP_TX only to a peer running XDP.
+    pub fn attach_xdp_pass(&mut self, interface: &str) -> Result<(), DataPlaneError> {
+        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PASS)?;
+        xdp.attach(interface, XdpMode::Driver)
+            .map_err(|e| program_err(XDP_PASS, e))?;
         Ok(())
     }
 

@@ -171,7 +171,11 @@ impl Drop for ServiceSync {
 
 impl ServiceSync {
     /// Starts watching Services and EndpointSlices of every namespace and programming `lb`.
-    pub fn start(client: &Client, lb: Arc<Mutex<LoadBalancer>>, node_addr: Option<Ipv4Addr>) -> Self {
+    pub fn start(
+        client: &Client,
+        lb: Arc<Mutex<LoadBalancer>>,
+        node_addr: Option<Ipv4Addr>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel::<String>();
         let svc_tx = tx.clone();
         let services = Informer::new(client.api::<Service>(""), ListParams::default())

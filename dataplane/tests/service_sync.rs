@@ -82,7 +82,10 @@ type Dump = BTreeMap<Frontend, Vec<(Ipv4Addr, u16)>>;
 
 /// What the maps must hold: every ClusterIP:80 -> the ready backends (all of them when
 /// none is ready and the rest serve while terminating).
-fn expected(cluster_ips: &BTreeMap<u32, Ipv4Addr>, slices: &BTreeMap<u32, Vec<(u32, bool)>>) -> Dump {
+fn expected(
+    cluster_ips: &BTreeMap<u32, Ipv4Addr>,
+    slices: &BTreeMap<u32, Vec<(u32, bool)>>,
+) -> Dump {
     let mut out = Dump::new();
     for (i, ip) in cluster_ips {
         let eps = slices.get(i).cloned().unwrap_or_default();
@@ -138,7 +141,13 @@ async fn cluster_ips(client: &Client) -> BTreeMap<u32, Ipv4Addr> {
     list.items
         .iter()
         .filter_map(|s| {
-            let i = s.metadata.name.as_deref()?.strip_prefix("svc-")?.parse().ok()?;
+            let i = s
+                .metadata
+                .name
+                .as_deref()?
+                .strip_prefix("svc-")?
+                .parse()
+                .ok()?;
             let ip = s.spec.as_ref()?.cluster_ip.as_deref()?.parse().ok()?;
             Some((i, ip))
         })
@@ -157,10 +166,16 @@ async fn ten_thousand_services_converge_to_exactly_the_api_state() {
     each((0..SERVICES).collect(), move |i| {
         let c = c.clone();
         async move {
-            c.create("services", "default", service(i)).await.expect("create service");
-            c.create("endpointslices", "default", slice(i, &[(0, true), (1, true), (2, true)]))
+            c.create("services", "default", service(i))
                 .await
-                .expect("create slice");
+                .expect("create service");
+            c.create(
+                "endpointslices",
+                "default",
+                slice(i, &[(0, true), (1, true), (2, true)]),
+            )
+            .await
+            .expect("create slice");
         }
     })
     .await;
@@ -190,12 +205,22 @@ async fn ten_thousand_services_converge_to_exactly_the_api_state() {
                 .await
                 .expect("patch slice");
             } else {
-                c.delete("services", "default", &format!("svc-{i}"), &DeleteParams::default())
-                    .await
-                    .expect("delete service");
-                c.delete("endpointslices", "default", &format!("svc-{i}-x"), &DeleteParams::default())
-                    .await
-                    .expect("delete slice");
+                c.delete(
+                    "services",
+                    "default",
+                    &format!("svc-{i}"),
+                    &DeleteParams::default(),
+                )
+                .await
+                .expect("delete service");
+                c.delete(
+                    "endpointslices",
+                    "default",
+                    &format!("svc-{i}-x"),
+                    &DeleteParams::default(),
+                )
+                .await
+                .expect("delete slice");
             }
         }
     })
@@ -212,7 +237,10 @@ async fn ten_thousand_services_converge_to_exactly_the_api_state() {
         }
     }
     let ips = cluster_ips(&api.client).await;
-    assert_eq!(ips.len(), (SERVICES - SERVICES.div_ceil(3) + (SERVICES % 3 == 1) as u32) as usize);
+    assert_eq!(
+        ips.len(),
+        (SERVICES - SERVICES.div_ceil(3) + (SERVICES % 3 == 1) as u32) as usize
+    );
     converge(&lb, &expected(&ips, &slices), "update").await;
 
     // Everything deleted: nothing left in the maps.
@@ -220,9 +248,14 @@ async fn ten_thousand_services_converge_to_exactly_the_api_state() {
     each(ips.keys().copied().collect(), move |i| {
         let c = c.clone();
         async move {
-            c.delete("services", "default", &format!("svc-{i}"), &DeleteParams::default())
-                .await
-                .expect("delete service");
+            c.delete(
+                "services",
+                "default",
+                &format!("svc-{i}"),
+                &DeleteParams::default(),
+            )
+            .await
+            .expect("delete service");
         }
     })
     .await;

@@ -8,90 +8,39 @@
 
 pub mod api;
 
-use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
 
-/// A network namespace created for one test, with `lo` up.
+/// A network namespace created for one test, with `lo` up (panics instead of returning
+/// errors, as tests want).
 pub struct Netns {
-    fd: OwnedFd,
+    pub inner: skiff_dataplane::netns::Netns,
 }
 
 impl Netns {
     pub fn new() -> Netns {
-        let fd = std::thread::spawn(|| {
-            // SAFETY: unshare only changes this (fresh, short-lived) thread's namespace.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "unshare(CLONE_NEWNET): {}",
-                std::io::Error::last_os_error()
-            );
-            let fd: OwnedFd = File::open("/proc/thread-self/ns/net")
-                .expect("ns file")
-                .into();
-            set_up("lo");
-            fd
-        })
-        .join()
-        .expect("netns thread");
-        Netns { fd }
+        let inner = skiff_dataplane::netns::Netns::create().expect("create netns");
+        inner
+            .block_on(async {
+                let nl = skiff_dataplane::netlink::Netlink::open()?;
+                nl.set_up("lo").await
+            })
+            .expect("thread in netns")
+            .expect("lo up");
+        Netns { inner }
     }
 
     /// Runs `f` on a thread inside this namespace (sockets it creates live there).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                self.enter();
-                f()
-            })
-            .join()
-            .expect("thread in netns")
-        })
+        self.inner.run(f).expect("thread in netns")
     }
 
     /// Moves the calling thread into this namespace.
     pub fn enter(&self) {
-        // SAFETY: setns with a namespace fd we own; affects only the calling thread.
-        let rc = unsafe { libc::setns(self.fd.as_fd().as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        self.inner.enter().expect("setns");
     }
-}
-
-/// Sets a link of the calling thread's namespace up, through rtnetlink.
-fn set_up(name: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        use futures::TryStreamExt;
-        let (conn, handle, _) = rtnetlink::new_connection().expect("netlink");
-        tokio::spawn(conn);
-        let link = handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_next()
-            .await
-            .expect("link get")
-            .expect("link exists");
-        handle
-            .link()
-            .set(
-                rtnetlink::LinkUnspec::new_with_index(link.header.index)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .expect("link up");
-    });
 }
 
 /// A unique cgroup2 directory for one test.

@@ -1,0 +1,267 @@
+//! The link, address and route operations the pod network needs, over rtnetlink, acting
+//! on the network namespace of the thread that opened the `Netlink` (see `netns`).
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::neighbour::NeighbourState;
+use rtnetlink::packet_route::route::{RouteScope, RouteType};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::netns::Netns;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("netlink {what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("no link named {0}")]
+    NoLink(String),
+}
+
+fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError::Request { what, source }
+}
+
+/// A netlink connection in the calling thread's network namespace.
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a connection; must be called inside a tokio runtime.
+    pub fn open() -> Result<Self, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Index of the link `name`.
+    pub async fn index(&self, name: &str) -> Result<u32, NetlinkError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(l)) => Ok(l.header.index),
+            Ok(None) => Err(NetlinkError::NoLink(name.to_string())),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+                Err(NetlinkError::NoLink(name.to_string()))
+            }
+            Err(e) => Err(req(format!("get link {name}"))(e)),
+        }
+    }
+
+    /// The hardware address of the link `name`.
+    pub async fn mac(&self, name: &str) -> Result<Vec<u8>, NetlinkError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        let link = links
+            .try_next()
+            .await
+            .map_err(req(format!("get link {name}")))?
+            .ok_or_else(|| NetlinkError::NoLink(name.to_string()))?;
+        link.attributes
+            .into_iter()
+            .find_map(|a| match a {
+                LinkAttribute::Address(mac) => Some(mac),
+                _ => None,
+            })
+            .ok_or_else(|| NetlinkError::NoLink(format!("{name} (no hardware address)")))
+    }
+
+    /// A permanent neighbour entry: `ip` is at `mac` on `dev`.
+    pub async fn add_neighbour(
+        &self,
+        dev: &str,
+        ip: Ipv4Addr,
+        mac: &[u8],
+    ) -> Result<(), NetlinkError> {
+        let index = self.index(dev).await?;
+        self.handle
+            .neighbours()
+            .add(index, ip.into())
+            .link_layer_address(mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add neighbour {ip} on {dev}")))
+    }
+
+    /// Whether the link `name` exists.
+    pub async fn exists(&self, name: &str) -> Result<bool, NetlinkError> {
+        match self.index(name).await {
+            Ok(_) => Ok(true),
+            Err(NetlinkError::NoLink(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn set_up(&self, name: &str) -> Result<(), NetlinkError> {
+        let index = self.index(name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(req(format!("set {name} up")))
+    }
+
+    /// Creates a veth pair; `peer` is then moved into `peer_ns` (if given) as `peer_name`.
+    pub async fn add_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_ns: Option<&Netns>,
+        peer_name: &str,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .map_err(req(format!("add veth {name}/{peer}")))?;
+        if let Some(ns) = peer_ns {
+            let index = self.index(peer).await?;
+            self.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(index)
+                        .setns_by_fd(ns.as_fd().as_raw_fd())
+                        .name(peer_name.to_string())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(req(format!("move {peer} into its namespace")))?;
+        }
+        Ok(())
+    }
+
+    pub async fn add_bridge(&self, name: &str) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await
+            .map_err(req(format!("add bridge {name}")))
+    }
+
+    /// Enslaves `name` to `bridge`.
+    pub async fn set_master(&self, name: &str, bridge: &str) -> Result<(), NetlinkError> {
+        let (index, master) = (self.index(name).await?, self.index(bridge).await?);
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).controller(master).build())
+            .execute()
+            .await
+            .map_err(req(format!("attach {name} to {bridge}")))
+    }
+
+    /// Deletes a link (a veth's peer goes with it); a missing link is not an error.
+    pub async fn del_link(&self, name: &str) -> Result<(), NetlinkError> {
+        let index = match self.index(name).await {
+            Ok(i) => i,
+            Err(NetlinkError::NoLink(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(req(format!("delete link {name}")))
+    }
+
+    pub async fn add_address(
+        &self,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        let index = self.index(name).await?;
+        self.handle
+            .address()
+            .add(index, addr.into(), prefix)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add {addr}/{prefix} to {name}")))
+    }
+
+    /// A route to `dst/prefix`: through `via` (a gateway) and/or out of `dev`.
+    pub async fn add_route(
+        &self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        via: Option<Ipv4Addr>,
+        dev: Option<&str>,
+    ) -> Result<(), NetlinkError> {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, prefix);
+        if let Some(dev) = dev {
+            b = b.output_interface(self.index(dev).await?);
+        }
+        match via {
+            Some(gw) => b = b.gateway(gw),
+            None => b = b.scope(RouteScope::Link),
+        }
+        if via.is_some() && dev.is_some() {
+            b = b.onlink();
+        }
+        self.handle
+            .route()
+            .add(b.build())
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add route {dst}/{prefix}")))
+    }
+
+    /// An `unreachable` route: traffic to `dst/prefix` gets an ICMP error, never a path out.
+    pub async fn add_unreachable(&self, dst: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .kind(RouteType::Unreachable)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add unreachable {dst}/{prefix}")))
+    }
+
+    /// Deletes the route to `dst/prefix`; a missing route is not an error.
+    pub async fn del_route(
+        &self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        kind: RouteType,
+    ) -> Result<(), NetlinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .kind(kind)
+            .build();
+        match self.handle.route().del(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+            Err(e) => Err(req(format!("delete route {dst}/{prefix}"))(e)),
+        }
+    }
+}

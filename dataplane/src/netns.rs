@@ -1,0 +1,99 @@
+//! Network namespaces, held by file descriptor, and running code inside one.
+//!
+//! A namespace belongs to a thread, not a process: work inside one runs on a short-lived
+//! thread that has `setns`'d into it (netlink sockets opened there act on that namespace;
+//! TCP/UDP sockets created there live there). A `Netns` is only a descriptor: nothing is
+//! left in /run/netns, and the namespace goes when the last descriptor and process do.
+
+use std::fs::File;
+use std::future::Future;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+/// A network namespace.
+#[derive(Debug)]
+pub struct Netns {
+    fd: OwnedFd,
+}
+
+impl Netns {
+    /// Creates a namespace (with only `lo`, down).
+    pub fn create() -> std::io::Result<Netns> {
+        std::thread::spawn(|| {
+            // SAFETY: unshare affects only this short-lived thread, which ends right after.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(Netns {
+                fd: File::open("/proc/thread-self/ns/net")?.into(),
+            })
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("namespace thread panicked"))?
+    }
+
+    /// Opens an existing namespace (`/proc/PID/ns/net`, `/run/netns/NAME`, ...).
+    pub fn open(path: &Path) -> std::io::Result<Netns> {
+        Ok(Netns {
+            fd: File::open(path)?.into(),
+        })
+    }
+
+    /// The namespace of the calling thread.
+    pub fn current() -> std::io::Result<Netns> {
+        Self::open(Path::new("/proc/thread-self/ns/net"))
+    }
+
+    /// Another descriptor of the same namespace.
+    pub fn try_clone(&self) -> std::io::Result<Netns> {
+        Ok(Netns {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
+    /// Moves the calling thread into this namespace.
+    pub fn enter(&self) -> std::io::Result<()> {
+        // SAFETY: setns with a namespace descriptor we own; affects the calling thread only.
+        if unsafe { libc::setns(self.fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a thread inside this namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter()?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| std::io::Error::other("thread in namespace panicked"))?
+        })
+    }
+
+    /// Runs a future to completion on a thread inside this namespace (a current-thread
+    /// runtime of its own: netlink connections opened there act on this namespace).
+    pub fn block_on<F: Future + Send>(&self, fut: F) -> std::io::Result<F::Output>
+    where
+        F::Output: Send,
+    {
+        self.run(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(fut))
+        })?
+    }
+}
+
+impl AsFd for Netns {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Writes a sysctl of the calling thread's network namespace (`net/ipv4/ip_forward`, ...).
+pub fn sysctl(key: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(Path::new("/proc/sys").join(key), value)
+}

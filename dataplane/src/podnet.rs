@@ -1,0 +1,200 @@
+//! Pod networking: each pod's network namespace joined to its node by a veth pair.
+//!
+//! The pod gets an address from the node's pod CIDR as a /32 on `eth0`, and a default
+//! route through 169.254.1.1, a link-local gateway that exists only as a permanent
+//! neighbour entry pointing at the host side of the veth: the node routes for the pod, no
+//! bridge, no ARP proxying. The node has a /32 route per pod over its veth and one route
+//! per other node's pod CIDR through that node's address on the underlay.
+//!
+//! Addresses are allocated by creating a file named after the address in the state
+//! directory (`O_EXCL`), holding the pod's id: two allocations can never get the same
+//! address, and a restarted agent finds every allocation where it left it.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+
+use crate::netlink::{Netlink, NetlinkError};
+use crate::netns::{Netns, sysctl};
+
+/// The pods' default gateway: link-local, resolved by a static neighbour entry.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodNetError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("pod network state in {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod CIDR {0} has no free address")]
+    Exhausted(Ipv4Net),
+    #[error("{0}")]
+    Namespace(#[from] std::io::Error),
+}
+
+/// A pod as the network sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInterface {
+    pub ip: Ipv4Addr,
+    /// The host side of the pod's veth, in the node's namespace.
+    pub host_veth: String,
+}
+
+/// One node's pod network.
+pub struct PodNetwork {
+    node: Netns,
+    cidr: Ipv4Net,
+    state: PathBuf,
+}
+
+impl PodNetwork {
+    /// The pod network of the node whose namespace is `node`, handing out `cidr`, keeping
+    /// its allocations in `state_dir`. Enables forwarding in the node's namespace.
+    pub fn new(node: Netns, cidr: Ipv4Net, state_dir: &Path) -> Result<Self, PodNetError> {
+        let state = state_dir.join("ipam");
+        std::fs::create_dir_all(&state).map_err(|source| PodNetError::State {
+            path: state.clone(),
+            source,
+        })?;
+        node.run(|| sysctl("net/ipv4/ip_forward", "1"))??;
+        Ok(PodNetwork { node, cidr, state })
+    }
+
+    pub fn cidr(&self) -> Ipv4Net {
+        self.cidr
+    }
+
+    /// Connects the pod `id` whose namespace is `pod`; idempotent for the same id.
+    pub fn add(&self, id: &str, pod: &Netns) -> Result<PodInterface, PodNetError> {
+        let ip = self.allocate(id)?;
+        let host_veth = host_veth_name(id);
+        let result = self.plumb(&host_veth, ip, pod);
+        if result.is_err() {
+            let _ = self.node.block_on(async {
+                let nl = Netlink::open()?;
+                nl.del_link(&host_veth).await
+            });
+            self.release(ip);
+        }
+        result.map(|()| PodInterface { ip, host_veth })
+    }
+
+    fn plumb(&self, host_veth: &str, ip: Ipv4Addr, pod: &Netns) -> Result<(), PodNetError> {
+        let peer = format!("{host_veth}p");
+        let mac = self.node.block_on(async {
+            let nl = Netlink::open()?;
+            nl.del_link(host_veth).await?;
+            nl.add_veth(host_veth, &peer, Some(pod), "eth0").await?;
+            // Replies of NodePort flows leave the pod with the node's own address as their
+            // source once TC has translated them back: accept that instead of dropping it
+            // as a martian.
+            sysctl(&format!("net/ipv4/conf/{host_veth}/accept_local"), "1")?;
+            nl.set_up(host_veth).await?;
+            nl.add_route(ip, 32, None, Some(host_veth)).await?;
+            nl.mac(host_veth).await
+        })??;
+        pod.block_on(async {
+            let nl = Netlink::open()?;
+            nl.set_up("lo").await?;
+            nl.set_up("eth0").await?;
+            nl.add_address("eth0", ip, 32).await?;
+            nl.add_neighbour("eth0", GATEWAY, &mac).await?;
+            nl.add_route(Ipv4Addr::UNSPECIFIED, 0, Some(GATEWAY), Some("eth0"))
+                .await
+        })??;
+        Ok(())
+    }
+
+    /// Disconnects the pod `id`: its veth (and with it its route) and its address go. A
+    /// pod that is not connected is not an error.
+    pub fn remove(&self, id: &str) -> Result<(), PodNetError> {
+        let host_veth = host_veth_name(id);
+        self.node.block_on(async {
+            let nl = Netlink::open()?;
+            nl.del_link(&host_veth).await
+        })??;
+        for (ip, owner) in self.allocations()? {
+            if owner == id {
+                self.release(ip);
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes another node's pod CIDR through that node's underlay address.
+    pub fn route_to_node(&self, cidr: Ipv4Net, via: Ipv4Addr) -> Result<(), PodNetError> {
+        self.node.block_on(async {
+            let nl = Netlink::open()?;
+            nl.add_route(cidr.network(), cidr.prefix_len(), Some(via), None)
+                .await
+        })??;
+        Ok(())
+    }
+
+    /// Every allocated address and the pod holding it.
+    pub fn allocations(&self) -> Result<Vec<(Ipv4Addr, String)>, PodNetError> {
+        let dir = std::fs::read_dir(&self.state).map_err(|source| PodNetError::State {
+            path: self.state.clone(),
+            source,
+        })?;
+        let mut out = Vec::new();
+        for entry in dir.flatten() {
+            let Some(ip) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            let owner = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            out.push((ip, owner));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The address of pod `id`: the one it already holds, or the first free one.
+    fn allocate(&self, id: &str) -> Result<Ipv4Addr, PodNetError> {
+        if let Some((ip, _)) = self.allocations()?.into_iter().find(|(_, o)| o == id) {
+            return Ok(ip);
+        }
+        // .0 is the network, .1 is left to the node, the last is the broadcast address.
+        for ip in self.cidr.hosts().skip(1) {
+            let path = self.state.join(ip.to_string());
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    f.write_all(id.as_bytes())
+                        .and_then(|()| f.sync_all())
+                        .map_err(|source| PodNetError::State { path, source })?;
+                    return Ok(ip);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(PodNetError::State { path, source }),
+            }
+        }
+        Err(PodNetError::Exhausted(self.cidr))
+    }
+
+    fn release(&self, ip: Ipv4Addr) {
+        let _ = std::fs::remove_file(self.state.join(ip.to_string()));
+    }
+}
+
+/// The host-side veth of a pod: `sk` + 12 hex digits of a hash of its id (link names are
+/// at most 15 bytes; the peer's temporary name adds one).
+pub fn host_veth_name(id: &str) -> String {
+    // FNV-1a: stable across runs and versions, so a restarted agent finds its veths.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("sk{:012x}", h & 0xffff_ffff_ffff)
+}
