@@ -267,7 +267,10 @@ int skiff_xdp_nodeport(struct xdp_md *ctx)
 	if (!b) {
 		if (svc.count == 0)
 			return XDP_PASS; /* nothing listens on the NodePort: RST / port unreachable */
-		b = maglev_backend(&svc, flow_hash(f.ip->saddr, f.sport, f.proto), &backend_id);
+		/* ClientIP affinity: hash the client's address only, so every flow of a
+		 * client lands on the same backend, on every node. */
+		__u16 hashed_port = (svc.flags & SVC_F_AFFINITY) ? 0 : f.sport;
+		b = maglev_backend(&svc, flow_hash(f.ip->saddr, hashed_port, f.proto), &backend_id);
 		if (!b)
 			return XDP_PASS;
 		if ((b->addr & mask) != cidr) {

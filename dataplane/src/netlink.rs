@@ -103,6 +103,19 @@ impl Netlink {
             .map_err(req(format!("add neighbour {ip} on {dev}")))
     }
 
+    /// Names of every link in the namespace.
+    pub async fn links(&self) -> Result<Vec<String>, NetlinkError> {
+        let mut out = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(l) = links.try_next().await.map_err(req("list links"))? {
+            out.extend(l.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n),
+                _ => None,
+            }));
+        }
+        Ok(out)
+    }
+
     /// Whether the link `name` exists.
     pub async fn exists(&self, name: &str) -> Result<bool, NetlinkError> {
         match self.index(name).await {

@@ -406,6 +406,40 @@ fn icmp_errors_about_a_snated_flow_reach_the_client() {
     assert_ne!(snat_port, 0);
 }
 
+#[test]
+fn client_ip_affinity_sends_every_flow_of_a_client_to_one_backend() {
+    let mut n = node();
+    let sticky = LbService {
+        frontends: vec![frontend(NODE, 30090, Proto::Tcp, SVC_SCOPE_NODEPORT)],
+        endpoints: (10..20)
+            .map(|i| endpoint(Ipv4Addr::new(198, 18, 1, i)))
+            .collect(),
+        affinity_timeout: Some(10_800),
+    };
+    n.lb.apply("default/sticky:Tcp", &sticky).expect("apply");
+    let backends: std::collections::BTreeSet<Ipv4Addr> = (0..50)
+        .map(|p| {
+            let syn = tcp((CLIENT, 41000 + p), (NODE, 30090), b"");
+            dst(&n.dp.run_xdp(&syn).expect("run").packet).0
+        })
+        .collect();
+    assert_eq!(backends.len(), 1, "{backends:?}");
+
+    // Without affinity the same client's flows spread.
+    let spread = LbService {
+        affinity_timeout: None,
+        ..sticky
+    };
+    n.lb.apply("default/sticky:Tcp", &spread).expect("apply");
+    let backends: std::collections::BTreeSet<Ipv4Addr> = (0..50)
+        .map(|p| {
+            let syn = tcp((CLIENT, 42000 + p), (NODE, 30090), b"");
+            dst(&n.dp.run_xdp(&syn).expect("run").packet).0
+        })
+        .collect();
+    assert!(backends.len() > 3, "{backends:?}");
+}
+
 // ---- TC: ClusterIP per packet ---------------------------------------------------------
 
 #[test]
