@@ -3,8 +3,9 @@
  * North-south: XDP on the node's uplink. A packet to node address:NodePort gets a backend
  * from the service's Maglev table (hash of the client's address, port and protocol, so
  * every node picks the same backend for a flow), a conntrack entry, and:
- *  - a backend on this node: destination rewritten, XDP_PASS (the kernel routes it to the
- *    pod; the pod's reply is reverse-translated by TC on its veth);
+ *  - a backend on this node: destination rewritten and redirected into the pod's veth
+ *    (or passed to the stack, which routes it there); the pod's reply is
+ *    reverse-translated by TC on its veth;
  *  - a backend on another node: source NATed to this node's address too, and sent back out
  *    with XDP_TX / redirect after a FIB lookup; its reply returns here and is translated back.
  * A service with no backend passes the packet to the stack, where nothing listens on the
@@ -287,8 +288,9 @@ int skiff_xdp_nodeport(struct xdp_md *ctx)
 	frag_remember(&f, snat ? snat : f.ip->saddr, b_addr);
 	flow_set_dst(&f, b_addr, b_port);
 	lb_count(svc.id, 1, len, new_flow);
-	if (!snat)
-		return XDP_PASS;
-	flow_set_src(&f, snat, sport);
+	if (snat)
+		flow_set_src(&f, snat, sport);
+	/* Local backends too: redirected straight into the pod's veth when the FIB knows
+	 * the way (podnet gives pods a NAPI context for that), else through the stack. */
 	return xdp_forward(ctx, &f);
 }

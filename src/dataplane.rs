@@ -13,9 +13,6 @@ use skiff_client::Client;
 use skiff_dataplane::maps::NodeConfig;
 use skiff_dataplane::{DataPlane, ServiceSync};
 
-/// Where node cgroups live on the cgroup2 mount.
-const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified/skiff";
-
 #[derive(Debug, clap::Args)]
 pub struct DataplaneArgs {
     /// This node's name.
@@ -37,10 +34,11 @@ pub struct DataplaneArgs {
 }
 
 pub async fn run(args: DataplaneArgs, client: Client) -> anyhow::Result<()> {
-    let cgroup = args
-        .cgroup
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(CGROUP2_ROOT).join(&args.node));
+    let cgroup = args.cgroup.clone().unwrap_or_else(|| {
+        PathBuf::from(skiff_dataplane::cgroup2::MOUNT)
+            .join("skiff")
+            .join(&args.node)
+    });
     let created = !cgroup.exists();
     std::fs::create_dir_all(&cgroup)
         .with_context(|| format!("creating cgroup {}", cgroup.display()))?;

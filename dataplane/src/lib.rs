@@ -7,6 +7,8 @@
 //! services. `sync` feeds it from the API server (Services and EndpointSlices through
 //! informers). `maps` mirrors the C structs; `maglev` builds the consistent-hash tables.
 
+pub mod cgroup2;
+pub mod ethtool;
 pub mod lb;
 pub mod loader;
 pub mod localnet;

@@ -77,7 +77,11 @@ impl Underlay {
         ns.block_on(async {
             let nl = Netlink::open()?;
             nl.set_up("lo").await?;
-            disable_tx_checksum_offload("eth0")?;
+            // A veth passes "checksum to be completed" packets on as they are; a
+            // physical uplink completes them in hardware, so a node's XDP program sees
+            // full checksums, updates them and may send the packet straight back out.
+            // On a veth underlay that holds only if senders complete checksums.
+            crate::ethtool::set_tx_checksum_offload("eth0", false)?;
             nl.set_up("eth0").await?;
             nl.add_address("eth0", ip, UNDERLAY_PREFIX).await
         })??;
@@ -107,53 +111,6 @@ impl Underlay {
     pub fn outside(&self, k: u8) -> Result<Host, LocalNetError> {
         self.host(&format!("out{k}"), Ipv4Addr::new(198, 18, 0, 200 + k))
     }
-}
-
-/// Turns off TX checksum offload on a link of the calling thread's namespace.
-///
-/// A veth passes "checksum to be completed" packets on as they are. A physical uplink
-/// completes them in hardware before they hit the wire, so a node's XDP program always sees
-/// full checksums, updates them incrementally and may send the packet straight back out
-/// with XDP_TX. On a veth underlay that only holds if the sender completes its checksums
-/// itself, which is what this makes the underlay links do.
-pub fn disable_tx_checksum_offload(interface: &str) -> std::io::Result<()> {
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    // SAFETY: an all-zero ifreq is valid; the name is copied in below, NUL-terminated.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    let name = interface.as_bytes();
-    if name.len() >= ifr.ifr_name.len() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("interface name {interface:?} is too long"),
-        ));
-    }
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(name) {
-        *dst = *src as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
-    // SAFETY: a plain datagram socket, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: SIOCETHTOOL reads ifr (name + pointer to `value`, both alive for the call).
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: fd is ours and closed once.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        return Err(err);
-    }
-    Ok(())
 }
 
 /// Underlay address of node `i`.

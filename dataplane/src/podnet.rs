@@ -104,6 +104,11 @@ impl PodNetwork {
             let nl = Netlink::open()?;
             nl.set_up("lo").await?;
             nl.set_up("eth0").await?;
+            // GRO gives the pod's end a NAPI context: XDP on the node can then redirect
+            // NodePort traffic straight into the pod instead of through the node's stack.
+            // (Set while the link is up: only then does the host end learn that it may
+            // take redirected frames.)
+            crate::ethtool::set_gro("eth0", true)?;
             nl.add_address("eth0", ip, 32).await?;
             nl.add_neighbour("eth0", GATEWAY, &mac).await?;
             nl.add_route(Ipv4Addr::UNSPECIFIED, 0, Some(GATEWAY), Some("eth0"))

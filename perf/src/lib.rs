@@ -3,8 +3,11 @@
 //! (through etcd-client, the way kube-apiserver writes), watch fan-out against etcd watches.
 //!
 //! The Skiff side is always the real `skiff server` binary in its own process, as etcd is.
+//! The data-plane benchmarks (`dataplane`) run Skiff's eBPF programs and kube-proxy's
+//! iptables rules in the same network namespaces, one after the other.
 
 pub mod control;
+pub mod dataplane;
 pub mod report;
 
 use std::io::{BufRead, BufReader};

@@ -31,3 +31,10 @@ async fn watch_fanout_quick() {
         ms[0].note
     );
 }
+
+#[test]
+fn service_programming_and_connect_latency_quick() {
+    let ms = skiff_perf::dataplane::services(Mode::Quick).expect("benchmark runs");
+    assert_eq!(ms.len(), 4, "{ms:?}");
+    assert!(ms.iter().all(|m| m.skiff > 0.0 && m.peer > 0.0), "{ms:?}");
+}

@@ -17,6 +17,8 @@ const PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "etcd-server",
     "iproute2",
+    // The data-plane benchmark's peer: kube-proxy's rules, loaded with iptables-restore.
+    "iptables",
 ];
 
 fn run(cmd: &mut Command) -> Result<(), String> {

@@ -11,8 +11,6 @@ pub mod api;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
-
 /// A network namespace created for one test, with `lo` up (panics instead of returning
 /// errors, as tests want).
 pub struct Netns {
@@ -43,53 +41,33 @@ impl Netns {
     }
 }
 
-/// A unique cgroup2 directory for one test.
+/// A unique cgroup2 directory for one test, removed on drop.
 pub struct Cgroup2 {
     pub path: PathBuf,
+    inner: skiff_dataplane::cgroup2::Cgroup2,
 }
 
 impl Cgroup2 {
     pub fn new(tag: &str) -> Cgroup2 {
         static N: AtomicU32 = AtomicU32::new(0);
-        let path = Path::new(CGROUP2_ROOT).join(format!(
+        let path = Path::new(skiff_dataplane::cgroup2::MOUNT).join(format!(
             "skiff-test-{tag}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir(&path).expect("create cgroup2 dir");
-        Cgroup2 { path }
+        let inner = skiff_dataplane::cgroup2::Cgroup2::create(&path).expect("create cgroup2 dir");
+        Cgroup2 { path, inner }
     }
 
     /// Runs `f` with this whole process in the cgroup: sockets created meanwhile belong to
     /// it (and so get its BPF programs). The process moves back afterwards.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        let home = current_cgroup();
-        move_self(&self.path);
-        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        move_self(&home);
-        match out {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
-        }
+        self.inner.run_as_member(f).expect("move between cgroups")
     }
 }
 
 impl Drop for Cgroup2 {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.path);
+        let _ = self.inner.remove();
     }
-}
-
-fn current_cgroup() -> PathBuf {
-    let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
-    let rel = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .expect("a cgroup2 line");
-    Path::new(CGROUP2_ROOT).join(rel.trim_start_matches('/'))
-}
-
-fn move_self(dir: &Path) {
-    std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
-        .unwrap_or_else(|e| panic!("move into {}: {e}", dir.display()));
 }

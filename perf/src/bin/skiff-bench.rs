@@ -59,6 +59,11 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
+    if wanted("services") {
+        for m in skiff_perf::dataplane::services(mode)? {
+            results.push(m);
+        }
+    }
     let command = if mode == Mode::Quick {
         "cargo xtask bench --quick"
     } else {
