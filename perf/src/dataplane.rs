@@ -34,6 +34,7 @@ use crate::{Mode, median};
 const BACKENDS: usize = 10;
 const PORT: u16 = 8080;
 const PEER: &str = "kube-proxy iptables mode (iptables-nft, iptables-restore)";
+const PEER_LEGACY: &str = "kube-proxy iptables mode (iptables-legacy, iptables-legacy-restore)";
 
 fn vip(i: usize) -> Ipv4Addr {
     // 198.19.0.0/16, skipping .0 of each /24 for readability.
@@ -288,9 +289,19 @@ fn incremental_ruleset(
 
 /// Runs iptables-restore in the node's namespace; returns how long it took.
 fn iptables_restore(node: &Netns, input: &str, noflush: bool) -> anyhow::Result<Duration> {
+    restore_with("iptables-restore", node, input, noflush)
+}
+
+/// Runs `binary` (iptables-restore or iptables-legacy-restore) in the node's namespace.
+fn restore_with(
+    binary: &str,
+    node: &Netns,
+    input: &str,
+    noflush: bool,
+) -> anyhow::Result<Duration> {
     node.run(|| {
         let start = Instant::now();
-        let mut cmd = Command::new("iptables-restore");
+        let mut cmd = Command::new(binary);
         cmd.arg("-w");
         if noflush {
             cmd.arg("--noflush");
@@ -322,6 +333,8 @@ struct ScaleResult {
     program_one: (f64, f64),
     p50: (f64, f64),
     p99: (f64, f64),
+    /// iptables-legacy: (programming all, connect p99).
+    legacy: (f64, f64),
 }
 
 /// One measurement of both peers at one scale. Each peer gets a node of its own, built
@@ -363,8 +376,22 @@ fn run_scale(services: usize, connects: usize) -> anyhow::Result<ScaleResult> {
         true,
     )?;
 
+    drop(bench);
+
+    // The same with the legacy (x_tables) backend of iptables.
+    let bench = Bench::new()?;
+    let legacy_all = restore_with(
+        "iptables-legacy-restore",
+        &bench.node,
+        &full_ruleset(services, &bench.backends),
+        false,
+    )?;
+    let legacy_hist = bench.connect_latency(services, connects)?;
+    drop(bench);
+
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     Ok(ScaleResult {
+        legacy: (ms(legacy_all), legacy_hist.value_at_quantile(0.99) as f64),
         program_all: (ms(skiff_all), ms(ipt_all)),
         program_one: (ms(skiff_one), ms(ipt_one)),
         p50: (
@@ -450,21 +477,414 @@ pub fn services(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
                 ""
             },
         ));
-        skiff_p99_by_scale.push(p99.0);
+        let legacy = med(&|r| r.legacy);
+        out.push(Measurement::lower_better(
+            &format!("Programming all services ({label})"),
+            all.0,
+            legacy.0,
+            "ms",
+            PEER_LEGACY,
+            "",
+        ));
+        out.push(Measurement::lower_better(
+            &format!("Connect + 1-byte request p99 ({label})"),
+            p99.0,
+            legacy.1,
+            "us",
+            PEER_LEGACY,
+            "",
+        ));
+        skiff_p99_by_scale.push((p99.0, p99.1));
         eprintln!(
             "{label}: program all {:.1} vs {:.1} ms, one {:.3} vs {:.1} ms, p50 {} vs {} us, p99 {} vs {} us",
             all.0, all.1, one.0, one.1, p50.0, p50.1, p99.0, p99.1
         );
     }
-    if skiff_p99_by_scale.len() > 1 {
-        let first = skiff_p99_by_scale[0];
-        let last = skiff_p99_by_scale[skiff_p99_by_scale.len() - 1];
-        eprintln!(
-            "Skiff p99 flatness: {:.2}x from {} to {} services",
-            last / first,
-            scales[0],
-            scales[scales.len() - 1]
-        );
+    if let (Some(first), Some(last)) = (skiff_p99_by_scale.first(), skiff_p99_by_scale.last())
+        && skiff_p99_by_scale.len() > 1
+    {
+        out.push(Measurement::lower_better(
+            &format!(
+                "Connect p99 growth from {} to {} services (p99 at the most / at the fewest)",
+                scales[0],
+                scales[scales.len() - 1]
+            ),
+            last.0 / first.0,
+            last.1 / first.1,
+            "x",
+            PEER,
+            "Skiff <= 1.1x",
+        ));
     }
     Ok(out)
+}
+
+// ---- UDP through a NodePort -----------------------------------------------------------
+
+const NODE_PORT: u16 = 30080;
+const UDP_PORT: u16 = 9000;
+
+/// Busy and total jiffies of the whole machine (`/proc/stat`).
+fn cpu_jiffies() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+enum UdpPeer {
+    Skiff,
+    KubeProxy,
+}
+
+struct UdpResult {
+    pps: f64,
+    cpu_ns_per_packet: f64,
+}
+
+/// An outside host blasts 18-byte UDP datagrams at node:NodePort for `secs`; a pod on the
+/// node counts what arrives.
+fn udp_run(peer: UdpPeer, secs: f64) -> anyhow::Result<UdpResult> {
+    use skiff_dataplane::localnet::Underlay;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let underlay = Underlay::create()?;
+    let node = underlay.node(0)?;
+    let outside = underlay.outside(0)?;
+    let state = TempDir(std::env::temp_dir().join(format!(
+        "skiff-bench-udp-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    )));
+    let net = PodNetwork::new(node.host.ns.try_clone()?, node.pod_cidr, &state.0)?;
+    let pod = Netns::create()?;
+    let iface = net.add("udp-backend", &pod)?;
+
+    let received = Arc::new(AtomicU64::new(0));
+    let sock = pod.run(|| std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT)))??;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let counter = received.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_rx = stop.clone();
+    let receiver = std::thread::spawn(move || {
+        while !stop_rx.load(Ordering::Relaxed) {
+            counter.fetch_add(mmsg(&sock, false) as u64, Ordering::Relaxed);
+        }
+    });
+
+    let mut _dp = None;
+    match peer {
+        UdpPeer::Skiff => {
+            let mut dp = DataPlane::load()?;
+            node.host.ns.run(|| -> anyhow::Result<()> {
+                dp.attach_xdp(&node.host.uplink)?;
+                dp.attach_tc(&iface.host_veth)?;
+                Ok(())
+            })??;
+            underlay.ns.run(|| dp.attach_xdp_pass(&node.host.port))??;
+            let mut lb = dp.load_balancer()?;
+            lb.set_node(skiff_dataplane::maps::NodeConfig::new(
+                node.host.ip,
+                node.pod_cidr.network(),
+                node.pod_cidr.prefix_len(),
+            ))?;
+            lb.apply(
+                "default/udp:30080/UDP",
+                &LbService {
+                    frontends: vec![Frontend {
+                        addr: node.host.ip,
+                        port: NODE_PORT,
+                        proto: Proto::Udp,
+                        scope: skiff_dataplane::maps::SVC_SCOPE_NODEPORT,
+                    }],
+                    endpoints: vec![Endpoint {
+                        addr: iface.ip,
+                        port: UDP_PORT,
+                        ready: true,
+                        serving: true,
+                        terminating: false,
+                    }],
+                    affinity_timeout: None,
+                },
+            )?;
+            _dp = Some((dp, lb));
+        }
+        UdpPeer::KubeProxy => {
+            iptables_restore(&node.host.ns, &nodeport_ruleset(iface.ip), false)?;
+        }
+    }
+
+    let sender = outside
+        .ns
+        .run(|| std::net::UdpSocket::bind("0.0.0.0:0"))??;
+    sender.connect(SocketAddrV4::new(node.host.ip, NODE_PORT))?;
+    // Warm up: the first packets resolve neighbours and create conntrack entries.
+    for _ in 0..16 {
+        mmsg(&sender, true);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = received.load(Ordering::Relaxed);
+    let (busy0, _) = cpu_jiffies()?;
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < secs {
+        for _ in 0..16 {
+            mmsg(&sender, true);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(100));
+    let (busy1, _) = cpu_jiffies()?;
+    let got = received.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    let _ = receiver.join();
+    // USER_HZ is 100 on Linux: one jiffy is 10 ms.
+    let cpu_ns = (busy1 - busy0) as f64 * 10_000_000.0;
+    Ok(UdpResult {
+        pps: got as f64 / elapsed,
+        cpu_ns_per_packet: cpu_ns / got.max(1) as f64,
+    })
+}
+
+/// Sends (or receives) one batch of 64 18-byte datagrams with sendmmsg/recvmmsg, so the
+/// cost per packet is the network path's, not the system call's. Returns how many.
+fn mmsg(sock: &std::net::UdpSocket, send: bool) -> usize {
+    use std::os::fd::AsRawFd;
+    const BATCH: usize = 64;
+    let mut bufs = [[7u8; 64]; BATCH];
+    // SAFETY: zeroed iovec/mmsghdr are valid; the pointers set below point into `bufs` and
+    // `iov`, which outlive the system call.
+    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..BATCH {
+        iov[i].iov_base = bufs[i].as_mut_ptr().cast();
+        iov[i].iov_len = if send { 18 } else { 64 };
+        msgs[i].msg_hdr.msg_iov = &mut iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: `msgs` holds BATCH valid headers for the duration of the call; the socket is
+    // open (borrowed).
+    let n = unsafe {
+        if send {
+            libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0)
+        } else {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        }
+    };
+    usize::try_from(n).unwrap_or(0)
+}
+
+/// kube-proxy's rules for one UDP NodePort service with one endpoint.
+fn nodeport_ruleset(backend: Ipv4Addr) -> String {
+    let name = "default/udp:udp";
+    let svc = chain("KUBE-SVC-", &format!("{name}udp"));
+    let ext = chain("KUBE-EXT-", &format!("{name}udp"));
+    let sep = chain("KUBE-SEP-", &format!("{name}udp{backend}"));
+    format!(
+        "*nat\n{NAT_BASE}:{svc} - [0:0]\n:{ext} - [0:0]\n:{sep} - [0:0]\n\
+         -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
+         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
+         -A KUBE-NODEPORTS -p udp -m comment --comment \"{name}\" -m udp --dport {NODE_PORT} -j {ext}\n\
+         -A {ext} -m comment --comment \"masquerade traffic for {name} external destinations\" -j KUBE-MARK-MASQ\n\
+         -A {ext} -j {svc}\n\
+         -A {svc} -m comment --comment \"{name} -> {backend}:{UDP_PORT}\" -j {sep}\n\
+         -A {sep} -s {backend}/32 -m comment --comment \"{name}\" -j KUBE-MARK-MASQ\n\
+         -A {sep} -p udp -m comment --comment \"{name}\" -m udp -j DNAT --to-destination {backend}:{UDP_PORT}\n\
+         -A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
+         COMMIT\n"
+    )
+}
+
+/// Small UDP packets through a NodePort on veth: XDP (Skiff) vs iptables DNAT.
+pub fn nodeport_udp(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
+    let (secs, repeats) = match mode {
+        Mode::Quick => (0.5, 1),
+        Mode::Full => (3.0, 3),
+    };
+    let (mut pps, mut cpu) = ((vec![], vec![]), (vec![], vec![]));
+    for _ in 0..repeats {
+        let s = udp_run(UdpPeer::Skiff, secs)?;
+        let k = udp_run(UdpPeer::KubeProxy, secs)?;
+        eprintln!(
+            "UDP NodePort: {:.0} vs {:.0} packets/s, {:.0} vs {:.0} ns CPU/packet",
+            s.pps, k.pps, s.cpu_ns_per_packet, k.cpu_ns_per_packet
+        );
+        pps.0.push(s.pps);
+        pps.1.push(k.pps);
+        cpu.0.push(s.cpu_ns_per_packet);
+        cpu.1.push(k.cpu_ns_per_packet);
+    }
+    let label = "18-byte UDP, outside host -> NodePort -> pod, one flow, veth";
+    Ok(vec![
+        Measurement::higher_better(
+            &format!("NodePort packets/s ({label})"),
+            median(pps.0),
+            median(pps.1),
+            "packets/s",
+            PEER,
+            ">= 3x on packets/s or CPU, no worse on the other",
+        ),
+        Measurement::lower_better(
+            &format!("Machine CPU per delivered packet, sender and receiver included ({label})"),
+            median(cpu.0),
+            median(cpu.1),
+            "ns",
+            PEER,
+            ">= 3x on packets/s or CPU, no worse on the other",
+        ),
+    ])
+}
+
+// ---- memory -----------------------------------------------------------------------------
+
+/// memlock / max_entries of every BPF map this process holds, by name (from fdinfo): the
+/// kernel's own figure for what one entry of each map costs.
+fn map_entry_bytes() -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc/self/fdinfo")?.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        let (Some(memlock), Some(max), Some(id)) =
+            (field("memlock:"), field("max_entries:"), field("map_id:"))
+        else {
+            continue;
+        };
+        let (Ok(memlock), Ok(max)) = (memlock.parse::<f64>(), max.parse::<f64>()) else {
+            continue;
+        };
+        // The name is not in fdinfo: ask the kernel by id through bpftool-free sysfs-less
+        // means is not possible, so match by id through aya's map info.
+        let Ok(id) = id.parse::<u32>() else { continue };
+        if let Ok(m) = aya::maps::MapInfo::from_id(id)
+            && let Ok(name) = m.name_as_str().map(str::to_string).ok_or(())
+            && max > 0.0
+        {
+            out.insert(name, memlock / max);
+        }
+    }
+    Ok(out)
+}
+
+/// Kernel slab memory in bytes (/proc/meminfo).
+fn slab_bytes() -> anyhow::Result<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo")?;
+    let kb: f64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("Slab in /proc/meminfo")?;
+    Ok(kb * 1024.0)
+}
+
+/// Map memory per service (its frontend, its 10 slots, its counters) and per backend, from
+/// the kernel's accounting; the peer: kernel slab memory kube-proxy's rules take per
+/// service at the largest scale.
+pub fn memory(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
+    let services = match mode {
+        Mode::Quick => 100,
+        Mode::Full => 10_000,
+    };
+    let mut dp = DataPlane::load()?;
+    let mut lb = dp.load_balancer()?;
+    // The service map is not preallocated: its footprint shows once it holds entries.
+    let sample = 1000;
+    let backends: Vec<Ipv4Addr> = (0..BACKENDS as u8)
+        .map(|i| Ipv4Addr::new(198, 18, 1, 2 + i))
+        .collect();
+    for i in 0..sample {
+        let svc = LbService {
+            frontends: vec![Frontend {
+                addr: vip(i),
+                port: 80,
+                proto: Proto::Tcp,
+                scope: SVC_SCOPE_CLUSTER,
+            }],
+            endpoints: backends
+                .iter()
+                .map(|&addr| Endpoint {
+                    addr,
+                    port: PORT,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                })
+                .collect(),
+            affinity_timeout: None,
+        };
+        lb.apply(&format!("s{i}"), &svc)?;
+    }
+    let mut per_entry = map_entry_bytes()?;
+    if let Some(v) = per_entry.get_mut("skiff_services") {
+        // memlock / max_entries -> memlock / entries held.
+        *v *= f64::from(skiff_dataplane::maps::MAX_SERVICES) / sample as f64;
+    }
+    drop(lb);
+    drop(dp);
+    let get = |name: &str| {
+        per_entry
+            .get(name)
+            .copied()
+            .with_context(|| format!("map {name} not found in fdinfo"))
+    };
+    // Names are cut to 15 characters by the kernel.
+    let svc = get("skiff_services")?;
+    let slot = get("skiff_slots")?;
+    let stats = get("skiff_svc_stats")?;
+    let backend = get("skiff_backends")?;
+    let per_service = svc + BACKENDS as f64 * slot + stats;
+
+    let bench = Bench::new()?;
+    let before = slab_bytes()?;
+    iptables_restore(&bench.node, &full_ruleset(services, &bench.backends), false)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let after = slab_bytes()?;
+    let peer_per_service = (after - before).max(0.0) / services as f64;
+    eprintln!(
+        "memory: {per_service:.0} B/service ({svc:.0} frontend + {BACKENDS} x {slot:.0} slot + {stats:.0} counters), {backend:.0} B/backend; kube-proxy rules {peer_per_service:.0} B/service of slab"
+    );
+    Ok(vec![
+        Measurement::lower_better(
+            &format!(
+                "Kernel memory per service ({BACKENDS} backends; peer at {services} services)"
+            ),
+            per_service,
+            peer_per_service,
+            "bytes",
+            PEER,
+            "",
+        ),
+        Measurement::lower_better(
+            &format!(
+                "Kernel memory per backend (peer: its per-service slab / {BACKENDS} endpoints)"
+            ),
+            backend,
+            peer_per_service / BACKENDS as f64,
+            "bytes",
+            PEER,
+            "",
+        ),
+    ])
 }

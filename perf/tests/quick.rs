@@ -35,6 +35,18 @@ async fn watch_fanout_quick() {
 #[test]
 fn service_programming_and_connect_latency_quick() {
     let ms = skiff_perf::dataplane::services(Mode::Quick).expect("benchmark runs");
-    assert_eq!(ms.len(), 4, "{ms:?}");
+    assert_eq!(ms.len(), 6, "{ms:?}");
+    assert!(ms.iter().all(|m| m.skiff > 0.0 && m.peer > 0.0), "{ms:?}");
+}
+
+#[test]
+fn nodeport_udp_quick() {
+    let ms = skiff_perf::dataplane::nodeport_udp(Mode::Quick).expect("benchmark runs");
+    assert!(ms.iter().all(|m| m.skiff > 0.0 && m.peer > 0.0), "{ms:?}");
+}
+
+#[test]
+fn memory_quick() {
+    let ms = skiff_perf::dataplane::memory(Mode::Quick).expect("benchmark runs");
     assert!(ms.iter().all(|m| m.skiff > 0.0 && m.peer > 0.0), "{ms:?}");
 }

@@ -60,9 +60,13 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     if wanted("services") {
-        for m in skiff_perf::dataplane::services(mode)? {
-            results.push(m);
-        }
+        results.extend(skiff_perf::dataplane::services(mode)?);
+    }
+    if wanted("memory") {
+        results.extend(skiff_perf::dataplane::memory(mode)?);
+    }
+    if wanted("nodeport") {
+        results.extend(skiff_perf::dataplane::nodeport_udp(mode)?);
     }
     let command = if mode == Mode::Quick {
         "cargo xtask bench --quick"
