@@ -101,16 +101,7 @@ int skiff_tc_pod(struct __sk_buff *skb)
 	__u32 backend_id = 0;
 	struct backend *b = 0;
 	int new_flow = 0;
-	struct ct_key fk = ct_forward_key(&f);
-	struct ct_value *ct = bpf_map_lookup_elem(&skiff_ct, &fk);
-	if (ct && ct->svc_id == svc.id) {
-		backend_id = ct->backend_id;
-		b = bpf_map_lookup_elem(&skiff_backends, &backend_id);
-		if (b && (b->addr != ct->addr || b->port != ct->port))
-			b = 0;
-		if (b)
-			ct->last_seen_ns = bpf_ktime_get_ns();
-	}
+	ct_live_forward(&f, svc.id, &b, &backend_id);
 	if (!b) {
 		/* No backend: pass it on untranslated. The node routes the service CIDR to
 		 * `unreachable`, so the pod gets an ICMP unreachable, not silence. */

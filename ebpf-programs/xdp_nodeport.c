@@ -252,18 +252,10 @@ int skiff_xdp_nodeport(struct xdp_md *ctx)
 	__u32 snat = 0;
 	__u16 sport = 0;
 	int new_flow = 0;
-	struct ct_key fk = ct_forward_key(&f);
-	struct ct_value *ct = bpf_map_lookup_elem(&skiff_ct, &fk);
-	if (ct && ct->svc_id == svc.id) {
-		backend_id = ct->backend_id;
-		b = bpf_map_lookup_elem(&skiff_backends, &backend_id);
-		if (b && b->addr == ct->addr && b->port == ct->port) {
-			ct->last_seen_ns = bpf_ktime_get_ns();
-			snat = ct->addr2;
-			sport = ct->port2;
-		} else {
-			b = 0; /* the backend is gone: choose again */
-		}
+	struct ct_value *ct = ct_live_forward(&f, svc.id, &b, &backend_id);
+	if (ct) {
+		snat = ct->addr2;
+		sport = ct->port2;
 	}
 	if (!b) {
 		if (svc.count == 0)

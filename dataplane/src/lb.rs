@@ -583,26 +583,8 @@ impl LoadBalancer {
             return;
         }
         let gone = std::mem::take(&mut self.gone);
-        let stale: Vec<SockRevnatKey> = self
-            .sock_flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| gone.contains(&v.backend_id))
-            .map(|(k, _)| k)
-            .collect();
-        for k in stale {
-            let _ = self.sock_flows.remove(&k);
-        }
-        let stale: Vec<CtKey> = self
-            .ct
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| gone.contains(&v.backend_id))
-            .map(|(k, _)| k)
-            .collect();
-        for k in stale {
-            let _ = self.ct.remove(&k);
-        }
+        remove_where(&mut self.sock_flows, |v| gone.contains(&v.backend_id));
+        remove_where(&mut self.ct, |v| gone.contains(&v.backend_id));
         for id in gone {
             self.backend_ids.release(id);
         }
@@ -619,6 +601,23 @@ impl LoadBalancer {
             let _ = self.affinity.remove(&k);
         }
         Ok(())
+    }
+}
+
+/// Deletes every entry of `map` whose value matches (one pass; entries that vanish
+/// meanwhile, as LRU ones do, are fine).
+fn remove_where<K: aya::Pod, V: aya::Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    matches: impl Fn(&V) -> bool,
+) {
+    let stale: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| matches(v))
+        .map(|(k, _)| k)
+        .collect();
+    for k in stale {
+        let _ = map.remove(&k);
     }
 }
 

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -44,8 +44,8 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
-    /// Index of the link `name`.
-    pub async fn index(&self, name: &str) -> Result<u32, NetlinkError> {
+    /// The link `name`.
+    async fn link(&self, name: &str) -> Result<LinkMessage, NetlinkError> {
         let mut links = self
             .handle
             .link()
@@ -53,7 +53,7 @@ impl Netlink {
             .match_name(name.to_string())
             .execute();
         match links.try_next().await {
-            Ok(Some(l)) => Ok(l.header.index),
+            Ok(Some(l)) => Ok(l),
             Ok(None) => Err(NetlinkError::NoLink(name.to_string())),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
                 Err(NetlinkError::NoLink(name.to_string()))
@@ -62,20 +62,16 @@ impl Netlink {
         }
     }
 
+    /// Index of the link `name`.
+    pub async fn index(&self, name: &str) -> Result<u32, NetlinkError> {
+        Ok(self.link(name).await?.header.index)
+    }
+
     /// The hardware address of the link `name`.
     pub async fn mac(&self, name: &str) -> Result<Vec<u8>, NetlinkError> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        let link = links
-            .try_next()
-            .await
-            .map_err(req(format!("get link {name}")))?
-            .ok_or_else(|| NetlinkError::NoLink(name.to_string()))?;
-        link.attributes
+        self.link(name)
+            .await?
+            .attributes
             .into_iter()
             .find_map(|a| match a {
                 LinkAttribute::Address(mac) => Some(mac),

@@ -32,6 +32,28 @@ static __always_inline struct ct_key ct_reply_key(const struct flow *f)
 }
 
 /*
+ * The forward entry of `f` for service `svc_id` and its backend, if both are still there
+ * and the backend still has the address the entry translated to (an id is never reused
+ * for another backend while its flows live, but a removed backend's id may be gone).
+ */
+static __always_inline struct ct_value *ct_live_forward(const struct flow *f, __u32 svc_id,
+							 struct backend **b, __u32 *backend_id)
+{
+	struct ct_key fk = ct_forward_key(f);
+	struct ct_value *ct = bpf_map_lookup_elem(&skiff_ct, &fk);
+	if (!ct || ct->svc_id != svc_id)
+		return 0;
+	*backend_id = ct->backend_id;
+	*b = bpf_map_lookup_elem(&skiff_backends, backend_id);
+	if (!*b || (*b)->addr != ct->addr || (*b)->port != ct->port) {
+		*b = 0;
+		return 0;
+	}
+	ct->last_seen_ns = bpf_ktime_get_ns();
+	return ct;
+}
+
+/*
  * Records a translated flow. `f` is the packet before translation, going to backend
  * `b_addr:b_port`, with source rewritten to `snat_addr:snat_port` (0 = not rewritten).
  */

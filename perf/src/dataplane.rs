@@ -103,25 +103,7 @@ impl Bench {
     }
 
     fn service(&self, i: usize, backends: &[Ipv4Addr]) -> LbService {
-        LbService {
-            frontends: vec![Frontend {
-                addr: vip(i),
-                port: 80,
-                proto: Proto::Tcp,
-                scope: SVC_SCOPE_CLUSTER,
-            }],
-            endpoints: backends
-                .iter()
-                .map(|&addr| Endpoint {
-                    addr,
-                    port: PORT,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                })
-                .collect(),
-            affinity_timeout: None,
-        }
+        cluster_service(i, backends)
     }
 
     /// Sequential fresh connections + 1-byte exchange to random VIPs; latencies in µs.
@@ -166,6 +148,29 @@ impl Bench {
             );
         }
         Ok(h)
+    }
+}
+
+/// Service i: VIP i, port 80/TCP, to `backends` on port 8080, all ready.
+fn cluster_service(i: usize, backends: &[Ipv4Addr]) -> LbService {
+    LbService {
+        frontends: vec![Frontend {
+            addr: vip(i),
+            port: 80,
+            proto: Proto::Tcp,
+            scope: SVC_SCOPE_CLUSTER,
+        }],
+        endpoints: backends
+            .iter()
+            .map(|&addr| Endpoint {
+                addr,
+                port: PORT,
+                ready: true,
+                serving: true,
+                terminating: false,
+            })
+            .collect(),
+        affinity_timeout: None,
     }
 }
 
@@ -815,25 +820,7 @@ pub fn memory(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
         .map(|i| Ipv4Addr::new(198, 18, 1, 2 + i))
         .collect();
     for i in 0..sample {
-        let svc = LbService {
-            frontends: vec![Frontend {
-                addr: vip(i),
-                port: 80,
-                proto: Proto::Tcp,
-                scope: SVC_SCOPE_CLUSTER,
-            }],
-            endpoints: backends
-                .iter()
-                .map(|&addr| Endpoint {
-                    addr,
-                    port: PORT,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                })
-                .collect(),
-            affinity_timeout: None,
-        };
+        let svc = cluster_service(i, &backends);
         lb.apply(&format!("s{i}"), &svc)?;
     }
     let mut per_entry = map_entry_bytes()?;
