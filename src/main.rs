@@ -40,7 +40,7 @@ enum Command {
     /// Stop the local cluster.
     Down(up::DownArgs),
     /// Run one node's eBPF data plane (service load balancing) on its own.
-    Dataplane(dataplane::DataplaneArgs),
+    Dataplane(dataplane::DataplaneCmd),
     /// Create or update objects from manifests.
     Apply {
         #[arg(short = 'f', long = "filename", required = true)]

@@ -17,6 +17,7 @@ pub mod maps;
 pub mod netlink;
 pub mod netns;
 pub mod podnet;
+pub mod stats;
 pub mod sync;
 
 pub use lb::{Endpoint, Frontend, LbError, LbService, LoadBalancer, ServiceCounters};

@@ -52,8 +52,10 @@ pub enum DataPlaneError {
         #[source]
         source: Box<ProgramError>,
     },
-    #[error("BPF object has no program {0}")]
+    #[error("BPF object has no program or map {0}")]
     MissingProgram(&'static str),
+    #[error("pinning map {name}: {message}")]
+    Pin { name: &'static str, message: String },
     #[error("cgroup {path}: {source}")]
     Cgroup {
         path: PathBuf,
@@ -174,6 +176,21 @@ impl DataPlane {
     /// The cgroup the socket programs are attached to.
     pub fn cgroup(&self) -> Option<&Path> {
         self.cgroup.as_deref()
+    }
+
+    /// Pins the service and counter maps in `dir` (a bpffs) for `skiff dataplane stats`.
+    pub fn pin_for_readers(&self, dir: &Path) -> Result<(), DataPlaneError> {
+        for name in crate::stats::PINNED {
+            let map = self
+                .ebpf
+                .map(name)
+                .ok_or(DataPlaneError::MissingProgram(name))?;
+            map.pin(dir.join(name)).map_err(|e| DataPlaneError::Pin {
+                name,
+                message: e.to_string(),
+            })?;
+        }
+        Ok(())
     }
 
     /// Takes the service maps into a `LoadBalancer` (once).

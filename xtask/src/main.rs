@@ -95,9 +95,22 @@ fn test(extra: &[String]) -> Result<(), String> {
         // nextest does not run doctests.
         run(cargo().args(["test", "--workspace", "--doc", "--quiet"]))
     } else {
-        run(cargo()
-            .args(["test", "--workspace", "--no-fail-fast"])
-            .args(extra))
+        // Without nextest every test of a binary shares one process. The data-plane tests
+        // (and the benchmarks' quick runs) move their process between cgroups and
+        // namespaces, so those run one at a time; the rest in parallel.
+        let serial = ["skiff-dataplane", "skiff-perf"];
+        let mut all = cargo();
+        all.args(["test", "--workspace", "--no-fail-fast"]);
+        for p in serial {
+            all.args(["--exclude", p]);
+        }
+        run(all.args(extra))?;
+        let mut one_by_one = cargo();
+        one_by_one.args(["test", "--no-fail-fast"]);
+        for p in serial {
+            one_by_one.args(["-p", p]);
+        }
+        run(one_by_one.args(extra).args(["--", "--test-threads=1"]))
     }
 }
 
