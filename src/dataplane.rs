@@ -46,6 +46,9 @@ pub struct DataplaneArgs {
     /// The node's uplink: XDP NodePort attaches there (none: no NodePort from outside).
     #[arg(long)]
     pub uplink: Option<String>,
+    /// How XDP attaches to the uplink: native (physical NICs) or generic (veth uplinks).
+    #[arg(long, value_parser = ["native", "generic"], default_value = "native")]
+    pub xdp_mode: String,
     /// cgroup2 directory whose sockets are load-balanced (default: the node's under
     /// /sys/fs/cgroup/unified/skiff).
     #[arg(long)]
@@ -97,7 +100,12 @@ async fn serve(
         .context("mounting a bpffs for the counters")?;
     dp.pin_for_readers(pins.path())?;
     if let Some(dev) = &args.uplink {
-        dp.attach_xdp(dev)
+        let mode = if args.xdp_mode == "generic" {
+            skiff_dataplane::XdpAttach::Generic
+        } else {
+            skiff_dataplane::XdpAttach::Native
+        };
+        dp.attach_xdp(dev, mode)
             .with_context(|| format!("--uplink {dev}: attaching XDP"))?;
     }
     let mut lb = dp.load_balancer()?;

@@ -80,7 +80,7 @@ fn serve(ns: &Netns, ip: Ipv4Addr) {
     });
 }
 
-async fn cluster() -> Cluster {
+async fn cluster(mode: skiff_dataplane::XdpAttach) -> Cluster {
     let api = support::api::start().await;
     let underlay = Underlay::create().expect("underlay");
     let hosts: Vec<NodeHost> = (0..2).map(|i| underlay.node(i).expect("node")).collect();
@@ -119,7 +119,7 @@ async fn cluster() -> Cluster {
         host.host
             .ns
             .run(|| {
-                dp.attach_xdp(&host.host.uplink)?;
+                dp.attach_xdp(&host.host.uplink, mode)?;
                 for v in &veths {
                     dp.attach_tc(v)?;
                 }
@@ -304,7 +304,7 @@ fn outside_connect(outside: &Host, to: SocketAddrV4) -> std::io::Result<Ipv4Addr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_spreads_over_both_nodes_follows_its_endpoints_and_serves_nodeports() {
-    let c = cluster().await;
+    let c = cluster(skiff_dataplane::XdpAttach::Native).await;
     let (vip, node_port) = c.create_service(false).await;
     let backends = c.backends();
     c.wait_programmed(vip, &backends).await;
@@ -397,9 +397,25 @@ async fn a_service_spreads_over_both_nodes_follows_its_endpoints_and_serves_node
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_affinity_pins_a_client_pod_to_one_backend() {
-    let c = cluster().await;
+    let c = cluster(skiff_dataplane::XdpAttach::Native).await;
     let (vip, _) = c.create_service(true).await;
     c.wait_programmed(vip, &c.backends()).await;
     let seen = c.nodes[1].spread(SocketAddrV4::new(vip, 80), 50);
     assert_eq!(seen.len(), 1, "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodeports_work_with_generic_xdp_too() {
+    let c = cluster(skiff_dataplane::XdpAttach::Generic).await;
+    let (vip, node_port) = c.create_service(false).await;
+    c.wait_programmed(vip, &c.backends()).await;
+    for n in &c.nodes {
+        let to = SocketAddrV4::new(n.host.host.ip, node_port);
+        let mut nodes_seen = std::collections::BTreeSet::new();
+        for _ in 0..60 {
+            let who = outside_connect(&c.outside, to).expect("NodePort connect");
+            nodes_seen.insert(who.octets()[2]);
+        }
+        assert_eq!(nodes_seen.len(), 2, "via {}: {nodes_seen:?}", n.host.name);
+    }
 }

@@ -589,7 +589,8 @@ fn udp_run(peer: UdpPeer, secs: f64) -> anyhow::Result<UdpResult> {
         UdpPeer::Skiff => {
             let mut dp = DataPlane::load()?;
             node.host.ns.run(|| -> anyhow::Result<()> {
-                dp.attach_xdp(&node.host.uplink)?;
+                // The uplink is a veth: generic XDP is the cheaper attachment there.
+                dp.attach_xdp(&node.host.uplink, skiff_dataplane::XdpAttach::Generic)?;
                 dp.attach_tc(&iface.host_veth)?;
                 Ok(())
             })??;
