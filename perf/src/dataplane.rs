@@ -12,7 +12,8 @@
 //!   backend). Skiff: map updates. kube-proxy: iptables-restore of the whole ruleset, then
 //!   of KUBE-SERVICES plus the changed service's chains (what its partial sync writes).
 //! - Connect: a fresh TCP connection and a 1-byte request/response to a random VIP from
-//!   the client pod, sequentially, p50/p99.
+//!   the client pod, sequentially, p50/p99 (each connection closed, client first, before
+//!   the next).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -106,12 +107,14 @@ impl Bench {
         cluster_service(i, backends)
     }
 
-    /// Sequential fresh connections + 1-byte exchange to random VIPs; latencies in µs.
+    /// Sequential fresh connections to random VIPs: connect + 1-byte request and response,
+    /// timed; then a close that completes before the next connection. Latencies in µs.
     fn connect_latency(&self, services: usize, n: usize) -> anyhow::Result<Histogram<u64>> {
         let mut h = Histogram::<u64>::new(3)?;
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let samples = self.cgroup.run_as_member(|| {
             self.client.run(|| {
+                pin_to_cpu(0);
                 let mut samples = Vec::with_capacity(n);
                 for k in 0..n + n / 10 {
                     rng ^= rng << 13;
@@ -126,6 +129,11 @@ impl Bench {
                     let mut b = [0u8; 1];
                     s.read_exact(&mut b)?;
                     let took = start.elapsed();
+                    // Close, and wait for the backend's close before the next one: nothing
+                    // of this connection runs into the next, and TIME_WAIT stays in the
+                    // client's namespace (fresh for every run), not in the backends.
+                    s.shutdown(std::net::Shutdown::Write)?;
+                    let _ = s.read(&mut b)?;
                     // The first tenth warms caches and conntrack; it is not counted.
                     if k >= n / 10 {
                         samples.push(took.as_micros() as u64);
@@ -148,6 +156,19 @@ impl Bench {
             );
         }
         Ok(h)
+    }
+}
+
+/// Pins the calling thread to one CPU (modulo the CPUs there are): the client and the
+/// backends each get their own, for both peers alike, so that where the scheduler happens
+/// to put them does not decide the latency.
+fn pin_to_cpu(cpu: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % cpus, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -174,14 +195,17 @@ fn cluster_service(i: usize, backends: &[Ipv4Addr]) -> LbService {
     }
 }
 
-/// A backend: answers each connection's byte and closes.
+/// A backend: answers each connection's byte, then waits for the client to close first
+/// (as in netperf's TCP_CRR), so TIME_WAIT state piles up in the client's namespace,
+/// which is fresh for every run, not in the backends.
 fn serve(listener: TcpListener) {
+    pin_to_cpu(1);
     for conn in listener.incoming() {
         let Ok(mut c) = conn else { return };
         let _ = c.set_nodelay(true);
         let mut b = [0u8; 1];
-        if c.read_exact(&mut b).is_ok() {
-            let _ = c.write_all(&b);
+        if c.read_exact(&mut b).is_ok() && c.write_all(&b).is_ok() {
+            let _ = c.read(&mut b);
         }
     }
 }
@@ -414,7 +438,7 @@ fn run_scale(services: usize, connects: usize) -> anyhow::Result<ScaleResult> {
 pub fn services(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
     let (mut scales, mut connects, repeats): (Vec<usize>, usize, usize) = match mode {
         Mode::Quick => (vec![100], 200, 1),
-        Mode::Full => (vec![100, 1_000, 10_000], 3_000, 3),
+        Mode::Full => (vec![100, 1_000, 10_000], 10_000, 3),
     };
     // For profiling runs only: SKIFF_BENCH_SCALES=100,1000.
     if let Ok(v) = std::env::var("SKIFF_BENCH_SCALES") {
@@ -463,7 +487,7 @@ pub fn services(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
             goal_prog,
         ));
         out.push(Measurement::lower_better(
-            &format!("Connect + 1-byte request p50 ({label})"),
+            &format!("Connect + 1-byte request/response p50 ({label})"),
             p50.0,
             p50.1,
             "us",
@@ -471,7 +495,7 @@ pub fn services(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
             "",
         ));
         out.push(Measurement::lower_better(
-            &format!("Connect + 1-byte request p99 ({label})"),
+            &format!("Connect + 1-byte request/response p99 ({label})"),
             p99.0,
             p99.1,
             "us",
@@ -492,7 +516,7 @@ pub fn services(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
             "",
         ));
         out.push(Measurement::lower_better(
-            &format!("Connect + 1-byte request p99 ({label})"),
+            &format!("Connect + 1-byte request/response p99 ({label})"),
             p99.0,
             legacy.1,
             "us",
