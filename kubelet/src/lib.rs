@@ -1,0 +1,4 @@
+//! Skiff's node agent (`skiff node`). Built up issue by issue; so far: the image layer store
+//! (`image`): OCI layers unpacked once per digest, whiteouts converted for overlayfs.
+
+pub mod image;
