@@ -1,8 +1,11 @@
-//! Images on the node: layers unpacked once per digest into a content-addressed store, in
-//! the form overlayfs stacks (`layer`, `store`).
+//! Images on the node: imported from OCI layouts and `docker save` archives (`import`),
+//! their layers unpacked once per digest into a content-addressed store in the form
+//! overlayfs stacks (`layer`, `store`).
 
+pub mod import;
 pub mod layer;
 pub mod store;
 
+pub use import::{Image, ImageConfig, ImageStore, ImportError, normalize};
 pub use layer::{Compression, LayerError};
 pub use store::{LayerStore, StoreError};
