@@ -217,7 +217,7 @@ impl ImageStore {
             let manifest_path = self.blob(dir, &digest)?;
             let manifest = ImageManifest::from_file(&manifest_path)
                 .map_err(|e| format_err(&manifest_path, e.to_string()))?;
-            let config_path = self.blob(dir, &manifest.config().digest().to_string())?;
+            let config_path = self.blob(dir, manifest.config().digest().as_ref())?;
             let config = ImageConfiguration::from_file(&config_path)
                 .map_err(|e| format_err(&config_path, e.to_string()))?;
             let mut layers = Vec::new();
