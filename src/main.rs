@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod dataplane;
+mod image;
 mod server;
 mod signal;
 mod up;
@@ -39,6 +40,8 @@ enum Command {
     Up(up::UpArgs),
     /// Stop the local cluster.
     Down(up::DownArgs),
+    /// The node's images: import, list, build the busybox image.
+    Image(image::ImageCmd),
     /// Run one node's eBPF data plane (service load balancing) on its own.
     Dataplane(dataplane::DataplaneCmd),
     /// Create or update objects from manifests.
@@ -106,6 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => server::run(args).await,
         Command::Up(args) => up::up(args).await,
         Command::Down(args) => up::down(args),
+        Command::Image(cmd) => image::run(cmd),
         Command::Dataplane(args) => dataplane::run(args, connect(server).await?).await,
         Command::Apply { files } => cli::apply(&connect(server).await?, &files, ns, false).await,
         Command::Create { files, args } => {

@@ -2,52 +2,28 @@
 //! tar archive) and a legacy `docker save` archive, checked blob by blob, with a bad blob
 //! refused.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use skiff_kubelet::image::{ImageStore, ImportError};
 
-const BUSYBOX: &str = "/bin/busybox";
+use skiff_kubelet::image::build::{BUSYBOX, busybox_image, busybox_layer};
 
-fn sha(data: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(data))
-}
-
-/// A gzip layer: /bin/busybox and /bin/sh -> busybox.
-fn busybox_layer() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut dir = tar::Header::new_gnu();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o755);
-    dir.set_uid(0);
-    dir.set_gid(0);
-    dir.set_mtime(0);
-    dir.set_size(0);
-    b.append_data(&mut dir, "bin", std::io::empty())
-        .expect("dir");
-    let bin = std::fs::read(BUSYBOX).expect("busybox-static (cargo xtask setup installs it)");
-    let mut f = tar::Header::new_gnu();
-    f.set_entry_type(tar::EntryType::Regular);
-    f.set_mode(0o755);
-    f.set_uid(0);
-    f.set_gid(0);
-    f.set_mtime(0);
-    f.set_size(bin.len() as u64);
-    b.append_data(&mut f, "bin/busybox", &bin[..])
-        .expect("file");
-    let mut l = tar::Header::new_gnu();
-    l.set_entry_type(tar::EntryType::Symlink);
-    l.set_uid(0);
-    l.set_gid(0);
-    l.set_mtime(0);
-    l.set_size(0);
-    b.append_link(&mut l, "bin/sh", "busybox").expect("link");
-    let tar = b.into_inner().expect("tar");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).expect("gzip");
-    gz.finish().expect("gzip")
+/// The busybox OCI layout in `dir`; returns (manifest digest, layer digest).
+fn oci_layout(dir: &Path, reference: &str) -> (String, String) {
+    let manifest = busybox_image(dir, reference, Path::new(BUSYBOX))
+        .expect("build the busybox image (cargo xtask setup installs busybox-static)");
+    let raw = std::fs::read(
+        dir.join("blobs/sha256")
+            .join(manifest.trim_start_matches("sha256:")),
+    )
+    .expect("manifest blob");
+    let m: serde_json::Value = serde_json::from_slice(&raw).expect("manifest json");
+    let layer = m["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .to_string();
+    (manifest, layer)
 }
 
 fn config() -> Vec<u8> {
@@ -58,38 +34,6 @@ fn config() -> Vec<u8> {
         "rootfs": {"type": "layers", "diff_ids": []}
     }))
     .expect("json")
-}
-
-/// An OCI image layout in `dir`, tagged `reference`.
-fn oci_layout(dir: &Path, reference: &str) -> (String, String) {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).expect("blobs");
-    let layer = busybox_layer();
-    let cfg = config();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": format!("sha256:{}", sha(&cfg)), "size": cfg.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": format!("sha256:{}", sha(&layer)), "size": layer.len()}]
-    }))
-    .expect("json");
-    for blob in [&layer, &cfg, &manifest] {
-        std::fs::write(blobs.join(sha(blob)), blob).expect("blob");
-    }
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("layout");
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                       "digest": format!("sha256:{}", sha(&manifest)), "size": manifest.len(),
-                       "annotations": {"org.opencontainers.image.ref.name": reference}}]
-    });
-    std::fs::write(dir.join("index.json"), index.to_string()).expect("index");
-    (
-        format!("sha256:{}", sha(&manifest)),
-        format!("sha256:{}", sha(&layer)),
-    )
 }
 
 fn tar_dir(dir: &Path, out: &Path) {
@@ -114,8 +58,8 @@ fn an_oci_layout_imports_from_a_directory_and_from_a_tar_archive() {
     assert_eq!(img.reference, "docker.io/skiff/busybox:test");
     assert_eq!(img.manifest, manifest);
     assert_eq!(img.layers, vec![layer.clone()]);
-    assert_eq!(img.config.entrypoint, ["/bin/busybox"]);
-    assert_eq!(img.config.cmd, ["httpd", "-f", "-p", "80"]);
+    assert!(img.config.entrypoint.is_empty());
+    assert_eq!(img.config.cmd, ["sh"]);
     assert_eq!(img.config.env, ["PATH=/bin"]);
     let dirs = store.layer_dirs(&img).expect("dirs");
     let busybox = dirs[0].join("bin/busybox");
@@ -152,7 +96,7 @@ fn a_legacy_docker_save_archive_imports_with_all_its_tags() {
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path().join("save");
     std::fs::create_dir_all(dir.join("abc")).expect("dir");
-    let layer = busybox_layer();
+    let layer = busybox_layer(Path::new(BUSYBOX)).expect("layer");
     std::fs::write(dir.join("abc/layer.tar"), &layer).expect("layer");
     std::fs::write(dir.join("cfg.json"), config()).expect("config");
     let manifest = json!([{"Config": "cfg.json", "RepoTags": ["busybox:a", "busybox:b"],
@@ -173,7 +117,9 @@ fn a_legacy_docker_save_archive_imports_with_all_its_tags() {
         images[0].layers, images[1].layers,
         "one layer, unpacked once"
     );
-    assert!(store.get("busybox:b").expect("read").is_some());
+    let b = store.get("busybox:b").expect("read").expect("tagged");
+    assert_eq!(b.config.cmd, ["httpd", "-f", "-p", "80"]);
+    assert_eq!(b.config.entrypoint, ["/bin/busybox"]);
 }
 
 #[test]

@@ -140,6 +140,26 @@ impl ImageStore {
         }
     }
 
+    /// Every image on the node, by reference.
+    pub fn list(&self) -> Result<Vec<Image>, ImportError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.images)
+            .map_err(io(&self.images))?
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let bytes = std::fs::read(&path).map_err(io(&path))?;
+                out.push(
+                    serde_json::from_slice::<Image>(&bytes)
+                        .map_err(|e| format_err(&path, e.to_string()))?,
+                );
+            }
+        }
+        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(out)
+    }
+
     /// The unpacked layer directories of an image, top first (overlayfs' lowerdir order).
     pub fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>, ImportError> {
         image

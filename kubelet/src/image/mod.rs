@@ -2,6 +2,7 @@
 //! their layers unpacked once per digest into a content-addressed store in the form
 //! overlayfs stacks (`layer`, `store`).
 
+pub mod build;
 pub mod import;
 pub mod layer;
 pub mod store;
