@@ -24,7 +24,13 @@ fn build_import_and_list_the_busybox_image() {
     let out = skiff(&["image", "build-busybox", layout.to_str().expect("utf8")]);
     assert!(out.status.success(), "{out:?}");
 
-    let out = skiff(&["image", "--data-dir", store, "import", layout.to_str().expect("utf8")]);
+    let out = skiff(&[
+        "image",
+        "--data-dir",
+        store,
+        "import",
+        layout.to_str().expect("utf8"),
+    ]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -38,7 +44,10 @@ fn build_import_and_list_the_busybox_image() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[0].starts_with("IMAGE"), "{text}");
-    assert!(lines[1].starts_with("docker.io/skiff/busybox:latest"), "{text}");
+    assert!(
+        lines[1].starts_with("docker.io/skiff/busybox:latest"),
+        "{text}"
+    );
     assert!(lines[1].trim_end().ends_with('1'), "one layer: {text}");
 
     let out = skiff(&["image", "--data-dir", store, "import", store]);
