@@ -19,6 +19,8 @@ pub struct ImageCmd {
 pub enum ImageSub {
     /// Import images from an OCI image layout (directory or tar) or a `docker save` archive.
     Import { path: PathBuf },
+    /// Pull an image from an OCI registry (plain HTTP for registries on loopback).
+    Pull { reference: String },
     /// List the node's images.
     Ls,
     /// Write the busybox image (from Debian's busybox-static) as an OCI layout.
@@ -30,8 +32,22 @@ pub enum ImageSub {
     },
 }
 
-pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
+pub async fn run(cmd: ImageCmd) -> anyhow::Result<()> {
     match cmd.command {
+        ImageSub::Pull { reference } => {
+            let store = ImageStore::open(&cmd.data_dir)?;
+            eprintln!("pulling {reference} ...");
+            let (image, report) = store.pull(&reference).await?;
+            println!(
+                "pulled {} ({}): {} layer(s) downloaded ({} bytes), {} already present",
+                image.reference,
+                image.manifest,
+                report.downloaded_layers,
+                report.downloaded_bytes,
+                report.cached_layers
+            );
+            Ok(())
+        }
         ImageSub::Import { path } => {
             let store = ImageStore::open(&cmd.data_dir)?;
             let images = store

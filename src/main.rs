@@ -109,7 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => server::run(args).await,
         Command::Up(args) => up::up(args).await,
         Command::Down(args) => up::down(args),
-        Command::Image(cmd) => image::run(cmd),
+        Command::Image(cmd) => image::run(cmd).await,
         Command::Dataplane(args) => dataplane::run(args, connect(server).await?).await,
         Command::Apply { files } => cli::apply(&connect(server).await?, &files, ns, false).await,
         Command::Create { files, args } => {

@@ -19,6 +19,8 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     // The data-plane benchmark's peer: kube-proxy's rules, loaded with iptables-restore.
     "iptables",
+    // The OCI registry the image-pull tests push to and pull from (on loopback).
+    "docker-registry",
 ];
 
 fn run(cmd: &mut Command) -> Result<(), String> {

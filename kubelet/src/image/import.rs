@@ -61,7 +61,7 @@ pub enum ImportError {
 /// Images by reference, over a layer store.
 pub struct ImageStore {
     images: PathBuf,
-    tmp: PathBuf,
+    pub(super) tmp: PathBuf,
     pub layers: LayerStore,
 }
 
@@ -314,7 +314,7 @@ impl ImageStore {
         Ok(out)
     }
 
-    fn save(&self, image: &Image) -> Result<(), ImportError> {
+    pub(super) fn save(&self, image: &Image) -> Result<(), ImportError> {
         let path = self.record(&image.reference);
         let tmp = path.with_extension("tmp");
         let bytes =
@@ -324,7 +324,7 @@ impl ImageStore {
     }
 }
 
-fn config_of(c: &ImageConfiguration) -> ImageConfig {
+pub(super) fn config_of(c: &ImageConfiguration) -> ImageConfig {
     let Some(cfg) = c.config() else {
         return ImageConfig::default();
     };

@@ -5,8 +5,10 @@
 pub mod build;
 pub mod import;
 pub mod layer;
+pub mod pull;
 pub mod store;
 
 pub use import::{Image, ImageConfig, ImageStore, ImportError, normalize};
 pub use layer::{Compression, LayerError};
+pub use pull::{PullError, PullReport};
 pub use store::{LayerStore, StoreError};
