@@ -128,3 +128,48 @@ async fn an_image_pulled_from_a_registry_lands_in_the_store_once() {
     assert!(err.to_string().contains("skiff/busybox:nope"), "{err}");
     assert!(store.get(&missing).expect("read").is_none());
 }
+
+#[tokio::test]
+async fn pull_policies_decide_whether_the_registry_is_asked() {
+    use skiff_kubelet::image::{ImageUnavailable, PullPolicy};
+    let work = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(work.path());
+    let reference = format!("{}/skiff/busybox:2", registry.addr);
+    push_busybox(work.path(), &reference).await;
+    let store = ImageStore::open(&work.path().join("node")).expect("store");
+
+    // Never, and not on the node: ErrImageNeverPull, the registry is not asked.
+    let err = store
+        .ensure(&reference, PullPolicy::Never)
+        .await
+        .expect_err("never pull");
+    assert_eq!(err.reason(), "ErrImageNeverPull");
+    assert!(matches!(err, ImageUnavailable::NeverPull(_)));
+
+    // IfNotPresent pulls once; then the image is used even with the registry gone.
+    let img = store
+        .ensure(&reference, PullPolicy::IfNotPresent)
+        .await
+        .expect("pulled");
+    drop(registry);
+    assert_eq!(
+        store
+            .ensure(&reference, PullPolicy::IfNotPresent)
+            .await
+            .expect("present"),
+        img
+    );
+    assert_eq!(
+        store
+            .ensure(&reference, PullPolicy::Never)
+            .await
+            .expect("present"),
+        img
+    );
+    // Always asks the registry, which is gone: ErrImagePull.
+    let err = store
+        .ensure(&reference, PullPolicy::Always)
+        .await
+        .expect_err("registry gone");
+    assert_eq!(err.reason(), "ErrImagePull");
+}

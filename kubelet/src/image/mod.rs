@@ -5,10 +5,12 @@
 pub mod build;
 pub mod import;
 pub mod layer;
+pub mod policy;
 pub mod pull;
 pub mod store;
 
 pub use import::{Image, ImageConfig, ImageStore, ImportError, normalize};
 pub use layer::{Compression, LayerError};
+pub use policy::{ImageUnavailable, PullPolicy};
 pub use pull::{PullError, PullReport};
 pub use store::{LayerStore, StoreError};
