@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use skiff_kubelet::image::ImageStore;
 use skiff_kubelet::image::build::{BUSYBOX, busybox_image};
+use skiff_kubelet::image::{ImageStore, LayerState};
 
 #[derive(Debug, clap::Args)]
 pub struct ImageCmd {
@@ -37,7 +37,22 @@ pub async fn run(cmd: ImageCmd) -> anyhow::Result<()> {
         ImageSub::Pull { reference } => {
             let store = ImageStore::open(&cmd.data_dir)?;
             eprintln!("pulling {reference} ...");
-            let (image, report) = store.pull(&reference).await?;
+            let (image, report) = store
+                .pull_with_progress(&reference, |p| {
+                    let short: String = p.digest.chars().skip(7).take(12).collect();
+                    let what = match p.state {
+                        LayerState::AlreadyPresent => "already present",
+                        LayerState::Downloading => "downloading",
+                        LayerState::Unpacked => "unpacked",
+                    };
+                    eprintln!(
+                        "  layer {}/{} {short} ({:.1} MB): {what}",
+                        p.index + 1,
+                        p.total,
+                        p.size as f64 / 1e6
+                    );
+                })
+                .await?;
             println!(
                 "pulled {} ({}): {} layer(s) downloaded ({} bytes), {} already present",
                 image.reference,

@@ -105,7 +105,20 @@ async fn an_image_pulled_from_a_registry_lands_in_the_store_once() {
     push_busybox(work.path(), &reference).await;
 
     let store = ImageStore::open(&work.path().join("node")).expect("store");
-    let (image, report) = store.pull(&reference).await.expect("pull");
+    let mut events = Vec::new();
+    let (image, report) = store
+        .pull_with_progress(&reference, |p| events.push((p.index, p.total, p.state)))
+        .await
+        .expect("pull");
+    use skiff_kubelet::image::LayerState;
+    assert_eq!(
+        events,
+        [
+            (0, 1, LayerState::Downloading),
+            (0, 1, LayerState::Unpacked)
+        ],
+        "progress per layer"
+    );
     assert_eq!(image.reference, reference);
     assert_eq!(image.config.cmd, ["sh"]);
     assert_eq!((report.downloaded_layers, report.cached_layers), (1, 0));

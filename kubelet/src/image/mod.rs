@@ -12,5 +12,5 @@ pub mod store;
 pub use import::{Image, ImageConfig, ImageStore, ImportError, normalize};
 pub use layer::{Compression, LayerError};
 pub use policy::{ImageUnavailable, PullPolicy};
-pub use pull::{PullError, PullReport};
+pub use pull::{LayerProgress, LayerState, PullError, PullReport};
 pub use store::{LayerStore, StoreError};

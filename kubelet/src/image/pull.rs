@@ -36,6 +36,25 @@ pub enum PullError {
     Store(#[from] ImportError),
 }
 
+/// Where a layer of a pull is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerState {
+    AlreadyPresent,
+    Downloading,
+    Unpacked,
+}
+
+/// One layer's progress during a pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerProgress {
+    pub index: usize,
+    pub total: usize,
+    pub digest: String,
+    /// Compressed size, from the manifest.
+    pub size: u64,
+    pub state: LayerState,
+}
+
 /// What a pull did, for progress reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PullReport {
@@ -52,6 +71,15 @@ fn loopback(registry: &str) -> bool {
 impl ImageStore {
     /// Pulls `reference` (normalized as Kubernetes does) into the store.
     pub async fn pull(&self, reference: &str) -> Result<(Image, PullReport), PullError> {
+        self.pull_with_progress(reference, |_| {}).await
+    }
+
+    /// `pull`, telling `progress` about each layer as it goes.
+    pub async fn pull_with_progress(
+        &self,
+        reference: &str,
+        mut progress: impl FnMut(&LayerProgress),
+    ) -> Result<(Image, PullReport), PullError> {
         let normalized = normalize(reference);
         let r: Reference =
             normalized
@@ -89,11 +117,22 @@ impl ImageStore {
             })?;
         let mut report = PullReport::default();
         let mut layers = Vec::new();
-        for layer in &manifest.layers {
+        let total = manifest.layers.len();
+        for (index, layer) in manifest.layers.iter().enumerate() {
             let d = layer.digest.clone();
+            let mut event = LayerProgress {
+                index,
+                total,
+                digest: d.clone(),
+                size: u64::try_from(layer.size).unwrap_or(0),
+                state: LayerState::Downloading,
+            };
             if self.layers.has(&d).map_err(ImportError::from)? {
                 report.cached_layers += 1;
+                event.state = LayerState::AlreadyPresent;
+                progress(&event);
             } else {
+                progress(&event);
                 let tmp = self.tmp_file(&d);
                 let io = |source| PullError::Io {
                     reference: normalized.clone(),
@@ -112,6 +151,8 @@ impl ImageStore {
                 let _ = std::fs::remove_file(&tmp);
                 unpacked?;
                 report.downloaded_layers += 1;
+                event.state = LayerState::Unpacked;
+                progress(&event);
             }
             layers.push(d);
         }
