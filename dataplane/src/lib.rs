@@ -9,6 +9,7 @@
 
 pub mod cgroup2;
 pub mod ethtool;
+pub mod hash;
 pub mod lb;
 pub mod loader;
 pub mod localnet;

@@ -73,13 +73,8 @@ pub fn table(backends: &[MaglevBackend], m: u32) -> Vec<u32> {
 
 /// A backend's identity as bytes hashed: address then port, both in network order.
 fn identity(b: &MaglevBackend) -> u64 {
-    // FNV-1a over the 6 bytes; `mix` below then spreads it per use.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in b.addr.octets().into_iter().chain(b.port.to_be_bytes()) {
-        h ^= u64::from(byte);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    // `mix` below then spreads it per use.
+    crate::hash::fnv1a(b.addr.octets().into_iter().chain(b.port.to_be_bytes()))
 }
 
 /// splitmix64's finalizer of `x ^ seed`: two seeds give the two independent hashes.

@@ -195,11 +195,7 @@ impl PodNetwork {
 /// The host-side veth of a pod: `sk` + 12 hex digits of a hash of its id (link names are
 /// at most 15 bytes; the peer's temporary name adds one).
 pub fn host_veth_name(id: &str) -> String {
-    // FNV-1a: stable across runs and versions, so a restarted agent finds its veths.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    // Stable across runs and versions, so a restarted agent finds its veths.
+    let h = crate::hash::fnv1a(id.bytes());
     format!("sk{:012x}", h & 0xffff_ffff_ffff)
 }

@@ -50,15 +50,7 @@ struct Bench {
     cgroup: Cgroup2,
     _pods: Vec<Netns>,
     _net: PodNetwork,
-    _state: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    _state: crate::tempdir::Dir,
 }
 
 impl Drop for Bench {
@@ -75,7 +67,7 @@ impl Bench {
             std::process::id(),
             RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let state = TempDir(std::env::temp_dir().join(&tag));
+        let state = crate::tempdir::Dir(std::env::temp_dir().join(&tag));
         let node = Netns::create()?;
         node.block_on(async { Netlink::open()?.set_up("lo").await })??;
         let net = PodNetwork::new(node.try_clone()?, "198.18.1.0/24".parse()?, &state.0)?;
@@ -215,11 +207,7 @@ fn serve(listener: TcpListener) {
 /// kube-proxy names chains after a hash of the service port (and endpoint): 16 base32
 /// characters. Any stable hash shows the same rule structure.
 fn chain(prefix: &str, what: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in what.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = skiff_dataplane::hash::fnv1a(what.bytes());
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let mut s = String::from(prefix);
     for k in 0..16 {
@@ -591,7 +579,7 @@ fn udp_run(peer: UdpPeer, secs: f64) -> anyhow::Result<UdpResult> {
     let underlay = Underlay::create()?;
     let node = underlay.node(0)?;
     let outside = underlay.outside(0)?;
-    let state = TempDir(std::env::temp_dir().join(format!(
+    let state = crate::tempdir::Dir(std::env::temp_dir().join(format!(
         "skiff-bench-udp-{}-{}",
         std::process::id(),
         Instant::now().elapsed().as_nanos()

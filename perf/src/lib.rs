@@ -55,7 +55,7 @@ pub struct SkiffServer {
     _dir: tempdir::Dir,
 }
 
-mod tempdir {
+pub(crate) mod tempdir {
     /// A temp directory removed on drop (kept dependency-free).
     pub struct Dir(pub std::path::PathBuf);
     impl Drop for Dir {
