@@ -39,12 +39,12 @@ static __always_inline int sock_translate(struct bpf_sock_addr *ctx, int is_conn
 		return SOCK_ALLOW;
 	__u32 vip = ctx->user_ip4;
 	__u16 vport = ctx_port(ctx);
-	__u64 cookie = bpf_get_socket_cookie(ctx);
 
 	struct svc_value *found = lb_lookup_service(vip, vport, proto, SVC_SCOPE_CLUSTER);
 	if (!found)
-		return SOCK_ALLOW;
+		return SOCK_ALLOW; /* not a service: one map lookup, nothing else */
 	struct svc_value svc = *found;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
 
 	__u32 backend_id = 0;
 	struct backend *b = 0;
