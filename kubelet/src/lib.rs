@@ -2,3 +2,4 @@
 //! (`image`): OCI layers unpacked once per digest, whiteouts converted for overlayfs.
 
 pub mod image;
+pub mod runtime;

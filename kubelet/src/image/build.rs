@@ -12,8 +12,9 @@ pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Applets linked in `/bin` (what the demo, probes and tests call).
 const APPLETS: &[&str] = &[
-    "sh", "ash", "cat", "echo", "env", "false", "hostname", "httpd", "id", "kill", "ls", "mkdir",
-    "nc", "ps", "pwd", "rm", "sleep", "tail", "test", "touch", "true", "wget",
+    "sh", "ash", "cat", "cut", "date", "dd", "echo", "env", "false", "grep", "head", "hostname",
+    "httpd", "id", "kill", "ls", "mkdir", "mount", "nc", "ps", "pwd", "rm", "sleep", "tail",
+    "test", "touch", "tr", "true", "uname", "unshare", "wc", "wget",
 ];
 
 fn sha(data: &[u8]) -> String {

@@ -1,0 +1,592 @@
+//! Real containers from the busybox image: namespaces, identity, capabilities, seccomp,
+//! mounts, cgroups and exit statuses, through the spawner process.
+//!
+//! This test binary has its own `main` (libtest-mimic): the spawner is forked there,
+//! before the test threads exist, as `skiff node` does.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use skiff_kubelet::image::ImageStore;
+use skiff_kubelet::runtime::cgroup::{Cgroup, Hierarchy, Resources};
+use skiff_kubelet::runtime::client::Runtime;
+use skiff_kubelet::runtime::spawner::{self, SpawnerHandle};
+use skiff_kubelet::runtime::{
+    ContainerSpec, DEFAULT_CAPABILITIES, ExitStatus, Mount, RuntimeError,
+};
+
+struct Fixture {
+    root: PathBuf,
+    socket: PathBuf,
+    layers: Vec<PathBuf>,
+    hierarchy: Hierarchy,
+    /// Per-run cgroup parent, so two runs never collide.
+    cgroup_base: PathBuf,
+}
+
+static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+
+fn fixture() -> &'static Fixture {
+    FIXTURE.get().expect("fixture set up in main")
+}
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let tests = vec![
+        Trial::test(
+            "namespaces_identity_and_confinement",
+            namespaces_identity_and_confinement,
+        ),
+        Trial::test(
+            "run_as_user_has_no_capabilities",
+            run_as_user_has_no_capabilities,
+        ),
+        Trial::test("exit_codes_and_signals", exit_codes_and_signals),
+        Trial::test("bad_command_and_bad_rootfs", bad_command_and_bad_rootfs),
+        Trial::test(
+            "filesystem_layers_mounts_and_masks",
+            filesystem_layers_mounts_and_masks,
+        ),
+        Trial::test("memory_hog_is_oom_killed", memory_hog_is_oom_killed),
+        Trial::test(
+            "seccomp_profile_refuses_namespaces",
+            seccomp_profile_refuses_namespaces,
+        ),
+        Trial::test("fifty_containers_at_once", fifty_containers_at_once),
+    ];
+    if args.list {
+        return libtest_mimic::run(&args, tests).exit_code();
+    }
+    let tmp = match tempfile::Builder::new().prefix("skiff-ctr-").tempdir() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tempdir: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // First, while this process has one thread.
+    let handle: SpawnerHandle = match spawner::start(&tmp.path().join("state")) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("starting the spawner: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let layers = match busybox_layers(tmp.path()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("busybox image: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hierarchy = Hierarchy::detect().expect("cgroup hierarchy");
+    let cgroup_base = PathBuf::from(format!("skiff-test-{}", std::process::id()));
+    let _ = FIXTURE.set(Fixture {
+        root: tmp.path().to_path_buf(),
+        socket: handle.socket().to_path_buf(),
+        layers,
+        hierarchy: hierarchy.clone(),
+        cgroup_base: cgroup_base.clone(),
+    });
+    let conclusion = libtest_mimic::run(&args, tests);
+    skiff_kubelet::runtime::cgroup::remove_tree(&hierarchy, &cgroup_base, None);
+    let leftover = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains(tmp.path().to_str().unwrap_or("?")));
+    drop(handle);
+    if leftover {
+        eprintln!("a mount under {} was left behind", tmp.path().display());
+        return ExitCode::FAILURE;
+    }
+    conclusion.exit_code()
+}
+
+fn busybox_layers(root: &Path) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>> {
+    let layout = root.join("layout");
+    skiff_kubelet::image::build::busybox_image(
+        &layout,
+        "skiff.test/busybox:1",
+        Path::new("/bin/busybox"),
+    )?;
+    let store = ImageStore::open(&root.join("images"))?;
+    let images = store.import(&layout)?;
+    Ok(store.layer_dirs(&images[0])?)
+}
+
+/// One container's directories and cgroup; removed on drop (also when a test fails).
+struct Slot {
+    spec: ContainerSpec,
+    cgroup: Cgroup,
+    dir: PathBuf,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let _ = self.cgroup.remove(Duration::from_secs(2));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn slot(name: &str, argv: &[&str], res: Resources) -> Slot {
+    let f = fixture();
+    let id = format!("{name}-{}", uuid_like());
+    let dir = f.root.join("containers").join(&id);
+    for d in ["upper", "work", "rootfs"] {
+        std::fs::create_dir_all(dir.join(d)).expect("container dirs");
+    }
+    let cgroup =
+        Cgroup::create(&f.hierarchy, &f.cgroup_base.join(&id), None, &res).expect("cgroup");
+    let spec = ContainerSpec {
+        id,
+        layers: f.layers.clone(),
+        upper: dir.join("upper"),
+        work: dir.join("work"),
+        rootfs: dir.join("rootfs"),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/bin".into(), "HOME=/".into()],
+        capabilities: DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect(),
+        hostname: name.chars().take(60).collect(),
+        cgroup_procs: cgroup.procs_files(),
+        seccomp: true,
+        stdout: Some(0),
+        stderr: Some(1),
+        ..Default::default()
+    };
+    Slot { spec, cgroup, dir }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+struct Outcome {
+    started: Result<(), RuntimeError>,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
+}
+
+async fn read_all(fd: OwnedFd) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut s);
+        s
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// Runs a container to its end (killing it after 30 s) and collects its output.
+async fn run(rt: &Runtime, spec: &ContainerSpec) -> Result<Outcome, Failed> {
+    let (out_r, out_w) = pipe();
+    let (err_r, err_w) = pipe();
+    let mut c = rt
+        .create(spec, &[out_w.as_fd(), err_w.as_fd()])
+        .await
+        .map_err(|e| format!("create: {e}"))?;
+    drop((out_w, err_w));
+    let stdout = tokio::spawn(read_all(out_r));
+    let stderr = tokio::spawn(read_all(err_r));
+    let started = c.started().await;
+    let status = match tokio::time::timeout(Duration::from_secs(30), c.wait()).await {
+        Ok(s) => s.map_err(|e| format!("wait: {e}"))?,
+        Err(_) => {
+            let _ = c.signal(libc::SIGKILL);
+            return Err("container still running after 30 s".into());
+        }
+    };
+    Ok(Outcome {
+        started,
+        status,
+        stdout: stdout.await.unwrap_or_default(),
+        stderr: stderr.await.unwrap_or_default(),
+    })
+}
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(what().into()) }
+}
+
+fn namespaces_identity_and_confinement() -> Result<(), Failed> {
+    let mut s = slot(
+        "box1",
+        &[
+            "sh",
+            "-c",
+            "echo pid=$$; hostname; echo env=$FOO; pwd; id -u; \
+             grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp|Seccomp_filters):' /proc/self/status; \
+             echo procs=$(ls /proc | grep -c '^[0-9]'); \
+             echo netdevs=$(cat /proc/net/dev | grep -c :)",
+        ],
+        Resources::default(),
+    );
+    s.spec.env.push("FOO=bar".into());
+    s.spec.cwd = "/tmp".into();
+    let rt_ = rt();
+    rt_.block_on(async {
+        let r = Runtime::connect(&fixture().socket)?;
+        let o = run(&r, &s.spec).await?;
+        o.started.map_err(|e| format!("start: {e}"))?;
+        check(o.status == ExitStatus::Exited(0), || {
+            format!("status {:?}: {}", o.status, o.stderr)
+        })?;
+        let out = o.stdout;
+        for want in [
+            "pid=1\n",
+            "box1\n",
+            "env=bar\n",
+            "/tmp\n",
+            "\n0\n",
+            "CapEff:\t00000000a80425fb\n",
+            "CapBnd:\t00000000a80425fb\n",
+            "NoNewPrivs:\t1\n",
+            "Seccomp:\t2\n",
+            "Seccomp_filters:\t2\n",
+            // A new network namespace has only lo.
+            "netdevs=1\n",
+        ] {
+            check(out.contains(want), || {
+                format!("{want:?} missing from:\n{out}")
+            })?;
+        }
+        // Its own pid namespace: only the shell and the pipeline's processes.
+        let procs: usize = out
+            .lines()
+            .find_map(|l| l.strip_prefix("procs="))
+            .and_then(|n| n.parse().ok())
+            .ok_or("no procs line")?;
+        check(procs <= 4, || format!("{procs} processes visible:\n{out}"))
+    })
+}
+
+fn run_as_user_has_no_capabilities() -> Result<(), Failed> {
+    let mut s = slot(
+        "user",
+        &[
+            "sh",
+            "-c",
+            "id; grep -E '^Cap(Eff|Prm):' /proc/self/status; touch /etc/x || echo denied",
+        ],
+        Resources::default(),
+    );
+    s.spec.uid = 1000;
+    s.spec.gid = 1000;
+    s.spec.groups = vec![1000, 2000];
+    rt().block_on(async {
+        let r = Runtime::connect(&fixture().socket)?;
+        let o = run(&r, &s.spec).await?;
+        o.started.map_err(|e| format!("start: {e}"))?;
+        let out = o.stdout;
+        for want in [
+            "uid=1000 gid=1000 groups=1000,2000",
+            "CapEff:\t0000000000000000",
+            "CapPrm:\t0000000000000000",
+            "denied",
+        ] {
+            check(out.contains(want), || {
+                format!("{want:?} missing from:\n{out}")
+            })?;
+        }
+        Ok(())
+    })
+}
+
+fn exit_codes_and_signals() -> Result<(), Failed> {
+    let three = slot("three", &["sh", "-c", "exit 3"], Resources::default());
+    let mut sleeper = slot("sleeper", &["sleep", "1000"], Resources::default());
+    (sleeper.spec.stdout, sleeper.spec.stderr) = (None, None);
+    rt().block_on(async {
+        let r = Runtime::connect(&fixture().socket)?;
+        let o = run(&r, &three.spec).await?;
+        check(o.status == ExitStatus::Exited(3), || {
+            format!("{:?}", o.status)
+        })?;
+        check(o.status.code() == 3, || "code".into())?;
+
+        let mut c = r.create(&sleeper.spec, &[]).await?;
+        c.started().await?;
+        // `sleep` is pid 1 of its namespace without a handler: SIGTERM does nothing
+        // (Kubernetes then escalates to SIGKILL after the grace period).
+        c.signal(libc::SIGTERM)?;
+        let early = tokio::time::timeout(Duration::from_millis(300), c.wait()).await;
+        check(early.is_err(), || {
+            "pid 1 died of an unhandled SIGTERM".into()
+        })?;
+        c.signal(libc::SIGKILL)?;
+        let st = tokio::time::timeout(Duration::from_secs(10), c.wait())
+            .await
+            .map_err(|_| "SIGKILL did not end it")??;
+        check(st == ExitStatus::Signaled(libc::SIGKILL), || {
+            format!("{st:?}")
+        })?;
+        check(st.code() == 137, || "code".into())?;
+        // Signalling a reaped container through its pidfd is harmless.
+        c.signal(libc::SIGKILL)?;
+        Ok(())
+    })
+}
+
+fn bad_command_and_bad_rootfs() -> Result<(), Failed> {
+    let missing = slot("missing", &["no-such-program", "x"], Resources::default());
+    let mut abs = slot("abs", &["/bin/nope"], Resources::default());
+    abs.spec.argv = vec!["/bin/nope".into()];
+    let mut layerless = slot("nolayer", &["true"], Resources::default());
+    layerless.spec.layers = vec![fixture().root.join("no-such-layer")];
+    rt().block_on(async {
+        let r = Runtime::connect(&fixture().socket)?;
+        let o = run(&r, &missing.spec).await?;
+        let e = o.started.expect_err("should not start");
+        check(e.reason() == "RunContainerError", || format!("{e:?}"))?;
+        check(
+            e.to_string() == "exec: \"no-such-program\": executable file not found in $PATH",
+            || e.to_string(),
+        )?;
+        check(o.status == ExitStatus::Exited(127), || {
+            format!("{:?}", o.status)
+        })?;
+
+        let o = run(&r, &abs.spec).await?;
+        let e = o.started.expect_err("should not start");
+        check(e.to_string().contains("no such file or directory"), || {
+            e.to_string()
+        })?;
+
+        let o = run(&r, &layerless.spec).await?;
+        let e = o.started.expect_err("should not start");
+        check(e.reason() == "CreateContainerError", || format!("{e:?}"))?;
+        check(e.to_string().contains("mounting rootfs"), || e.to_string())?;
+
+        // The spawner keeps serving after failures.
+        let ok = slot("after", &["true"], Resources::default());
+        let o = run(&r, &ok.spec).await?;
+        o.started.map_err(|e| format!("start: {e}"))?;
+        check(o.status == ExitStatus::Exited(0), || {
+            format!("{:?}", o.status)
+        })
+    })
+}
+
+fn filesystem_layers_mounts_and_masks() -> Result<(), Failed> {
+    let f = fixture();
+    let vol = f.root.join(format!("vol-{}", uuid_like()));
+    let ro = f.root.join(format!("ro-{}", uuid_like()));
+    std::fs::create_dir_all(&vol)?;
+    std::fs::create_dir_all(&ro)?;
+    std::fs::write(ro.join("config"), "from-host\n")?;
+    let hosts = f.root.join(format!("hosts-{}", uuid_like()));
+    std::fs::write(&hosts, "127.0.0.1 localhost\n198.18.1.5 box\n")?;
+    let mut s = slot(
+        "fs",
+        &[
+            "sh",
+            "-c",
+            "echo layer > /written-in-container; \
+             echo vol > /data/out; cat /config/config; \
+             (echo x > /config/new) 2>/dev/null || echo ro-refused; \
+             (touch /sys/kernel/x) 2>/dev/null || echo sys-ro; \
+             echo timer_list=$(wc -c < /proc/timer_list); echo firmware=$(ls /sys/firmware | wc -l); \
+             (echo 1 > /proc/sys/kernel/domainname) 2>/dev/null || echo procsys-ro; \
+             echo shm > /dev/shm/s && cat /dev/shm/s; \
+             echo discard > /dev/null && echo null-ok; \
+             cat /etc/hosts; \
+             test -e /old_root || echo no-old-root",
+        ],
+        Resources::default(),
+    );
+    s.spec.mounts = vec![
+        Mount {
+            source: vol.clone(),
+            target: "/data".into(),
+            ..Default::default()
+        },
+        Mount {
+            source: ro.clone(),
+            target: "/config".into(),
+            readonly: true,
+            ..Default::default()
+        },
+        Mount {
+            source: hosts,
+            target: "/etc/hosts".into(),
+            readonly: true,
+            file: true,
+        },
+    ];
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .count();
+    rt().block_on(async {
+        let r = Runtime::connect(&f.socket)?;
+        let o = run(&r, &s.spec).await?;
+        o.started.map_err(|e| format!("start: {e}"))?;
+        check(o.status == ExitStatus::Exited(0), || {
+            format!("{:?}: {}", o.status, o.stderr)
+        })?;
+        let out = o.stdout;
+        for want in [
+            "from-host\n",
+            "ro-refused\n",
+            "sys-ro\n",
+            "timer_list=0\n",
+            "firmware=0\n",
+            "procsys-ro\n",
+            "shm\n",
+            "null-ok\n",
+            "198.18.1.5 box\n",
+            "no-old-root\n",
+        ] {
+            check(out.contains(want), || {
+                format!("{want:?} missing from:\n{out}")
+            })?;
+        }
+        Ok::<_, Failed>(())
+    })?;
+    // Writes to the rootfs land in the container's upper layer, never in the image.
+    check(
+        std::fs::read_to_string(s.spec.upper.join("written-in-container"))? == "layer\n",
+        || "upper layer".into(),
+    )?;
+    check(
+        !f.layers
+            .iter()
+            .any(|l| l.join("written-in-container").exists()),
+        || "an image layer was written".into(),
+    )?;
+    check(std::fs::read_to_string(vol.join("out"))? == "vol\n", || {
+        "volume".into()
+    })?;
+    check(!ro.join("new").exists(), || {
+        "read-only volume written".into()
+    })?;
+    // The rootfs and every mount lived in the container's mount namespace only.
+    check(std::fs::read_dir(&s.spec.rootfs)?.next().is_none(), || {
+        "rootfs mount point not empty on the host".into()
+    })?;
+    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .count();
+    check(mounts_after == mounts_before, || {
+        format!("host mounts {mounts_before} -> {mounts_after}")
+    })
+}
+
+fn memory_hog_is_oom_killed() -> Result<(), Failed> {
+    // `tail` keeps an unterminated line in memory: /dev/zero never ends one.
+    let s = slot(
+        "hog",
+        &["tail", "/dev/zero"],
+        Resources {
+            memory_limit: Some(32 << 20),
+            ..Default::default()
+        },
+    );
+    let calm = slot(
+        "calm",
+        &["sh", "-c", "head -c 1000000 /dev/zero | wc -c"],
+        Resources {
+            memory_limit: Some(32 << 20),
+            cpu_limit_milli: Some(500),
+            cpu_request_milli: Some(250),
+            pids_limit: Some(64),
+        },
+    );
+    rt().block_on(async {
+        let r = Runtime::connect(&fixture().socket)?;
+        let o = run(&r, &s.spec).await?;
+        o.started.map_err(|e| format!("start: {e}"))?;
+        check(o.status == ExitStatus::Signaled(libc::SIGKILL), || {
+            format!("{:?}", o.status)
+        })?;
+        check(s.cgroup.oom_killed(), || {
+            "the cgroup recorded no OOM kill".into()
+        })?;
+        let o = run(&r, &calm.spec).await?;
+        check(o.status == ExitStatus::Exited(0), || {
+            format!("{:?} {}", o.status, o.stderr)
+        })?;
+        check(o.stdout.trim() == "1000000", || o.stdout.clone())?;
+        check(!calm.cgroup.oom_killed(), || {
+            "calm container OOM-killed".into()
+        })
+    })
+}
+
+fn seccomp_profile_refuses_namespaces() -> Result<(), Failed> {
+    // With CAP_SYS_ADMIN the capability check passes: only the profile stands in the way.
+    let mut with = slot("scmp", &["unshare", "-n", "true"], Resources::default());
+    with.spec.capabilities.push("CAP_SYS_ADMIN".into());
+    let mut without = slot("noscmp", &["unshare", "-n", "true"], Resources::default());
+    without.spec.capabilities.push("CAP_SYS_ADMIN".into());
+    without.spec.seccomp = false;
+    rt().block_on(async {
+        let r = Runtime::connect(&fixture().socket)?;
+        let o = run(&r, &with.spec).await?;
+        check(o.status != ExitStatus::Exited(0), || {
+            "unshare allowed under the profile".into()
+        })?;
+        check(o.stderr.contains("Operation not permitted"), || {
+            o.stderr.clone()
+        })?;
+        let o = run(&r, &without.spec).await?;
+        check(o.status == ExitStatus::Exited(0), || {
+            format!("{:?}: {}", o.status, o.stderr)
+        })
+    })
+}
+
+fn fifty_containers_at_once() -> Result<(), Failed> {
+    let slots: Vec<Slot> = (0..50)
+        .map(|i| {
+            slot(
+                &format!("many{i}"),
+                &["sh", "-c", &format!("exit {i}")],
+                Resources::default(),
+            )
+        })
+        .collect();
+    rt().block_on(async {
+        let r = Runtime::connect(&fixture().socket)?;
+        let mut set = tokio::task::JoinSet::new();
+        for (i, s) in slots.iter().enumerate() {
+            let r = r.clone();
+            let mut spec = s.spec.clone();
+            (spec.stdout, spec.stderr) = (None, None);
+            set.spawn(async move {
+                let mut c = r.create(&spec, &[]).await?;
+                c.started().await?;
+                Ok::<_, RuntimeError>((i, c.wait().await?))
+            });
+        }
+        let mut seen = 0;
+        while let Some(res) = set.join_next().await {
+            let (i, st) = res.map_err(|e| e.to_string())??;
+            check(st == ExitStatus::Exited(i as i32), || {
+                format!("container {i}: {st:?}")
+            })?;
+            seen += 1;
+        }
+        check(seen == 50, || format!("{seen} exits"))
+    })
+}
