@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod dataplane;
 mod image;
+mod node;
 mod server;
 mod signal;
 mod up;
@@ -42,6 +43,8 @@ enum Command {
     Down(up::DownArgs),
     /// The node's images: import, list, build the busybox image.
     Image(image::ImageCmd),
+    /// Run the node agent: pods bound to this node, their containers and status.
+    Node(node::NodeArgs),
     /// Run one node's eBPF data plane (service load balancing) on its own.
     Dataplane(dataplane::DataplaneCmd),
     /// Create or update objects from manifests.
@@ -111,6 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Down(args) => up::down(args),
         Command::Image(cmd) => image::run(cmd).await,
         Command::Dataplane(args) => dataplane::run(args, connect(server).await?).await,
+        Command::Node(_) => anyhow::bail!("the node agent runs outside the async runtime"),
         Command::Apply { files } => cli::apply(&connect(server).await?, &files, ns, false).await,
         Command::Create { files, args } => {
             let client = connect(server).await?;
@@ -212,6 +216,14 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // The node agent forks its container spawner before any thread exists.
+    if let Command::Node(args) = cli.command {
+        if let Err(e) = node::main(args, &config::server(cli.server.as_deref())) {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -236,7 +236,7 @@ fn namespaces_identity_and_confinement() -> Result<(), Failed> {
             "sh",
             "-c",
             "echo pid=$$; hostname; echo env=$FOO; pwd; id -u; \
-             grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp|Seccomp_filters):' /proc/self/status; \
+             grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp|Seccomp_filters|SigIgn|SigBlk):' /proc/self/status; \
              echo procs=$(ls /proc | grep -c '^[0-9]'); \
              echo netdevs=$(cat /proc/net/dev | grep -c :)",
         ],
@@ -264,6 +264,9 @@ fn namespaces_identity_and_confinement() -> Result<(), Failed> {
             "NoNewPrivs:\t1\n",
             "Seccomp:\t2\n",
             "Seccomp_filters:\t2\n",
+            // Nothing ignored or blocked is inherited from the spawner.
+            "SigIgn:\t0000000000000000\n",
+            "SigBlk:\t0000000000000000\n",
             // A new network namespace has only lo.
             "netdevs=1\n",
         ] {

@@ -51,6 +51,42 @@ pub(super) fn run(
 enum Never {}
 
 fn setup(spec: &ContainerSpec, fds: &[RawFd], filters: &[BpfProgram]) -> Result<Never, Failure> {
+    // The spawner ignores some signals; dispositions and the mask survive execve, so the
+    // program must start from the defaults. The raw call reaches the two signals libc
+    // keeps for itself (32, 33), which an ancestor may also have set to "ignore".
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: 0,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: rt_sigaction with a valid struct and no old-action pointer.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                );
+            }
+        }
+    }
+    // SAFETY: clearing the signal mask of this single-threaded process.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
     // Accounting first: everything below is charged to the container.
     for procs in &spec.cgroup_procs {
         fs::write(procs, b"0")

@@ -15,7 +15,10 @@ use super::spawner::{MAX_MESSAGE, Reply, Request, connect_seqpacket, recv, send}
 use super::{ContainerSpec, ExitStatus, RuntimeError};
 
 type Created = Result<(i32, OwnedFd, OwnedFd), RuntimeError>;
-type AdoptReply = (Vec<(String, i32, OwnedFd)>, Vec<(String, ExitStatus)>);
+type AdoptReply = (
+    Vec<(String, i32, OwnedFd, Vec<OwnedFd>)>,
+    Vec<(String, ExitStatus)>,
+);
 
 #[derive(Default)]
 struct Waiters {
@@ -122,10 +125,14 @@ impl Runtime {
                 }
             }
             Reply::Adopted { live, exited } => {
+                let mut fds = fds.into_iter();
                 let live = live
                     .into_iter()
-                    .zip(fds)
-                    .map(|((id, pid), fd)| (id, pid, fd))
+                    .filter_map(|(id, pid, n)| {
+                        let pidfd = fds.next()?;
+                        let kept = fds.by_ref().take(n).collect();
+                        Some((id, pid, pidfd, kept))
+                    })
                     .collect();
                 if let Some(tx) = w.adopt.take() {
                     let _ = tx.send((live, exited));
@@ -186,6 +193,7 @@ impl Runtime {
             errpipe: Some(errpipe),
             exit: Some(erx),
             status: None,
+            kept: Vec::new(),
         })
     }
 
@@ -214,7 +222,7 @@ impl Runtime {
         let mut w = lock(&self.waiters);
         let containers = live
             .into_iter()
-            .filter_map(|(id, pid, pidfd)| {
+            .filter_map(|(id, pid, pidfd, kept)| {
                 let erx = erxs.remove(&id)?;
                 Some(Container {
                     id,
@@ -223,6 +231,7 @@ impl Runtime {
                     errpipe: None,
                     exit: Some(erx),
                     status: None,
+                    kept,
                 })
             })
             .collect();
@@ -243,9 +252,21 @@ pub struct Container {
     errpipe: Option<OwnedFd>,
     exit: Option<oneshot::Receiver<ExitStatus>>,
     status: Option<ExitStatus>,
+    kept: Vec<OwnedFd>,
 }
 
 impl Container {
+    /// The descriptors the spawner kept for this container (an adopted one's log pipes).
+    pub fn take_kept(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.kept)
+    }
+
+    /// The exit notification, for a task of its own (then [`Container::wait`] is no
+    /// longer available).
+    pub fn take_exit(&mut self) -> Option<oneshot::Receiver<ExitStatus>> {
+        self.exit.take()
+    }
+
     /// Waits until the program was executed (`Ok`) or the container failed before
     /// (`Err` with `CreateContainerError` or `RunContainerError` as its reason).
     pub async fn started(&mut self) -> Result<(), RuntimeError> {

@@ -71,6 +71,10 @@ pub struct ContainerSpec {
     pub stdin: Option<usize>,
     pub stdout: Option<usize>,
     pub stderr: Option<usize>,
+    /// Descriptors (indices) the spawner holds while the container lives and hands to
+    /// whoever adopts it: the read ends of the log pipes, so a restarted agent keeps
+    /// reading what the container writes.
+    pub keep: Vec<usize>,
 }
 
 /// A bind mount (or tmpfs when `source` is empty) into the container.

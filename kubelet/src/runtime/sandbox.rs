@@ -1,7 +1,7 @@
-//! A pod's shared IPC and UTS namespaces, kept alive by bind mounts on files in the pod's
-//! directory (as `ip netns` does for network namespaces), so containers of the pod can
-//! join them whatever order they start and restart in. Kubernetes keeps them alive with a
-//! "pause" container; a bind mount costs no process.
+//! A pod's shared network, IPC and UTS namespaces, kept alive by bind mounts on files in
+//! the pod's directory (as `ip netns` does), so containers of the pod can join them
+//! whatever order they start and restart in, and a restarted agent finds them again.
+//! Kubernetes keeps them alive with a "pause" container; a bind mount costs no process.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +10,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 /// The namespace files of one pod.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
+    pub net: PathBuf,
     pub ipc: PathBuf,
     pub uts: PathBuf,
 }
@@ -19,26 +20,30 @@ impl Sandbox {
     /// existing sandbox (agent restart) is reused.
     pub fn create(dir: &Path, hostname: &str) -> std::io::Result<Sandbox> {
         let sb = Sandbox {
+            net: dir.join("ns-net"),
             ipc: dir.join("ns-ipc"),
             uts: dir.join("ns-uts"),
         };
-        if is_nsfs(&sb.ipc) && is_nsfs(&sb.uts) {
+        if is_nsfs(&sb.net) && is_nsfs(&sb.ipc) && is_nsfs(&sb.uts) {
             return Ok(sb);
         }
         std::fs::create_dir_all(dir)?;
-        for f in [&sb.ipc, &sb.uts] {
+        for f in [&sb.net, &sb.ipc, &sb.uts] {
             let _ = umount2(f.as_path(), MntFlags::MNT_DETACH);
             std::fs::write(f, b"")?;
         }
         let hostname = hostname.to_string();
-        let (ipc, uts) = (sb.ipc.clone(), sb.uts.clone());
+        let (net, ipc, uts) = (sb.net.clone(), sb.ipc.clone(), sb.uts.clone());
         // unshare on a short-lived thread: only that thread moves into the new namespaces.
         std::thread::spawn(move || -> std::io::Result<()> {
             nix::sched::unshare(
-                nix::sched::CloneFlags::CLONE_NEWIPC | nix::sched::CloneFlags::CLONE_NEWUTS,
+                nix::sched::CloneFlags::CLONE_NEWNET
+                    | nix::sched::CloneFlags::CLONE_NEWIPC
+                    | nix::sched::CloneFlags::CLONE_NEWUTS,
             )?;
             nix::unistd::sethostname(&hostname)?;
             for (src, dst) in [
+                ("/proc/thread-self/ns/net", &net),
                 ("/proc/thread-self/ns/ipc", &ipc),
                 ("/proc/thread-self/ns/uts", &uts),
             ] {
@@ -60,9 +65,19 @@ impl Sandbox {
         Ok(sb)
     }
 
+    /// The sandbox a previous agent left in `dir`, if its namespaces are still there.
+    pub fn existing(dir: &Path) -> Option<Sandbox> {
+        let sb = Sandbox {
+            net: dir.join("ns-net"),
+            ipc: dir.join("ns-ipc"),
+            uts: dir.join("ns-uts"),
+        };
+        (is_nsfs(&sb.net) && is_nsfs(&sb.ipc) && is_nsfs(&sb.uts)).then_some(sb)
+    }
+
     /// Releases the namespaces (they go when the last container in them does).
     pub fn remove(&self) -> std::io::Result<()> {
-        for f in [&self.ipc, &self.uts] {
+        for f in [&self.net, &self.ipc, &self.uts] {
             match umount2(f.as_path(), MntFlags::MNT_DETACH) {
                 Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
                 Err(e) => return Err(e.into()),

@@ -58,9 +58,10 @@ pub(crate) enum Reply {
         id: String,
         status: ExitStatus,
     },
-    /// Descriptors: one pidfd per `live` entry, in order.
+    /// Descriptors: per `live` entry, in order, its pidfd then its kept descriptors
+    /// (the entry's third field counts them).
     Adopted {
-        live: Vec<(String, i32)>,
+        live: Vec<(String, i32, usize)>,
         exited: Vec<(String, ExitStatus)>,
     },
 }
@@ -138,6 +139,9 @@ pub fn start(state_dir: &Path) -> std::io::Result<SpawnerHandle> {
             // SAFETY: still single-threaded (a fresh fork of a single-threaded process).
             match unsafe { nix::unistd::fork() } {
                 Ok(nix::unistd::ForkResult::Child) => {
+                    // Not the agent's stdio: whoever waits for the agent's output to end
+                    // must not wait for the spawner too.
+                    detach_stdio(&state_dir.join("spawner.log"));
                     let code = match serve(sock, filters) {
                         Ok(()) => 0,
                         Err(e) => {
@@ -151,6 +155,24 @@ pub fn start(state_dir: &Path) -> std::io::Result<SpawnerHandle> {
                 // SAFETY: as above.
                 _ => unsafe { libc::_exit(0) },
             }
+        }
+    }
+}
+
+fn detach_stdio(log: &Path) {
+    let null = std::fs::File::open("/dev/null");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log);
+    // SAFETY: dup2 onto the standard descriptors of this (single-threaded) process.
+    unsafe {
+        if let Ok(n) = &null {
+            libc::dup2(n.as_raw_fd(), 0);
+        }
+        if let Ok(o) = &out {
+            libc::dup2(o.as_raw_fd(), 1);
+            libc::dup2(o.as_raw_fd(), 2);
         }
     }
 }
@@ -218,6 +240,7 @@ struct Child {
     pidfd: OwnedFd,
     owner: Option<u64>,
     info: Box<libc::siginfo_t>,
+    kept: Vec<OwnedFd>,
 }
 
 struct Spawner {
@@ -239,8 +262,19 @@ fn serve(listener: OwnedFd, filters: Vec<BpfProgram>) -> std::io::Result<()> {
     unsafe {
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        // Stopping the agent (its signals often reach the whole group) must not orphan
+        // the containers: the spawner leaves on its own once no agent and no container
+        // is left; `skiff down` kills it outright.
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"skiff-spawner".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
     }
     let mut s = Spawner {
         ring: IoUring::new(256)?,
@@ -362,7 +396,7 @@ impl Spawner {
         match req {
             Request::Create(spec) => {
                 let id = spec.id.clone();
-                match self.create(conn, &spec, &fds) {
+                match self.create(conn, &spec, fds) {
                     Ok((pid, pidfd, errpipe)) => self.reply(
                         conn,
                         &Reply::Created { id, pid },
@@ -384,8 +418,9 @@ impl Spawner {
                 for c in self.children.values_mut() {
                     if ids.contains(&c.id) {
                         c.owner = Some(conn);
-                        live.push((c.id.clone(), c.pid));
+                        live.push((c.id.clone(), c.pid, c.kept.len()));
                         pidfds.push(c.pidfd.as_raw_fd());
+                        pidfds.extend(c.kept.iter().map(|f| f.as_raw_fd()));
                     }
                 }
                 let (exited, keep) = std::mem::take(&mut self.unclaimed)
@@ -403,7 +438,7 @@ impl Spawner {
         &mut self,
         conn: u64,
         spec: &ContainerSpec,
-        fds: &[OwnedFd],
+        mut fds: Vec<OwnedFd>,
     ) -> std::io::Result<(i32, OwnedFd, OwnedFd)> {
         if self.children.values().any(|c| c.id == spec.id) {
             return Err(std::io::Error::other(format!(
@@ -446,6 +481,14 @@ impl Spawner {
             super::child::run(spec, &raw, err_w.as_raw_fd(), &self.filters);
         }
         drop(err_w);
+        let mut kept = Vec::new();
+        for i in spec.keep.iter().rev() {
+            if *i < fds.len() {
+                kept.push(fds.remove(*i));
+            }
+        }
+        kept.reverse();
+        drop(fds);
         // SAFETY: CLONE_PIDFD stored a new descriptor we own.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         let for_agent = pidfd.try_clone()?;
@@ -469,6 +512,7 @@ impl Spawner {
                 pidfd,
                 owner: Some(conn),
                 info,
+                kept,
             },
         );
         self.push(entry)?;

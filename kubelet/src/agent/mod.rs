@@ -1,0 +1,288 @@
+//! The node agent (`skiff node`): thread-per-core on io_uring.
+//!
+//! One tokio-uring executor per core; each pod lives on the core its UID hashes to (its
+//! worker, its log pumps, its status writes), with a spawner connection and an API client
+//! per core, so nothing on the pod path is shared across cores. Core 0 also registers the
+//! Node, renews its Lease, reports node status and runs the pod informer (field selector
+//! `spec.nodeName=<node>`), handing each pod event to its core over a channel.
+//!
+//! Stopping the agent leaves containers running: the spawner keeps them (and their log
+//! pipes), and the next agent on the same data dir adopts them.
+
+pub mod logs;
+pub mod node;
+pub mod pod;
+pub mod volumes;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Pod;
+use skiff_client::Client;
+use skiff_client::informer::{Event, Informer};
+use skiff_dataplane::netns::Netns;
+use skiff_dataplane::podnet::PodNetwork;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+use crate::image::ImageStore;
+use crate::runtime::cgroup::Hierarchy;
+use crate::runtime::client::Runtime;
+use pod::{PodMsg, PodWorker};
+
+/// How a node agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    /// API server address (`host:port`).
+    pub api_server: String,
+    /// Pods' state, images, layers.
+    pub data_dir: PathBuf,
+    /// Container logs (`/var/log/pods` in Kubernetes).
+    pub log_dir: PathBuf,
+    pub node_ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+    /// Connect pods to the node's network through `podnet` (veth, IPAM, routes); without
+    /// it a pod gets a namespace with loopback only.
+    pub pod_network: bool,
+    /// The node's network namespace (default: the agent's own).
+    pub node_netns: Option<PathBuf>,
+    /// The node's cgroup2 directory the data plane's socket programs are attached to.
+    pub cgroup2: Option<PathBuf>,
+    /// Parent of pod cgroups under each hierarchy.
+    pub cgroup_parent: String,
+    pub cluster_dns: Option<Ipv4Addr>,
+    pub cores: usize,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub backoff_reset: Duration,
+    pub lease_period: Duration,
+    pub status_period: Duration,
+    pub log_max_bytes: u64,
+    pub log_max_files: u32,
+}
+
+impl AgentConfig {
+    /// Kubernetes' defaults for everything not named.
+    pub fn new(node_name: &str, api_server: &str, data_dir: &Path) -> AgentConfig {
+        AgentConfig {
+            node_name: node_name.to_string(),
+            api_server: api_server.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            log_dir: data_dir.join("logs"),
+            node_ip: Ipv4Addr::LOCALHOST,
+            pod_cidr: Ipv4Net::new(Ipv4Addr::new(198, 18, 1, 0), 24).unwrap_or_default(),
+            pod_network: false,
+            node_netns: None,
+            cgroup2: None,
+            cgroup_parent: format!("skiff/{node_name}"),
+            cluster_dns: None,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+            backoff_reset: Duration::from_secs(600),
+            lease_period: Duration::from_secs(10),
+            status_period: Duration::from_secs(60),
+            log_max_bytes: 10 << 20,
+            log_max_files: 5,
+        }
+    }
+}
+
+/// What every core shares (read-only after start).
+pub struct Shared {
+    pub cfg: AgentConfig,
+    pub images: ImageStore,
+    pub podnet: Option<PodNetwork>,
+    pub hierarchy: Hierarchy,
+}
+
+/// One core's handles.
+pub struct Core {
+    pub shared: Arc<Shared>,
+    pub runtime: Runtime,
+    pub client: Client,
+}
+
+enum CoreMsg {
+    Pod(Arc<Pod>),
+    Gone(String),
+    Stop,
+}
+
+/// A running node agent.
+pub struct Agent {
+    cores: Vec<UnboundedSender<CoreMsg>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn shard(uid: &str, cores: usize) -> usize {
+    (skiff_dataplane::hash::fnv1a(uid.bytes()) as usize) % cores.max(1)
+}
+
+impl Agent {
+    /// Starts the agent's cores. The spawner must already run (`runtime::spawner::start`,
+    /// called before any thread existed).
+    pub fn start(cfg: AgentConfig, spawner_socket: &Path) -> anyhow::Result<Agent> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let images = ImageStore::open(&cfg.data_dir.join("images"))?;
+        let hierarchy = Hierarchy::detect()?;
+        let podnet = if cfg.pod_network {
+            let node = match &cfg.node_netns {
+                Some(p) => Netns::open(p)?,
+                None => Netns::current()?,
+            };
+            Some(PodNetwork::new(node, cfg.pod_cidr, &cfg.data_dir)?)
+        } else {
+            None
+        };
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            images,
+            podnet,
+            hierarchy,
+        });
+        let n = cfg.cores.max(1);
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..n {
+            let (tx, rx) = unbounded_channel();
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let mut threads = Vec::new();
+        for (i, mut rx) in receivers.into_iter().enumerate() {
+            let shared = shared.clone();
+            let socket = spawner_socket.to_path_buf();
+            let all = senders.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("skiff-core-{i}"))
+                .spawn(move || {
+                    tokio_uring::start(async move {
+                        let core = match connect_core(shared, &socket) {
+                            Ok(c) => Rc::new(c),
+                            Err(e) => {
+                                tracing::error!(core = i, error = %e, "core cannot start");
+                                return;
+                            }
+                        };
+                        let _control =
+                            (i == 0).then(|| tokio_uring::spawn(control(core.clone(), all)));
+                        let mut pods: HashMap<String, UnboundedSender<PodMsg>> = HashMap::new();
+                        let mut workers = Vec::new();
+                        while let Some(msg) = rx.recv().await {
+                            match msg {
+                                CoreMsg::Pod(p) => {
+                                    let uid = p.metadata.uid.clone().unwrap_or_default();
+                                    if let Some(tx) = pods.get(&uid)
+                                        && tx.send(PodMsg::Update(p.clone())).is_ok()
+                                    {
+                                        continue;
+                                    }
+                                    let (tx, prx) = unbounded_channel();
+                                    let w = PodWorker::new(core.clone(), p, tx.clone());
+                                    workers.push(tokio_uring::spawn(w.run(prx)));
+                                    pods.insert(uid, tx);
+                                }
+                                CoreMsg::Gone(uid) => {
+                                    if let Some(tx) = pods.remove(&uid) {
+                                        let _ = tx.send(PodMsg::Gone);
+                                    }
+                                }
+                                CoreMsg::Stop => break,
+                            }
+                        }
+                        for tx in pods.values() {
+                            let _ = tx.send(PodMsg::Detach);
+                        }
+                        for w in workers {
+                            let _ = w.await;
+                        }
+                    })
+                })?;
+            threads.push(t);
+        }
+        Ok(Agent {
+            cores: senders,
+            threads,
+        })
+    }
+
+    /// Stops the agent; containers keep running for the next agent to adopt.
+    pub fn stop(self) {
+        for tx in &self.cores {
+            let _ = tx.send(CoreMsg::Stop);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn connect_core(shared: Arc<Shared>, socket: &Path) -> anyhow::Result<Core> {
+    let runtime = Runtime::connect(socket)?;
+    let client = Client::connect_lazy(&shared.cfg.api_server)?;
+    Ok(Core {
+        shared,
+        runtime,
+        client,
+    })
+}
+
+/// Core 0's extra duties: the Node, its Lease and status, and the pod informer.
+async fn control(core: Rc<Core>, cores: Vec<UnboundedSender<CoreMsg>>) {
+    let cfg = &core.shared.cfg;
+    loop {
+        match node::register(&core.client, cfg).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register the node; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    if let Err(e) = node::renew_lease(&core.client, cfg).await {
+        tracing::warn!(error = %e, "cannot renew the node lease");
+    }
+    let n = cores.len();
+    let params =
+        skiff_client::ListParams::default().fields(&format!("spec.nodeName={}", cfg.node_name));
+    let _informer = Informer::new(core.client.api::<Pod>(""), params)
+        .on_event(move |ev| {
+            let (pod, gone) = match ev {
+                Event::Added(p) => (p.clone(), false),
+                Event::Updated { new, .. } => (new.clone(), false),
+                Event::Deleted(p) => (p.clone(), true),
+            };
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let msg = if gone {
+                CoreMsg::Gone(uid.clone())
+            } else {
+                CoreMsg::Pod(pod)
+            };
+            let _ = cores[shard(&uid, n)].send(msg);
+        })
+        .start();
+    let mut lease = tokio::time::interval(cfg.lease_period);
+    let mut status = tokio::time::interval(cfg.status_period);
+    lease.tick().await;
+    status.tick().await;
+    loop {
+        tokio::select! {
+            _ = lease.tick() => {
+                if let Err(e) = node::renew_lease(&core.client, cfg).await {
+                    tracing::warn!(error = %e, "cannot renew the node lease");
+                }
+            }
+            _ = status.tick() => {
+                if let Err(e) = node::heartbeat(&core.client, cfg).await {
+                    tracing::warn!(error = %e, "cannot report node status");
+                }
+            }
+        }
+    }
+}

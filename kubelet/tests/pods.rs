@@ -1,0 +1,731 @@
+//! The node agent end to end: a real API server, real agents (each test its own node and
+//! node network namespace), real containers, cgroups, mounts and pod networking.
+//!
+//! Own `main` (libtest-mimic): the spawner is forked before any thread exists.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::{Value, json};
+use skiff_apiserver::registry::{Config, Registry};
+use skiff_client::{Client, DeleteParams};
+use skiff_dataplane::netns::Netns;
+use skiff_kubelet::agent::{Agent, AgentConfig};
+use skiff_kubelet::image::ImageStore;
+use skiff_kubelet::runtime::spawner;
+use skiff_store::embedded::{EmbeddedOptions, EmbeddedStore};
+
+const IMAGE: &str = "skiff.test/busybox:1";
+
+struct Fixture {
+    root: PathBuf,
+    socket: PathBuf,
+    api: String,
+    layout: PathBuf,
+    cgroup_parent: String,
+}
+
+static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+
+fn fx() -> &'static Fixture {
+    FIXTURE.get().expect("fixture")
+}
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let tests = vec![
+        Trial::test(
+            "node_registers_and_renews_its_lease",
+            node_registers_and_renews_its_lease,
+        ),
+        Trial::test(
+            "init_container_then_two_containers_share_localhost_and_an_empty_dir",
+            init_then_two_containers_share_localhost_and_empty_dir,
+        ),
+        Trial::test(
+            "crash_loop_backs_off_with_doubling_delays",
+            crash_loop_backs_off_with_doubling_delays,
+        ),
+        Trial::test(
+            "memory_hog_is_reported_oom_killed",
+            memory_hog_is_reported_oom_killed,
+        ),
+        Trial::test(
+            "deletion_sends_sigterm_then_sigkill_on_time",
+            deletion_sends_sigterm_then_sigkill_on_time,
+        ),
+        Trial::test(
+            "restarted_agent_adopts_running_containers",
+            restarted_agent_adopts_running_containers,
+        ),
+        Trial::test(
+            "bad_pods_report_reasons_and_others_keep_running",
+            bad_pods_report_reasons_and_others_keep_running,
+        ),
+    ];
+    if args.list {
+        return libtest_mimic::run(&args, tests).exit_code();
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let tmp = match tempfile::Builder::new().prefix("skiff-pods-").tempdir() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tempdir: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = match spawner::start(&tmp.path().join("spawner")) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("spawner: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let layout = tmp.path().join("layout");
+    if let Err(e) =
+        skiff_kubelet::image::build::busybox_image(&layout, IMAGE, Path::new("/bin/busybox"))
+    {
+        eprintln!("image: {e}");
+        return ExitCode::FAILURE;
+    }
+    // The API server runs for the whole binary on a runtime of its own.
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let store_dir = tmp.path().join("store");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let store = EmbeddedStore::open(&store_dir, EmbeddedOptions::default()).expect("store");
+            let registry = Registry::new(Arc::new(store), Config::default())
+                .await
+                .expect("registry");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let _ = addr_tx.send(listener.local_addr().expect("addr").to_string());
+            let _ = skiff_apiserver::serve(registry, listener, std::future::pending()).await;
+        });
+    });
+    let Ok(api) = addr_rx.recv() else {
+        eprintln!("API server did not start");
+        return ExitCode::FAILURE;
+    };
+    let cgroup_parent = format!("skiff-test-{}", std::process::id());
+    let _ = FIXTURE.set(Fixture {
+        root: tmp.path().to_path_buf(),
+        socket: handle.socket().to_path_buf(),
+        api,
+        layout,
+        cgroup_parent: cgroup_parent.clone(),
+    });
+    let conclusion = libtest_mimic::run(&args, tests);
+    // Nothing may be left: mounts under the temp dir, cgroups under the test's parent.
+    let mut leftovers = Vec::new();
+    let tmp_str = tmp.path().to_string_lossy().to_string();
+    for l in std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+    {
+        if l.contains(&tmp_str) {
+            leftovers.push(format!("mount: {l}"));
+        }
+    }
+    for ctrl in ["memory", "cpu", "pids", "cpuacct"] {
+        let p = Path::new("/sys/fs/cgroup").join(ctrl).join(&cgroup_parent);
+        if let Ok(rd) = std::fs::read_dir(&p) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                leftovers.push(format!("cgroup: {}", e.path().display()));
+            }
+        }
+    }
+    if let Ok(h) = skiff_kubelet::runtime::cgroup::Hierarchy::detect() {
+        skiff_kubelet::runtime::cgroup::remove_tree(&h, Path::new(&cgroup_parent), None);
+    }
+    drop(handle);
+    if !leftovers.is_empty() {
+        eprintln!("left behind:\n{}", leftovers.join("\n"));
+        return ExitCode::FAILURE;
+    }
+    conclusion.exit_code()
+}
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One test's node: its network namespace, data dir and agent; on drop every pod of the
+/// test's namespace is force-deleted and the agent given time to tear them down.
+struct TestNode {
+    name: String,
+    ns: String,
+    netns: Netns,
+    cfg: AgentConfig,
+    agent: Option<Agent>,
+    rt: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl TestNode {
+    fn new(tune: impl FnOnce(&mut AgentConfig)) -> Result<TestNode, Failed> {
+        let f = fx();
+        let name = unique("node");
+        let netns = Netns::create()?;
+        // The node's own address (on lo: this test node has no uplink).
+        netns.block_on(async {
+            let nl = skiff_dataplane::netlink::Netlink::open()?;
+            nl.set_up("lo").await?;
+            nl.add_address("lo", std::net::Ipv4Addr::new(198, 18, 0, 10), 32)
+                .await
+        })??;
+        let data = f.root.join(&name);
+        let store = ImageStore::open(&data.join("images"))?;
+        store.import(&f.layout)?;
+        let mut cfg = AgentConfig::new(&name, &f.api, &data);
+        cfg.pod_network = true;
+        cfg.node_netns = Some(PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            netns_fd(&netns)
+        )));
+        cfg.node_ip = "198.18.0.10".parse()?;
+        cfg.pod_cidr = "198.18.1.0/24".parse()?;
+        cfg.cgroup_parent = format!("{}/{name}", f.cgroup_parent);
+        cfg.cores = 2;
+        cfg.lease_period = Duration::from_millis(300);
+        cfg.backoff_base = Duration::from_millis(1000);
+        tune(&mut cfg);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = rt.block_on(Client::connect(&f.api))?;
+        let ns = unique("t");
+        rt.block_on(
+            client
+                .api::<Namespace>("")
+                .create(&serde_json::from_value(json!({"metadata": {"name": ns}}))?),
+        )?;
+        let agent = Agent::start(cfg.clone(), &f.socket)?;
+        Ok(TestNode {
+            name,
+            ns,
+            netns,
+            cfg,
+            agent: Some(agent),
+            rt,
+            client,
+        })
+    }
+
+    fn restart_agent(&mut self) -> Result<(), Failed> {
+        if let Some(a) = self.agent.take() {
+            a.stop();
+        }
+        self.agent = Some(Agent::start(self.cfg.clone(), &fx().socket)?);
+        Ok(())
+    }
+
+    fn create(&self, pod: Value) -> Result<Pod, Failed> {
+        let mut pod = pod;
+        pod["metadata"]["namespace"] = json!(self.ns);
+        pod["spec"]["nodeName"] = json!(self.name);
+        let p: Pod = serde_json::from_value(pod)?;
+        Ok(self
+            .rt
+            .block_on(self.client.api::<Pod>(&self.ns).create(&p))?)
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Pod>, Failed> {
+        Ok(self
+            .rt
+            .block_on(self.client.api::<Pod>(&self.ns).get_opt(name))?)
+    }
+
+    /// Polls the pod's status (as JSON) until `ok` holds.
+    fn wait(&self, name: &str, secs: u64, ok: impl Fn(&Value) -> bool) -> Result<Value, Failed> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Some(p) = self.get(name)? {
+                last = serde_json::to_value(&p.status)?;
+                if ok(&last) {
+                    return Ok(last);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("pod {name}: condition not reached in {secs}s; status: {last:#}").into())
+    }
+
+    fn delete(&self, name: &str, grace: Option<i64>) -> Result<(), Failed> {
+        let params = DeleteParams {
+            grace_period_seconds: grace,
+            ..Default::default()
+        };
+        self.rt
+            .block_on(self.client.api::<Pod>(&self.ns).delete(name, &params))?;
+        Ok(())
+    }
+
+    fn wait_gone(&self, name: &str, secs: u64) -> Result<Duration, Failed> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            if self.get(name)?.is_none() {
+                return Ok(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Err(format!("pod {name} still exists after {secs}s").into())
+    }
+
+    fn log(&self, pod: &Pod, container: &str, restart: u32) -> String {
+        let dir = skiff_kubelet::agent::logs::pod_log_dir(
+            &self.cfg.log_dir,
+            &self.ns,
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            pod.metadata.uid.as_deref().unwrap_or_default(),
+        );
+        skiff_kubelet::agent::logs::text(&skiff_kubelet::agent::logs::container_log(
+            &dir, container, restart,
+        ))
+        .unwrap_or_default()
+    }
+}
+
+fn netns_fd(n: &Netns) -> i32 {
+    // The agent opens the node namespace by path; this process holds it by descriptor.
+    std::os::fd::AsFd::as_fd(n).as_raw_fd()
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let api = self.client.api::<Pod>(&self.ns);
+        let _ = self.rt.block_on(async {
+            let pods = api.list(&Default::default()).await?;
+            for p in &pods.items {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                let _ = api
+                    .delete(
+                        &name,
+                        &DeleteParams {
+                            grace_period_seconds: Some(1),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if api.list(&Default::default()).await?.items.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok::<_, skiff_client::skiff_api::ApiError>(())
+        });
+        if let Some(a) = self.agent.take() {
+            a.stop();
+        }
+        if let Ok(h) = skiff_kubelet::runtime::cgroup::Hierarchy::detect() {
+            skiff_kubelet::runtime::cgroup::remove_tree(
+                &h,
+                Path::new(&self.cfg.cgroup_parent),
+                None,
+            );
+        }
+    }
+}
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(what().into()) }
+}
+
+fn container<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn condition(status: &Value, kind: &str) -> String {
+    status["conditions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["type"] == kind))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn node_registers_and_renews_its_lease() -> Result<(), Failed> {
+    let n = TestNode::new(|_| {})?;
+    let nodes = n.client.api::<Node>("");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let node = loop {
+        if let Some(node) = n.rt.block_on(nodes.get_opt(&n.name))? {
+            let ready = node
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                break node;
+            }
+        }
+        check(Instant::now() < deadline, || {
+            "node not registered Ready".into()
+        })?;
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let st = node.status.clone().unwrap_or_default();
+    let cap = st.capacity.unwrap_or_default();
+    check(cap.get("pods").map(|q| q.0.as_str()) == Some("110"), || {
+        format!("{cap:?}")
+    })?;
+    check(
+        cap.contains_key("cpu") && cap.contains_key("memory"),
+        || format!("{cap:?}"),
+    )?;
+    check(
+        node.spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.clone())
+            .as_deref()
+            == Some("198.18.1.0/24"),
+        || format!("{:?}", node.spec),
+    )?;
+    check(
+        st.addresses
+            .unwrap_or_default()
+            .iter()
+            .any(|a| a.type_ == "InternalIP" && a.address == "198.18.0.10"),
+        || "InternalIP".into(),
+    )?;
+    let leases = n.client.api::<Lease>("kube-node-lease");
+    let renew = |l: &Lease| {
+        l.spec
+            .as_ref()
+            .and_then(|s| s.renew_time.clone())
+            .map(|t| t.0.to_string())
+    };
+    let first = n.rt.block_on(leases.get(&n.name))?;
+    std::thread::sleep(Duration::from_millis(900));
+    let second = n.rt.block_on(leases.get(&n.name))?;
+    check(
+        renew(&first).is_some() && renew(&first) != renew(&second),
+        || {
+            format!(
+                "lease not renewed: {:?} {:?}",
+                renew(&first),
+                renew(&second)
+            )
+        },
+    )?;
+    check(
+        second
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.clone())
+            .as_deref()
+            == Some(n.name.as_str()),
+        || "holder".into(),
+    )
+}
+
+fn init_then_two_containers_share_localhost_and_empty_dir() -> Result<(), Failed> {
+    let n = TestNode::new(|_| {})?;
+    let pod = n.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web"},
+        "spec": {
+            "volumes": [{"name": "shared", "emptyDir": {}}],
+            "initContainers": [{
+                "name": "init", "image": IMAGE,
+                "command": ["sh", "-c", "echo prepared-by-init > /work/index.html"],
+                "volumeMounts": [{"name": "shared", "mountPath": "/work"}]
+            }],
+            "containers": [
+                {"name": "server", "image": IMAGE,
+                 "command": ["httpd", "-f", "-p", "8080", "-h", "/work"],
+                 "volumeMounts": [{"name": "shared", "mountPath": "/work"}]},
+                {"name": "client", "image": IMAGE,
+                 "command": ["sh", "-c", "until wget -q -O /data/fetched http://127.0.0.1:8080/index.html; do sleep 0.1; done; cat /data/fetched; hostname; sleep 1000"],
+                 "volumeMounts": [{"name": "shared", "mountPath": "/data"}]}
+            ]
+        }
+    }))?;
+    let st = n.wait("web", 30, |s| condition(s, "Ready") == "True")?;
+    check(st["phase"] == "Running", || format!("{st:#}"))?;
+    check(condition(&st, "Initialized") == "True", || {
+        format!("{st:#}")
+    })?;
+    let init = &st["initContainerStatuses"][0];
+    check(init["state"]["terminated"]["reason"] == "Completed", || {
+        format!("{init:#}")
+    })?;
+    check(init["state"]["terminated"]["exitCode"] == 0, || {
+        format!("{init:#}")
+    })?;
+    let ip = st["podIP"].as_str().unwrap_or_default().to_string();
+    check(ip.starts_with("198.18.1."), || format!("podIP {ip}"))?;
+    // The client fetched the init container's file from the server over localhost.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = n.log(&pod, "client", 0);
+        if log.contains("prepared-by-init\nweb\n") {
+            break;
+        }
+        check(Instant::now() < deadline, || format!("client log: {log:?}"))?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And the node reaches the pod on its IP through the pod network.
+    let body = n.netns.run(|| -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect((ip.as_str(), 8080))?;
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    check(body.contains("prepared-by-init"), || body.clone())?;
+    n.delete("web", Some(1))?;
+    n.wait_gone("web", 20)?;
+    // The pod's veth is gone from the node.
+    let links = n.netns.block_on(async {
+        let nl = skiff_dataplane::netlink::Netlink::open()?;
+        nl.links().await
+    })??;
+    check(links.iter().all(|name| name == "lo"), || {
+        format!("links left: {links:?}")
+    })
+}
+
+fn crash_loop_backs_off_with_doubling_delays() -> Result<(), Failed> {
+    let n = TestNode::new(|c| c.backoff_base = Duration::from_millis(1000))?;
+    n.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "crash"},
+        "spec": {"containers": [{"name": "c", "image": IMAGE, "command": ["sh", "-c", "echo run; exit 3"]}]}
+    }))?;
+    // Record when each restart count is first seen.
+    let start = Instant::now();
+    let mut seen: BTreeMap<u64, Duration> = BTreeMap::new();
+    let mut waiting_reason = String::new();
+    while start.elapsed() < Duration::from_secs(20) && !seen.contains_key(&3) {
+        if let Some(p) = n.get("crash")? {
+            let st = serde_json::to_value(&p.status)?;
+            let c = container(&st, "c");
+            if let Some(rc) = c["restartCount"].as_u64() {
+                seen.entry(rc).or_insert(start.elapsed());
+            }
+            if let Some(r) = c["state"]["waiting"]["reason"].as_str() {
+                waiting_reason = r.to_string();
+                if r == "CrashLoopBackOff" {
+                    let last = &c["lastState"]["terminated"];
+                    check(last["exitCode"] == 3 && last["reason"] == "Error", || {
+                        format!("{c:#}")
+                    })?;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check(seen.contains_key(&3), || format!("restarts seen: {seen:?}"))?;
+    check(waiting_reason == "CrashLoopBackOff", || {
+        waiting_reason.clone()
+    })?;
+    // As the kubelet: first restart at once, then base, then 2 x base.
+    let gap = |a: u64, b: u64| seen[&b].saturating_sub(seen[&a]);
+    let (g12, g23) = (gap(1, 2), gap(2, 3));
+    check(seen.contains_key(&1) && seen.contains_key(&2), || {
+        format!("restarts seen: {seen:?}")
+    })?;
+    if let Some(t0) = seen.get(&0) {
+        let g01 = seen[&1].saturating_sub(*t0);
+        check(g01 < Duration::from_millis(900), || {
+            format!("first restart not immediate: {seen:?}")
+        })?;
+    }
+    check(
+        g12 >= Duration::from_millis(900) && g12 < Duration::from_millis(1900),
+        || format!("1->2 {g12:?}: {seen:?}"),
+    )?;
+    check(
+        g23 >= Duration::from_millis(1900) && g23 < Duration::from_millis(3000),
+        || format!("2->3 {g23:?}: {seen:?}"),
+    )
+}
+
+fn memory_hog_is_reported_oom_killed() -> Result<(), Failed> {
+    let n = TestNode::new(|_| {})?;
+    n.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "hog"},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "hog", "image": IMAGE, "command": ["tail", "/dev/zero"],
+            "resources": {"limits": {"memory": "32Mi"}}
+        }]}
+    }))?;
+    let st = n.wait("hog", 30, |s| s["phase"] == "Failed")?;
+    let t = &container(&st, "hog")["state"]["terminated"];
+    check(t["reason"] == "OOMKilled" && t["exitCode"] == 137, || {
+        format!("{st:#}")
+    })
+}
+
+fn deletion_sends_sigterm_then_sigkill_on_time() -> Result<(), Failed> {
+    let n = TestNode::new(|_| {})?;
+    let pod = n.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "term"},
+        "spec": {"terminationGracePeriodSeconds": 2, "containers": [
+            {"name": "polite", "image": IMAGE,
+             "command": ["sh", "-c", "trap 'echo got-term; exit 0' TERM; echo up; while true; do sleep 0.1; done"]},
+            {"name": "stubborn", "image": IMAGE,
+             "command": ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]}
+        ]}
+    }))?;
+    n.wait("term", 30, |s| condition(s, "Ready") == "True")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !n.log(&pod, "polite", 0).contains("up") {
+        check(Instant::now() < deadline, || "polite never logged".into())?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n.delete("term", None)?;
+    let start = Instant::now();
+    // SIGTERM reaches the polite container at once.
+    let mut got_term = None;
+    while start.elapsed() < Duration::from_secs(10) {
+        if got_term.is_none() && n.log(&pod, "polite", 0).contains("got-term") {
+            got_term = Some(start.elapsed());
+        }
+        if n.get("term")?.is_none() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gone = start.elapsed();
+    let got_term = got_term.ok_or("polite never saw SIGTERM")?;
+    check(got_term < Duration::from_millis(1500), || {
+        format!("SIGTERM after {got_term:?}")
+    })?;
+    // The stubborn one is killed when the 2 s grace period ends.
+    check(
+        gone >= Duration::from_millis(1900) && gone < Duration::from_millis(5000),
+        || format!("pod removed after {gone:?}"),
+    )
+}
+
+fn restarted_agent_adopts_running_containers() -> Result<(), Failed> {
+    let mut n = TestNode::new(|_| {})?;
+    let pod = n.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "steady"},
+        "spec": {"containers": [{"name": "tick", "image": IMAGE,
+            "command": ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"]}]}
+    }))?;
+    let before = n.wait("steady", 30, |s| condition(s, "Ready") == "True")?;
+    let id = container(&before, "tick")["containerID"].clone();
+    n.restart_agent()?;
+    // Give the new agent time to adopt and to publish.
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = n.wait("steady", 10, |s| condition(s, "Ready") == "True")?;
+    let c = container(&after, "tick");
+    check(c["containerID"] == id, || {
+        format!("container replaced: {id} -> {}", c["containerID"])
+    })?;
+    check(c["restartCount"] == 0, || format!("{c:#}"))?;
+    // The log kept flowing through the restart: consecutive ticks, none lost.
+    let log = n.log(&pod, "tick", 0);
+    let ticks: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    check(ticks.len() > 10, || format!("{} ticks", ticks.len()))?;
+    check(ticks.windows(2).all(|w| w[1] == w[0] + 1), || {
+        format!("gap in ticks: {ticks:?}")
+    })?;
+    // And it is still managed: deletion works.
+    n.delete("steady", Some(1))?;
+    n.wait_gone("steady", 20)?;
+    Ok(())
+}
+
+fn bad_pods_report_reasons_and_others_keep_running() -> Result<(), Failed> {
+    let n = TestNode::new(|c| c.backoff_base = Duration::from_millis(500))?;
+    n.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "good"},
+        "spec": {"containers": [{"name": "c", "image": IMAGE, "command": ["sleep", "1000"]}]}
+    }))?;
+    n.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "noimage"},
+        "spec": {"containers": [{"name": "c", "image": "127.0.0.1:1/missing:1", "command": ["true"]}]}
+    }))?;
+    n.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "badcmd"},
+        "spec": {"containers": [{"name": "c", "image": IMAGE, "command": ["no-such-binary"]}]}
+    }))?;
+    n.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nocm"},
+        "spec": {
+            "volumes": [{"name": "cfg", "configMap": {"name": "absent"}}],
+            "containers": [{"name": "c", "image": IMAGE, "command": ["true"],
+                            "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}]}
+    }))?;
+    let reason = |s: &Value| {
+        container(s, "c")["state"]["waiting"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    n.wait("noimage", 20, |s| reason(s) == "ErrImagePull")?;
+    n.wait("noimage", 20, |s| reason(s) == "ImagePullBackOff")?;
+    let st = n.wait("badcmd", 20, |s| {
+        reason(s) == "RunContainerError" || reason(s) == "CrashLoopBackOff"
+    })?;
+    let c = container(&st, "badcmd");
+    let _ = c;
+    let msg = serde_json::to_string(&st)?;
+    check(msg.contains("executable file not found in $PATH"), || {
+        msg.clone()
+    })?;
+    let st = n.wait("nocm", 20, |s| reason(s) == "CreateContainerConfigError")?;
+    let msg = container(&st, "c")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    check(msg.contains("configmap \"absent\" not found"), || {
+        msg.clone()
+    })?;
+    // The good pod was never disturbed.
+    let st = n.wait("good", 20, |s| condition(s, "Ready") == "True")?;
+    check(container(&st, "c")["restartCount"] == 0, || {
+        format!("{st:#}")
+    })?;
+    // Creating the ConfigMap lets the waiting pod start.
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "absent", "namespace": n.ns}, "data": {"k": "v"}}),
+    )?;
+    n.rt.block_on(n.client.api::<ConfigMap>(&n.ns).create(&cm))?;
+    n.wait("nocm", 20, |s| {
+        s["phase"] == "Running" || s["phase"] == "Succeeded"
+    })?;
+    Ok(())
+}

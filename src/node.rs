@@ -1,0 +1,89 @@
+//! `skiff node`: the node agent.
+//!
+//! The container spawner is forked first, while this process still has one thread (before
+//! the tokio runtime and the agent's cores exist). SIGTERM or Ctrl-C stops the agent and
+//! leaves the pods running; the next `skiff node` with the same data dir adopts them.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use skiff_kubelet::agent::{Agent, AgentConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// Node name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Pods, images and the spawner's socket.
+    #[arg(long, default_value = "/var/lib/skiff/node")]
+    data_dir: PathBuf,
+    /// Container logs (default: <data dir>/logs).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// The node's address (reported as InternalIP).
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: Ipv4Addr,
+    /// The node's pod CIDR.
+    #[arg(long, default_value = "198.18.1.0/24")]
+    pod_cidr: Ipv4Net,
+    /// Connect pods to the node's network (veth, IPAM, routes); without it a pod gets
+    /// loopback only.
+    #[arg(long)]
+    pod_network: bool,
+    /// The node's cgroup2 directory the data plane's socket programs watch.
+    #[arg(long)]
+    cgroup2: Option<PathBuf>,
+    /// Nameserver written into pods' resolv.conf (default: the host's resolv.conf).
+    #[arg(long)]
+    cluster_dns: Option<Ipv4Addr>,
+    /// Executor threads (default: one per core).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// First CrashLoopBackOff delay in seconds (Kubernetes: 10).
+    #[arg(long, default_value_t = 10.0)]
+    crash_backoff: f64,
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "node".into())
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Call before any thread or runtime exists.
+pub fn main(args: NodeArgs, server: &str) -> anyhow::Result<()> {
+    let name = args.name.clone().unwrap_or_else(hostname);
+    let data_dir = args.data_dir.clone();
+    let spawner = skiff_kubelet::runtime::spawner::start(&data_dir)
+        .with_context(|| format!("starting the container spawner in {}", data_dir.display()))?;
+    let mut cfg = AgentConfig::new(&name, server, &data_dir);
+    if let Some(l) = args.log_dir {
+        cfg.log_dir = l;
+    }
+    cfg.node_ip = args.node_ip;
+    cfg.pod_cidr = args.pod_cidr;
+    cfg.pod_network = args.pod_network;
+    cfg.cgroup2 = args.cgroup2;
+    cfg.cluster_dns = args.cluster_dns;
+    if let Some(c) = args.cores {
+        cfg.cores = c.max(1);
+    }
+    if !(args.crash_backoff > 0.0 && args.crash_backoff.is_finite()) {
+        anyhow::bail!("--crash-backoff must be a positive number of seconds");
+    }
+    cfg.backoff_base = Duration::from_secs_f64(args.crash_backoff);
+    let agent = Agent::start(cfg, spawner.socket())?;
+    tracing::info!(node = %name, data_dir = %data_dir.display(), "node agent running");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::signal::shutdown());
+    tracing::info!("stopping; pods keep running for the next agent to adopt");
+    agent.stop();
+    drop(spawner);
+    Ok(())
+}
