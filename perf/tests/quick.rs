@@ -50,3 +50,23 @@ fn memory_quick() {
     let ms = skiff_perf::dataplane::memory(Mode::Quick).expect("benchmark runs");
     assert!(ms.iter().all(|m| m.skiff > 0.0 && m.peer > 0.0), "{ms:?}");
 }
+
+/// The container benchmark forks its spawner before any thread exists, which a libtest
+/// binary cannot promise: it runs as the bench binary's own process.
+#[test]
+fn container_create_start_delete_quick() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff-bench"))
+        .args(["--quick", "--no-readme", "containers"])
+        .output()
+        .expect("skiff-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for peer in ["crun run", "runc run"] {
+        assert!(
+            stdout.contains("| container create+start+delete p50 (/bin/true, 10 sequential)")
+                && stdout.contains(peer),
+            "{stdout}"
+        );
+    }
+}

@@ -21,6 +21,9 @@ const PACKAGES: &[&str] = &[
     "iptables",
     // The OCI registry the image-pull tests push to and pull from (on loopback).
     "docker-registry",
+    // The container benchmark's peers (and the node agent's second runtime backend).
+    "crun",
+    "runc",
 ];
 
 fn run(cmd: &mut Command) -> Result<(), String> {

@@ -14,6 +14,14 @@ fn main() -> anyhow::Result<()> {
     };
     let only: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
+    // The container benchmark's spawner is forked first, while this process has one thread.
+    let spawner_dir =
+        std::env::temp_dir().join(format!("skiff-bench-spawner-{}", std::process::id()));
+    let spawner = if wanted("containers") {
+        Some(skiff_kubelet::runtime::spawner::start(&spawner_dir)?)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -59,6 +67,21 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
+    if let Some(sp) = &spawner {
+        for m in skiff_perf::containers::create_start_delete(mode, sp.socket())? {
+            eprintln!(
+                "{}: {:.2} vs {:.2} {} ({:.2}x)",
+                m.name,
+                m.skiff,
+                m.peer,
+                m.unit,
+                m.ratio()
+            );
+            results.push(m);
+        }
+    }
+    drop(spawner);
+    let _ = std::fs::remove_dir_all(&spawner_dir);
     if wanted("services") {
         results.extend(skiff_perf::dataplane::services(mode)?);
     }

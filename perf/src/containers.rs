@@ -1,0 +1,311 @@
+//! Container create+start+delete: Skiff's spawner against crun and runc (Debian's), on
+//! the same busybox rootfs, in the same run, one after the other for each container.
+//!
+//! Every runtime does the same work for a `/bin/true` container: new pid, mount, network,
+//! IPC and UTS namespaces; cgroups with memory, cpu and pids limits (v1 on this machine);
+//! proc, a tmpfs /dev with devpts, shm and mqueue, read-only sysfs; masked and read-only
+//! kernel paths; Kubernetes' default capabilities; no_new_privs; the same seccomp
+//! deny-list; then the program runs and exits and everything is removed. Skiff also mounts
+//! an overlayfs (the rootfs is an image layer it must not write); crun and runc get the
+//! directory itself as a read-only root. The peers run as `crun run` / `runc run` (create,
+//! start, wait, delete in one invocation: their cheapest way).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use skiff_kubelet::runtime::cgroup::{Cgroup, Hierarchy, Resources};
+use skiff_kubelet::runtime::client::Runtime;
+use skiff_kubelet::runtime::{ContainerSpec, DEFAULT_CAPABILITIES, ExitStatus};
+
+use crate::report::Measurement;
+use crate::{Mode, tempdir};
+
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+const MEMORY_LIMIT: u64 = 64 << 20;
+const PIDS_LIMIT: u64 = 1024;
+
+/// Writes the busybox rootfs (with the mount points an OCI runtime needs) into `dir`.
+pub fn busybox_rootfs(dir: &Path) -> anyhow::Result<PathBuf> {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(&rootfs)?;
+    let layer = skiff_kubelet::image::build::busybox_layer(Path::new("/bin/busybox"))?;
+    skiff_kubelet::image::layer::unpack(&layer[..], &rootfs)?;
+    for d in ["proc", "sys", "dev"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    Ok(rootfs)
+}
+
+fn oci_config(rootfs: &Path, cgroups_path: &str) -> serde_json::Value {
+    let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+    let denied: Vec<&str> = skiff_kubelet::runtime::seccomp::DENIED
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["/bin/true"],
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": true
+        },
+        "root": {"path": rootfs, "readonly": true},
+        "hostname": "bench",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "cgroupsPath": cgroups_path,
+            "resources": {
+                "memory": {"limit": MEMORY_LIMIT},
+                "cpu": {"shares": 1024},
+                "pids": {"limit": PIDS_LIMIT}
+            },
+            "maskedPaths": MASKED,
+            "readonlyPaths": READONLY,
+            "seccomp": {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64"],
+                "syscalls": [
+                    {"names": denied, "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+                    {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+                ]
+            }
+        }
+    })
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin", "/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.exists())
+}
+
+/// One `crun run` / `runc run` of the bundle; its wall time.
+fn peer_once(bin: &Path, state: &Path, bundle: &Path, id: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let mut cmd = Command::new(bin);
+    // crun 1.8 refuses "hybrid" cgroups (this machine's cgroup2 mount carries the hugetlb
+    // controller): the peers run in a mount namespace of their own without that mount,
+    // where they see plain v1, like Skiff's side (which does not join cgroup2 here). The
+    // unshare and umount are counted in the peer's time.
+    // SAFETY: only async-signal-safe system calls run between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            );
+            libc::umount2(c"/sys/fs/cgroup/unified".as_ptr(), libc::MNT_DETACH);
+            Ok(())
+        });
+    }
+    let out = cmd
+        .arg("--root")
+        .arg(state)
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    let d = t.elapsed();
+    if !out.status.success() {
+        bail!(
+            "{} run failed ({}): {}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(d)
+}
+
+struct SkiffSide {
+    runtime: Runtime,
+    hierarchy: Hierarchy,
+    rootfs: PathBuf,
+    dir: PathBuf,
+    cgroup_parent: PathBuf,
+}
+
+impl SkiffSide {
+    /// create + start + wait + delete of one container.
+    async fn once(&self, i: usize) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let id = format!("b{i}");
+        let run = self.dir.join(&id);
+        for d in ["upper", "work", "rootfs"] {
+            std::fs::create_dir_all(run.join(d))?;
+        }
+        let cgroup = Cgroup::create(
+            &self.hierarchy,
+            &self.cgroup_parent.join(&id),
+            None,
+            &Resources {
+                cpu_request_milli: Some(1000),
+                memory_limit: Some(MEMORY_LIMIT),
+                pids_limit: Some(PIDS_LIMIT),
+                ..Default::default()
+            },
+        )?;
+        let spec = ContainerSpec {
+            id: id.clone(),
+            layers: vec![self.rootfs.clone()],
+            upper: run.join("upper"),
+            work: run.join("work"),
+            rootfs: run.join("rootfs"),
+            argv: vec!["/bin/true".into()],
+            env: vec!["PATH=/bin".into()],
+            capabilities: DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect(),
+            hostname: "bench".into(),
+            cgroup_procs: cgroup.procs_files(),
+            seccomp: true,
+            ..Default::default()
+        };
+        let mut c = self.runtime.create(&spec, &[]).await?;
+        c.started().await?;
+        let st = c.wait().await?;
+        cgroup.remove(Duration::from_secs(2))?;
+        std::fs::remove_dir_all(&run)?;
+        let d = t.elapsed();
+        if st != ExitStatus::Exited(0) {
+            bail!("skiff container ended {st:?}");
+        }
+        Ok(d)
+    }
+}
+
+fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let i = ((xs.len() as f64 - 1.0) * p).round() as usize;
+    xs[i.min(xs.len() - 1)]
+}
+
+/// Runs the comparison; `spawner` is the socket of a spawner this process started before
+/// its threads.
+pub fn create_start_delete(mode: Mode, spawner: &Path) -> anyhow::Result<Vec<Measurement>> {
+    let rounds = match mode {
+        Mode::Quick => 10,
+        Mode::Full => 200,
+    };
+    let dir =
+        tempdir::Dir(std::env::temp_dir().join(format!("skiff-bench-ctr-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let rootfs = busybox_rootfs(&dir.0)?;
+    let hierarchy = Hierarchy::detect()?;
+    let parent = format!("skiff-bench-{}", std::process::id());
+    let mut peers: Vec<(&str, PathBuf, PathBuf)> = Vec::new();
+    for name in ["crun", "runc"] {
+        let Some(bin) = which(name) else {
+            bail!("{name} is not installed (cargo xtask setup installs it)");
+        };
+        let bundle = dir.0.join(format!("bundle-{name}"));
+        std::fs::create_dir_all(&bundle)?;
+        let config = oci_config(&rootfs, &format!("/{parent}/{name}"));
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec_pretty(&config)?,
+        )?;
+        peers.push((name, bin, bundle));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let side = SkiffSide {
+        runtime: rt.block_on(async { Runtime::connect(spawner) })?,
+        hierarchy: hierarchy.clone(),
+        rootfs: rootfs.clone(),
+        dir: dir.0.join("skiff"),
+        cgroup_parent: PathBuf::from(&parent).join("skiff"),
+    };
+    let mut skiff = Vec::new();
+    let mut peer_times: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
+    let result = (|| -> anyhow::Result<()> {
+        // Warm-up: page cache, binaries, cgroup parents.
+        rt.block_on(side.once(usize::MAX))?;
+        for (name, bin, bundle) in &peers {
+            peer_once(bin, &dir.0.join(format!("state-{name}")), bundle, "warm")?;
+        }
+        for i in 0..rounds {
+            skiff.push(rt.block_on(side.once(i))?.as_secs_f64() * 1e3);
+            for (k, (name, bin, bundle)) in peers.iter().enumerate() {
+                let d = peer_once(
+                    bin,
+                    &dir.0.join(format!("state-{name}")),
+                    bundle,
+                    &format!("{name}{i}"),
+                )?;
+                peer_times[k].push(d.as_secs_f64() * 1e3);
+            }
+        }
+        Ok(())
+    })();
+    skiff_kubelet::runtime::cgroup::remove_tree(&hierarchy, Path::new(&parent), None);
+    result?;
+    let mut out = Vec::new();
+    for (k, (name, _, _)) in peers.iter().enumerate() {
+        for (label, p) in [("p50", 0.5), ("p99", 0.99)] {
+            let goal = if *name == "crun" && label == "p50" {
+                ">= 2x faster than crun"
+            } else {
+                ""
+            };
+            let mut m = Measurement::lower_better(
+                &format!("container create+start+delete {label} (/bin/true, {rounds} sequential)"),
+                percentile(skiff.clone(), p),
+                percentile(peer_times[k].clone(), p),
+                "ms",
+                &format!("{name} run"),
+                goal,
+            );
+            m.note = "same rootfs; Skiff adds an overlayfs mount".into();
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
