@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -139,27 +139,37 @@ impl Netlink {
         peer_ns: Option<&Netns>,
         peer_name: &str,
     ) -> Result<(), NetlinkError> {
-        self.handle
-            .link()
-            .add(LinkVeth::new(name, peer).build())
-            .execute()
-            .await
-            .map_err(req(format!("add veth {name}/{peer}")))?;
-        if let Some(ns) = peer_ns {
-            let index = self.index(peer).await?;
-            self.handle
+        let Some(ns) = peer_ns else {
+            return self
+                .handle
                 .link()
-                .set(
-                    LinkUnspec::new_with_index(index)
-                        .setns_by_fd(ns.as_fd().as_raw_fd())
-                        .name(peer_name.to_string())
-                        .build(),
-                )
+                .add(LinkVeth::new(name, peer).build())
                 .execute()
                 .await
-                .map_err(req(format!("move {peer} into its namespace")))?;
+                .map_err(req(format!("add veth {name}/{peer}")));
+        };
+        // The peer is created in its namespace under its final name: moving a link between
+        // namespaces afterwards waits for an RCU grace period (~15 ms here), creating it
+        // there does not.
+        let mut msg = LinkVeth::new(name, peer_name).build();
+        for attr in msg.attributes.iter_mut() {
+            if let LinkAttribute::LinkInfo(infos) = attr {
+                for info in infos.iter_mut() {
+                    if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) = info {
+                        p.attributes
+                            .push(LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
+                    }
+                }
+            }
         }
-        Ok(())
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(req(format!(
+                "add veth {name}/{peer_name} (peer in its namespace)"
+            )))
     }
 
     pub async fn add_bridge(&self, name: &str) -> Result<(), NetlinkError> {

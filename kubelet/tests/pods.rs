@@ -69,6 +69,14 @@ fn main() -> ExitCode {
             "bad_pods_report_reasons_and_others_keep_running",
             bad_pods_report_reasons_and_others_keep_running,
         ),
+        Trial::test(
+            "a_pod_deleted_while_no_agent_ran_is_cleaned_up_by_the_next",
+            a_pod_deleted_while_no_agent_ran_is_cleaned_up_by_the_next,
+        ),
+        Trial::test(
+            "purge_removes_what_a_stopped_agent_left",
+            purge_removes_what_a_stopped_agent_left,
+        ),
     ];
     if args.list {
         return libtest_mimic::run(&args, tests).exit_code();
@@ -337,6 +345,16 @@ impl Drop for TestNode {
                 if api.list(&Default::default()).await?.items.is_empty() {
                     break;
                 }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // The objects go before the agent has finished tearing force-deleted pods
+            // down: wait for their directories to go too.
+            let pods = self.cfg.data_dir.join("pods");
+            while Instant::now() < deadline
+                && std::fs::read_dir(&pods)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(false)
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Ok::<_, skiff_client::skiff_api::ApiError>(())
@@ -727,5 +745,105 @@ fn bad_pods_report_reasons_and_others_keep_running() -> Result<(), Failed> {
     n.wait("nocm", 20, |s| {
         s["phase"] == "Running" || s["phase"] == "Succeeded"
     })?;
+    Ok(())
+}
+
+fn purge_removes_what_a_stopped_agent_left() -> Result<(), Failed> {
+    let mut n = TestNode::new(|_| {})?;
+    n.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "left"},
+        "spec": {
+            "volumes": [{"name": "mem", "emptyDir": {"medium": "Memory"}}],
+            "containers": [{"name": "c", "image": IMAGE, "command": ["sleep", "1000"],
+                            "volumeMounts": [{"name": "mem", "mountPath": "/mem"}]}]}
+    }))?;
+    n.wait("left", 30, |s| condition(s, "Ready") == "True")?;
+    // The agent stops; its container, sandbox mounts and tmpfs volume stay (for adoption).
+    if let Some(a) = n.agent.take() {
+        a.stop();
+    }
+    let data = n.cfg.data_dir.clone();
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.split(' ')
+                    .nth(4)
+                    .is_some_and(|p| Path::new(p).starts_with(&data))
+            })
+            .count()
+    };
+    check(mounted() >= 4, || {
+        format!("{} mounts before the purge", mounted())
+    })?;
+    let purged = skiff_kubelet::agent::purge::purge(&data, &n.cfg.cgroup_parent)?;
+    check(purged.processes >= 1 && purged.pods == 1, || {
+        format!("{purged:?}")
+    })?;
+    check(mounted() == 0, || {
+        format!("{} mounts after the purge", mounted())
+    })?;
+    check(!data.join("pods").exists(), || {
+        "pod directories left".into()
+    })?;
+    let h = skiff_kubelet::runtime::cgroup::Hierarchy::detect()?;
+    if let skiff_kubelet::runtime::cgroup::Hierarchy::V1(root) = h {
+        let cg = root.join("memory").join(&n.cfg.cgroup_parent);
+        check(!cg.exists(), || format!("{} left", cg.display()))?;
+    }
+    // The API still has the pod; a new agent finds nothing to adopt and starts it afresh.
+    n.restart_agent()?;
+    n.wait("left", 30, |s| condition(s, "Ready") == "True")?;
+    Ok(())
+}
+
+fn a_pod_deleted_while_no_agent_ran_is_cleaned_up_by_the_next() -> Result<(), Failed> {
+    let mut n = TestNode::new(|_| {})?;
+    let pod = n.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "orphan"},
+        "spec": {"containers": [{"name": "c", "image": IMAGE, "command": ["sleep", "1000"]}]}
+    }))?;
+    n.wait("orphan", 30, |s| condition(s, "Ready") == "True")?;
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    if let Some(a) = n.agent.take() {
+        a.stop();
+    }
+    // Force-deleted while no agent watches.
+    n.delete("orphan", Some(0))?;
+    n.wait_gone("orphan", 10)?;
+    let dir = n.cfg.data_dir.join("pods").join(&uid);
+    check(dir.exists(), || {
+        "the stopped agent already removed the pod".into()
+    })?;
+    n.restart_agent()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dir.exists() {
+        check(Instant::now() < deadline, || {
+            "orphaned pod not cleaned up".into()
+        })?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let data = n.cfg.data_dir.clone();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|p| Path::new(p).starts_with(&data))
+        })
+        .count();
+    check(mounts == 0, || format!("{mounts} mounts left"))?;
+    // Its container was killed: the pod's cgroup (which only an empty cgroup may leave)
+    // is gone.
+    if let skiff_kubelet::runtime::cgroup::Hierarchy::V1(root) =
+        skiff_kubelet::runtime::cgroup::Hierarchy::detect()?
+    {
+        let cg = root
+            .join("pids")
+            .join(&n.cfg.cgroup_parent)
+            .join(format!("pod{uid}"));
+        check(!cg.exists(), || format!("{} left", cg.display()))?;
+    }
     Ok(())
 }

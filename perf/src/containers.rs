@@ -162,6 +162,31 @@ fn peer_once(bin: &Path, state: &Path, bundle: &Path, id: &str) -> anyhow::Resul
     Ok(d)
 }
 
+/// `crun run` of a `/bin/true` container on `rootfs`, `n` times; wall times in ms.
+pub fn crun_run_times(rootfs: &Path, dir: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
+    let Some(bin) = which("crun") else {
+        bail!("crun is not installed (cargo xtask setup installs it)");
+    };
+    let bundle = dir.join("bundle-crun");
+    std::fs::create_dir_all(&bundle)?;
+    let parent = format!("skiff-bench-{}", std::process::id());
+    let config = oci_config(rootfs, &format!("/{parent}/crun-alone"));
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(&config)?,
+    )?;
+    let state = dir.join("state-crun");
+    peer_once(&bin, &state, &bundle, "warm")?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(peer_once(&bin, &state, &bundle, &format!("alone{i}"))?.as_secs_f64() * 1e3);
+    }
+    if let Ok(h) = Hierarchy::detect() {
+        skiff_kubelet::runtime::cgroup::remove_tree(&h, Path::new(&parent), None);
+    }
+    Ok(out)
+}
+
 struct SkiffSide {
     runtime: Runtime,
     hierarchy: Hierarchy,

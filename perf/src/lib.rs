@@ -9,6 +9,7 @@
 pub mod containers;
 pub mod control;
 pub mod dataplane;
+pub mod pods;
 pub mod report;
 
 use std::io::{BufRead, BufReader};

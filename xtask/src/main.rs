@@ -24,6 +24,8 @@ const PACKAGES: &[&str] = &[
     // The container benchmark's peers (and the node agent's second runtime backend).
     "crun",
     "runc",
+    // The node agent benchmark's memory peer (the runtime daemon a kubelet talks to).
+    "containerd",
 ];
 
 fn run(cmd: &mut Command) -> Result<(), String> {

@@ -12,6 +12,7 @@
 pub mod logs;
 pub mod node;
 pub mod pod;
+pub mod purge;
 pub mod volumes;
 
 use std::collections::HashMap;
@@ -267,6 +268,18 @@ async fn control(core: Rc<Core>, cores: Vec<UnboundedSender<CoreMsg>>) {
             let _ = cores[shard(&uid, n)].send(msg);
         })
         .start();
+    // Pods a previous agent was running that no longer exist in the API (deleted while no
+    // agent watched): nothing will ever send them to a worker, so clean them up here.
+    _informer.reader.wait_synced().await;
+    let known: std::collections::HashSet<String> = _informer
+        .reader
+        .list()
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    if let Err(e) = cleanup_orphans(&core, &known).await {
+        tracing::warn!(error = %e, "cannot clean up orphaned pods");
+    }
     let mut lease = tokio::time::interval(cfg.lease_period);
     let mut status = tokio::time::interval(cfg.status_period);
     lease.tick().await;
@@ -285,4 +298,77 @@ async fn control(core: Rc<Core>, cores: Vec<UnboundedSender<CoreMsg>>) {
             }
         }
     }
+}
+
+/// Removes what is left of pods the API no longer has: their containers (adopted from
+/// the spawner, then killed), sandbox namespaces, volumes, network, cgroups, logs and
+/// directories.
+async fn cleanup_orphans(
+    core: &Core,
+    known: &std::collections::HashSet<String>,
+) -> anyhow::Result<()> {
+    let cfg = &core.shared.cfg;
+    let pods = cfg.data_dir.join("pods");
+    let Ok(rd) = std::fs::read_dir(&pods) else {
+        return Ok(());
+    };
+    for entry in rd.flatten() {
+        let uid = entry.file_name().to_string_lossy().to_string();
+        if known.contains(&uid) {
+            continue;
+        }
+        let dir = entry.path();
+        tracing::info!(uid = %uid, "cleaning up a pod the API no longer has");
+        let ids: Vec<String> = std::fs::read(dir.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|v| {
+                v["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["running"][0].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            let (live, _) = core.runtime.adopt(ids).await?;
+            for mut c in live {
+                let _ = c.signal(libc::SIGKILL);
+                let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+            }
+        }
+        let shared = core.shared.clone();
+        let log_dir = cfg.log_dir.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let rel = PathBuf::from(&shared.cfg.cgroup_parent).join(format!("pod{uid}"));
+            crate::runtime::cgroup::remove_tree(
+                &shared.hierarchy,
+                &rel,
+                shared.cfg.cgroup2.as_deref(),
+            );
+            volumes::PodVolumes::teardown(&dir)?;
+            if let Some(pn) = &shared.podnet {
+                pn.remove(&uid)?;
+            }
+            if let Some(sb) = crate::runtime::sandbox::Sandbox::existing(&dir) {
+                sb.remove()?;
+            }
+            purge::unmount_under(&dir)?;
+            std::fs::remove_dir_all(&dir)?;
+            if let Ok(logs) = std::fs::read_dir(&log_dir) {
+                for l in logs.flatten() {
+                    if l.file_name()
+                        .to_string_lossy()
+                        .ends_with(&format!("_{uid}"))
+                    {
+                        let _ = std::fs::remove_dir_all(l.path());
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await??;
+    }
+    Ok(())
 }

@@ -332,6 +332,7 @@ impl PodWorker {
             message: m,
         };
         std::fs::create_dir_all(&self.dir).map_err(|e| err(e.to_string()))?;
+        let t = std::time::Instant::now();
         let hostname = self
             .pod
             .spec
@@ -344,6 +345,7 @@ impl PodWorker {
                 Sandbox::create(&self.dir, &hostname).map_err(|e| err(format!("sandbox: {e}")))?;
             self.sandbox = Some(sb);
         }
+        tracing::debug!(pod = %self.name, us = t.elapsed().as_micros() as u64, "sandbox ready");
         if !self.net_ready {
             let shared = self.core.shared.clone();
             let net_path = self.sandbox.as_ref().map(|s| s.net.clone());
@@ -379,6 +381,7 @@ impl PodWorker {
             self.ip = ip;
             self.net_ready = true;
         }
+        tracing::debug!(pod = %self.name, us = t.elapsed().as_micros() as u64, "network ready");
         let etc = self.dir.join("etc");
         std::fs::create_dir_all(&etc).map_err(|e| err(e.to_string()))?;
         let mut hosts = "# Kubernetes-managed hosts file (Skiff).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string();
@@ -403,6 +406,7 @@ impl PodWorker {
             let v = PodVolumes::prepare(&self.pod, &self.dir, &self.core.client).await?;
             self.volumes = Some(v);
         }
+        tracing::debug!(pod = %self.name, us = t.elapsed().as_micros() as u64, "volumes ready");
         Ok(())
     }
 
@@ -680,6 +684,7 @@ impl PodWorker {
             return;
         };
         let shared = self.core.shared.clone();
+        let t = std::time::Instant::now();
         // Image.
         let image_ref = kc.image.clone().unwrap_or_default();
         let policy = PullPolicy::resolve(kc.image_pull_policy.as_deref(), &image_ref);
@@ -704,6 +709,7 @@ impl PodWorker {
                 return;
             }
         };
+        tracing::debug!(pod = %self.name, us = t.elapsed().as_micros() as u64, "image ready");
         let layers = match shared.images.layer_dirs(&image) {
             Ok(l) => l,
             Err(e) => {
@@ -924,6 +930,7 @@ impl PodWorker {
                 return;
             }
         };
+        tracing::debug!(pod = %self.name, us = t.elapsed().as_micros() as u64, "cgroup ready");
         let sandbox = self.sandbox.clone();
         let host_network = self.host_network();
         let spec = ContainerSpec {
@@ -998,9 +1005,11 @@ impl PodWorker {
                 return;
             }
         };
+        tracing::debug!(pod = %self.name, us = t.elapsed().as_micros() as u64, "process created");
         let log_cfg = (shared.cfg.log_max_bytes, shared.cfg.log_max_files);
         spawn_log_pumps(out_r, err_r, log_path, log_cfg);
         let started = proc.started().await;
+        tracing::debug!(pod = %self.name, us = t.elapsed().as_micros() as u64, "program executed");
         let c = &mut self.ctrs[idx];
         c.run = run;
         if c.ever_started {

@@ -274,6 +274,23 @@ pub fn remove_tree(hierarchy: &Hierarchy, rel: &Path, unified_base: Option<&Path
     }
 }
 
+/// Removes the parents of `rel` that are empty (`skiff/` once its last node is gone); a
+/// parent still in use refuses, which is the point.
+pub fn remove_empty_parents(hierarchy: &Hierarchy, rel: &Path) {
+    let roots: Vec<PathBuf> = match hierarchy {
+        Hierarchy::V1(root) => V1_CONTROLLERS.iter().map(|c| root.join(c)).collect(),
+        Hierarchy::V2(root) => vec![root.clone()],
+    };
+    for root in roots {
+        for parent in rel.ancestors().skip(1) {
+            if parent.as_os_str().is_empty() {
+                break;
+            }
+            let _ = std::fs::remove_dir(root.join(parent));
+        }
+    }
+}
+
 fn remove_children(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {

@@ -142,6 +142,11 @@ pub fn start(state_dir: &Path) -> std::io::Result<SpawnerHandle> {
                     // Not the agent's stdio: whoever waits for the agent's output to end
                     // must not wait for the spawner too.
                     detach_stdio(&state_dir.join("spawner.log"));
+                    // Who to stop when the node is purged (`skiff down`).
+                    let _ = std::fs::write(
+                        state_dir.join("spawner.pid"),
+                        std::process::id().to_string(),
+                    );
                     let code = match serve(sock, filters) {
                         Ok(()) => 0,
                         Err(e) => {

@@ -81,6 +81,19 @@ fn main() -> anyhow::Result<()> {
         }
     }
     drop(spawner);
+    if wanted("pods") {
+        for m in skiff_perf::pods::pod_start(mode)? {
+            eprintln!(
+                "{}: {:.2} vs {:.2} {} ({:.2}x)",
+                m.name,
+                m.skiff,
+                m.peer,
+                m.unit,
+                m.ratio()
+            );
+            results.push(m);
+        }
+    }
     let _ = std::fs::remove_dir_all(&spawner_dir);
     if wanted("services") {
         results.extend(skiff_perf::dataplane::services(mode)?);
