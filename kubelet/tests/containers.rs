@@ -57,6 +57,10 @@ fn main() -> ExitCode {
             seccomp_profile_refuses_namespaces,
         ),
         Trial::test("fifty_containers_at_once", fifty_containers_at_once),
+        Trial::test(
+            "exec_runs_inside_a_running_container",
+            exec_runs_inside_a_running_container,
+        ),
     ];
     if args.list {
         return libtest_mimic::run(&args, tests).exit_code();
@@ -591,5 +595,65 @@ fn fifty_containers_at_once() -> Result<(), Failed> {
             seen += 1;
         }
         check(seen == 50, || format!("{seen} exits"))
+    })
+}
+
+fn exec_runs_inside_a_running_container() -> Result<(), Failed> {
+    let mut main = slot(
+        "execbox",
+        &["sh", "-c", "echo inside > /marker; exec sleep 1000"],
+        Resources::default(),
+    );
+    (main.spec.stdout, main.spec.stderr) = (None, None);
+    rt().block_on(async {
+        let r = Runtime::connect(&fixture().socket)?;
+        let mut c = r.create(&main.spec, &[]).await?;
+        c.started().await?;
+        let exec_spec = |argv: &[&str]| ContainerSpec {
+            id: format!("{}-exec-{}", main.spec.id, uuid_like()),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/bin".into()],
+            capabilities: DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect(),
+            cgroup_procs: main.spec.cgroup_procs.clone(),
+            seccomp: true,
+            stdout: Some(0),
+            stderr: Some(1),
+            exec_in: Some(c.pid),
+            ..Default::default()
+        };
+        // The marker may take a moment to be written.
+        let mut out = String::new();
+        for _ in 0..50 {
+            let o = run(
+                &r,
+                &exec_spec(&["sh", "-c", "cat /marker; hostname; tr '\\0' ' ' < /proc/1/cmdline; echo; echo procs=$(ls /proc | grep -c '^[0-9]')"]),
+            )
+            .await?;
+            o.started.map_err(|e| format!("exec: {e}"))?;
+            check(o.status == ExitStatus::Exited(0), || format!("{:?}: {}", o.status, o.stderr))?;
+            out = o.stdout;
+            if out.contains("inside") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for want in ["inside\n", "execbox\n", "sleep 1000 \n"] {
+            check(out.contains(want), || format!("{want:?} missing from:\n{out}"))?;
+        }
+        // Its own pid namespace view: the container's processes, not the host's.
+        let procs: usize = out
+            .lines()
+            .find_map(|l| l.strip_prefix("procs="))
+            .and_then(|n| n.parse().ok())
+            .ok_or("no procs line")?;
+        check(procs <= 6, || format!("{procs} processes visible:\n{out}"))?;
+        let o = run(&r, &exec_spec(&["sh", "-c", "exit 7"])).await?;
+        check(o.status == ExitStatus::Exited(7), || format!("{:?}", o.status))?;
+        let o = run(&r, &exec_spec(&["no-such-tool"])).await?;
+        let e = o.started.expect_err("should not run");
+        check(e.reason() == "RunContainerError", || format!("{e:?}"))?;
+        c.signal(libc::SIGKILL)?;
+        c.wait().await?;
+        Ok(())
     })
 }

@@ -972,6 +972,7 @@ impl PodWorker {
             stdout: Some(0),
             stderr: Some(1),
             keep: vec![2, 3],
+            exec_in: None,
         };
         let log_path = logs::container_log(&self.log_dir, &self.ctrs[idx].name, run);
         let pipes = (|| -> std::io::Result<_> {

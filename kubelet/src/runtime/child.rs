@@ -33,7 +33,7 @@ pub(super) fn run(
     errpipe: RawFd,
     filters: &[BpfProgram],
 ) -> ! {
-    let failure = match setup(spec, fds, filters) {
+    let failure = match setup(spec, fds, filters, errpipe) {
         Ok(never) => match never {},
         Err(f) => f,
     };
@@ -50,7 +50,12 @@ pub(super) fn run(
 
 enum Never {}
 
-fn setup(spec: &ContainerSpec, fds: &[RawFd], filters: &[BpfProgram]) -> Result<Never, Failure> {
+fn setup(
+    spec: &ContainerSpec,
+    fds: &[RawFd],
+    filters: &[BpfProgram],
+    errpipe: RawFd,
+) -> Result<Never, Failure> {
     // The spawner ignores some signals; dispositions and the mask survive execve, so the
     // program must start from the defaults. The raw call reaches the two signals libc
     // keeps for itself (32, 33), which an ancestor may also have set to "ignore".
@@ -86,6 +91,9 @@ fn setup(spec: &ContainerSpec, fds: &[RawFd], filters: &[BpfProgram]) -> Result<
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+    if let Some(target) = spec.exec_in {
+        return exec_in(spec, target, fds, filters, errpipe);
     }
     // Accounting first: everything below is charged to the container.
     for procs in &spec.cgroup_procs {
@@ -182,6 +190,92 @@ fn setup(spec: &ContainerSpec, fds: &[RawFd], filters: &[BpfProgram]) -> Result<
             .create(cwd)
             .and_then(|_| std::env::set_current_dir(cwd))
             .map_err(|e| create_err(format!("creating working dir {cwd}: {e}")))?;
+    }
+    if spec.seccomp {
+        for f in filters {
+            seccompiler::apply_filter(f).map_err(|e| create_err(format!("seccomp: {e}")))?;
+        }
+    }
+    exec(spec)
+}
+
+/// A process inside a running container: its cgroups, all its namespaces (through a pidfd,
+/// at once), then a fork so the program is in its pid namespace; this process waits for
+/// it and exits with its status (128 + signal for a signalled one).
+fn exec_in(
+    spec: &ContainerSpec,
+    target: i32,
+    fds: &[RawFd],
+    filters: &[BpfProgram],
+    errpipe: RawFd,
+) -> Result<Never, Failure> {
+    for procs in &spec.cgroup_procs {
+        fs::write(procs, b"0")
+            .map_err(|e| create_err(format!("joining cgroup {}: {e}", procs.display())))?;
+    }
+    // SAFETY: pidfd_open takes a pid and flags.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, target, 0) };
+    if pidfd < 0 {
+        return Err(create_err(format!(
+            "container process {target}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let kinds = libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWCGROUP;
+    // SAFETY: setns with a pidfd we just opened joins its namespaces (Linux >= 5.8).
+    if unsafe { libc::setns(pidfd as i32, kinds) } != 0 {
+        return Err(create_err(format!(
+            "joining the container's namespaces: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: closing the descriptor we opened.
+    unsafe { libc::close(pidfd as i32) };
+    // SAFETY: this process is single-threaded (a clone of the spawner).
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            // Only the program reports through the error pipe (or closes it by execve):
+            // this waiter must not keep it open while the program runs.
+            // SAFETY: closing our copy of the pipe.
+            unsafe { libc::close(errpipe) };
+            let code = match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
+                _ => 127,
+            };
+            // SAFETY: leaving with the program's status; nothing to clean up.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(e) => return Err(create_err(format!("fork into the container: {e}"))),
+    }
+    chdir("/").map_err(|e| create_err(format!("chdir /: {e}")))?;
+    stdio(spec, fds)?;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only marks descriptors close-on-exec.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    identity_and_caps(spec)?;
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(create_err(format!(
+            "no_new_privs: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    if !spec.cwd.is_empty() {
+        chdir(spec.cwd.as_str())
+            .map_err(|e| create_err(format!("chdir to working dir {}: {e}", spec.cwd)))?;
     }
     if spec.seccomp {
         for f in filters {

@@ -75,6 +75,10 @@ pub struct ContainerSpec {
     /// whoever adopts it: the read ends of the log pipes, so a restarted agent keeps
     /// reading what the container writes.
     pub keep: Vec<usize>,
+    /// Run the program inside the running container whose process is this pid (its
+    /// namespaces, root and cgroups) instead of creating a container: `exec`, exec probes,
+    /// preStop hooks. `layers`, mounts and namespace paths are ignored then.
+    pub exec_in: Option<i32>,
 }
 
 /// A bind mount (or tmpfs when `source` is empty) into the container.

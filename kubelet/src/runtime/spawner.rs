@@ -453,13 +453,16 @@ impl Spawner {
         }
         let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let mut flags = libc::CLONE_PIDFD | libc::CLONE_NEWPID | libc::CLONE_NEWNS;
-        if spec.netns.is_none() {
+        if spec.exec_in.is_some() {
+            // Joins the container's namespaces itself (and forks into its pid namespace).
+            flags = libc::CLONE_PIDFD;
+        } else if spec.netns.is_none() {
             flags |= libc::CLONE_NEWNET;
         }
-        if spec.ipcns.is_none() {
+        if spec.exec_in.is_none() && spec.ipcns.is_none() {
             flags |= libc::CLONE_NEWIPC;
         }
-        if spec.utsns.is_none() {
+        if spec.exec_in.is_none() && spec.utsns.is_none() {
             flags |= libc::CLONE_NEWUTS;
         }
         let mut pidfd: RawFd = -1;
