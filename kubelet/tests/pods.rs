@@ -70,6 +70,10 @@ fn main() -> ExitCode {
             bad_pods_report_reasons_and_others_keep_running,
         ),
         Trial::test(
+            "probes_gate_readiness_and_restart_on_liveness_failure",
+            probes_gate_readiness_and_restart_on_liveness_failure,
+        ),
+        Trial::test(
             "a_pod_deleted_while_no_agent_ran_is_cleaned_up_by_the_next",
             a_pod_deleted_while_no_agent_ran_is_cleaned_up_by_the_next,
         ),
@@ -615,7 +619,8 @@ fn deletion_sends_sigterm_then_sigkill_on_time() -> Result<(), Failed> {
         "metadata": {"name": "term"},
         "spec": {"terminationGracePeriodSeconds": 2, "containers": [
             {"name": "polite", "image": IMAGE,
-             "command": ["sh", "-c", "trap 'echo got-term; exit 0' TERM; echo up; while true; do sleep 0.1; done"]},
+             "command": ["sh", "-c", "trap 'echo got-term; exit 0' TERM; echo up; while true; do sleep 0.1; done"],
+             "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo prestop > /proc/1/fd/1"]}}}},
             {"name": "stubborn", "image": IMAGE,
              "command": ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]}
         ]}
@@ -630,9 +635,12 @@ fn deletion_sends_sigterm_then_sigkill_on_time() -> Result<(), Failed> {
     let start = Instant::now();
     // SIGTERM reaches the polite container at once.
     let mut got_term = None;
+    let mut order = String::new();
     while start.elapsed() < Duration::from_secs(10) {
-        if got_term.is_none() && n.log(&pod, "polite", 0).contains("got-term") {
+        let log = n.log(&pod, "polite", 0);
+        if got_term.is_none() && log.contains("got-term") {
             got_term = Some(start.elapsed());
+            order = log;
         }
         if n.get("term")?.is_none() {
             break;
@@ -641,6 +649,12 @@ fn deletion_sends_sigterm_then_sigkill_on_time() -> Result<(), Failed> {
     }
     let gone = start.elapsed();
     let got_term = got_term.ok_or("polite never saw SIGTERM")?;
+    // The preStop hook ran inside the container, before SIGTERM.
+    let pre = order
+        .find("prestop")
+        .ok_or_else(|| format!("no preStop output in {order:?}"))?;
+    let term = order.find("got-term").unwrap_or(0);
+    check(pre < term, || format!("preStop after SIGTERM: {order:?}"))?;
     check(got_term < Duration::from_millis(1500), || {
         format!("SIGTERM after {got_term:?}")
     })?;
@@ -846,4 +860,58 @@ fn a_pod_deleted_while_no_agent_ran_is_cleaned_up_by_the_next() -> Result<(), Fa
         check(!cg.exists(), || format!("{} left", cg.display()))?;
     }
     Ok(())
+}
+
+fn probes_gate_readiness_and_restart_on_liveness_failure() -> Result<(), Failed> {
+    let n = TestNode::new(|_| {})?;
+    n.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probed"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "gated", "image": IMAGE,
+             "command": ["sh", "-c", "sleep 2; touch /tmp/ready; httpd -f -p 8080 -h /tmp"],
+             "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1},
+             "livenessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "initialDelaySeconds": 3, "periodSeconds": 1}},
+            {"name": "dead", "image": IMAGE, "command": ["sleep", "1000"],
+             "livenessProbe": {"tcpSocket": {"port": 8081}, "periodSeconds": 1, "failureThreshold": 2}}
+        ]}
+    }))?;
+    // Not ready until its probe passes, although running.
+    let st = n.wait("probed", 20, |s| {
+        container(s, "gated")["state"]["running"].is_object()
+    })?;
+    check(container(&st, "gated")["ready"] == false, || {
+        format!("{st:#}")
+    })?;
+    check(condition(&st, "Ready") == "False", || format!("{st:#}"))?;
+    n.wait("probed", 20, |s| container(s, "gated")["ready"] == true)?;
+    // The liveness probe against a closed port restarts the other one.
+    let st = n.wait("probed", 30, |s| {
+        container(s, "dead")["restartCount"].as_u64().unwrap_or(0) >= 1
+    })?;
+    let last = &container(&st, "dead")["lastState"]["terminated"];
+    check(last["exitCode"] == 137, || format!("{st:#}"))?;
+    // The passing httpGet liveness probe never restarted the first.
+    check(container(&st, "gated")["restartCount"] == 0, || {
+        format!("{st:#}")
+    })?;
+    // And the kubelet's events say why.
+    let events = n.rt.block_on(
+        n.client
+            .api::<k8s_openapi::api::core::v1::Event>(&n.ns)
+            .list(&Default::default()),
+    )?;
+    let unhealthy = events.items.iter().any(|e| {
+        e.reason.as_deref() == Some("Unhealthy")
+            && e.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("Liveness probe failed"))
+    });
+    check(unhealthy, || "no Unhealthy event".into())?;
+    let killing = events.items.iter().any(|e| {
+        e.reason.as_deref() == Some("Killing")
+            && e.message
+                .as_deref()
+                .is_some_and(|m| m.contains("failed liveness probe"))
+    });
+    check(killing, || "no Killing event".into())
 }

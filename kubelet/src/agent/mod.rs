@@ -9,9 +9,11 @@
 //! Stopping the agent leaves containers running: the spawner keeps them (and their log
 //! pipes), and the next agent on the same data dir adopts them.
 
+pub mod events;
 pub mod logs;
 pub mod node;
 pub mod pod;
+pub mod probe;
 pub mod purge;
 pub mod volumes;
 

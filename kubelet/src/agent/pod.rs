@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{ConfigMap, Container as K8sContainer, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container as K8sContainer, Pod, Probe, Secret};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use skiff_api::Reason;
@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use super::Core;
 use super::logs::{self, LogFile};
+use super::probe;
 use super::volumes::{PodVolumes, VolumeError};
 use crate::image::{ImageUnavailable, PullPolicy};
 use crate::runtime::cgroup::{self, Cgroup, Resources};
@@ -51,6 +52,13 @@ pub enum PodMsg {
     },
     /// The agent is stopping: leave containers running (a new agent adopts them).
     Detach,
+    /// One probe result.
+    Probe {
+        idx: usize,
+        run: u32,
+        kind: probe::Kind,
+        result: Result<(), String>,
+    },
 }
 
 /// A finished run of a container.
@@ -70,6 +78,25 @@ struct Running {
     cgroup: Cgroup,
     started_at: DateTime<Utc>,
     id: String,
+    /// Identity, env and cgroups for commands run inside it (probes, hooks).
+    exec: ContainerSpec,
+    /// The startup probe passed (or there is none).
+    started: bool,
+    /// The readiness probe says ready (or there is none).
+    ready: bool,
+    /// Consecutive successes and failures per probe kind.
+    counts: HashMap<&'static str, (u32, u32)>,
+    probes: Vec<tokio::task::JoinHandle<()>>,
+    /// A liveness or startup failure asked for a restart.
+    killing: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for p in &self.probes {
+            p.abort();
+        }
+    }
 }
 
 struct Ctr {
@@ -109,6 +136,8 @@ struct PersistedCtr {
     last: Option<Term>,
     image_id: String,
     ever_started: bool,
+    #[serde(default)]
+    exec: Option<ContainerSpec>,
 }
 
 pub struct PodWorker {
@@ -299,6 +328,12 @@ impl PodWorker {
             match msg {
                 Some(PodMsg::Update(p)) => self.pod = p,
                 Some(PodMsg::Exited { idx, run, status }) => self.on_exit(idx, run, status).await,
+                Some(PodMsg::Probe {
+                    idx,
+                    run,
+                    kind,
+                    result,
+                }) => self.on_probe(idx, run, kind, result),
                 Some(PodMsg::Detach) => {
                     self.persist();
                     return;
@@ -974,6 +1009,12 @@ impl PodWorker {
             keep: vec![2, 3],
             exec_in: None,
         };
+        let exec_template = ContainerSpec {
+            layers: Vec::new(),
+            mounts: Vec::new(),
+            keep: Vec::new(),
+            ..spec.clone()
+        };
         let log_path = logs::container_log(&self.log_dir, &self.ctrs[idx].name, run);
         let pipes = (|| -> std::io::Result<_> {
             let (or, ow) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -1056,8 +1097,218 @@ impl PodWorker {
             cgroup,
             started_at: Utc::now(),
             id: run_id,
+            exec: exec_template,
+            started: true,
+            ready: true,
+            counts: HashMap::new(),
+            probes: Vec::new(),
+            killing: false,
         });
+        let name = c.name.clone();
+        self.event(
+            "Normal",
+            "Started",
+            &format!("Started container {name}"),
+            Some(idx),
+        );
+        self.start_probes(idx, &kc);
         tracing::debug!(pod = %self.name, container = %self.ctrs[idx].name, "container started");
+    }
+
+    /// Where probes and hooks of container `idx` run.
+    fn target(&self, idx: usize, kc: &K8sContainer) -> Option<probe::Target> {
+        let r = self.ctrs.get(idx)?.running.as_ref()?;
+        Some(probe::Target {
+            runtime: self.core.runtime.clone(),
+            pid: r.proc.pid,
+            exec_template: r.exec.clone(),
+            pod_ip: self.ip.filter(|_| !self.host_network()),
+            netns: self.sandbox.as_ref().map(|s| s.net.clone()),
+            node_netns: self.core.shared.cfg.node_netns.clone(),
+            container: kc.clone(),
+        })
+    }
+
+    /// Starts the startup probe, or (without one) the liveness and readiness probes.
+    fn start_probes(&mut self, idx: usize, kc: &K8sContainer) {
+        let Some(target) = self.target(idx, kc) else {
+            return;
+        };
+        let run = self.ctrs[idx].run;
+        let startup_done = self.ctrs[idx]
+            .running
+            .as_ref()
+            .is_some_and(|r| r.counts.contains_key("StartupDone"));
+        let kinds: Vec<(probe::Kind, Probe)> = if let Some(p) = &kc.startup_probe
+            && !startup_done
+        {
+            vec![(probe::Kind::Startup, p.clone())]
+        } else {
+            let mut v = Vec::new();
+            if let Some(p) = &kc.liveness_probe {
+                v.push((probe::Kind::Liveness, p.clone()));
+            }
+            if let Some(p) = &kc.readiness_probe {
+                v.push((probe::Kind::Readiness, p.clone()));
+            }
+            v
+        };
+        let Some(r) = self.ctrs[idx].running.as_mut() else {
+            return;
+        };
+        if kc.startup_probe.is_some() && !r.counts.contains_key("StartupDone") {
+            r.started = false;
+        }
+        if kc.readiness_probe.is_some() {
+            r.ready = false;
+        }
+        for (kind, p) in kinds {
+            let tx = self.tx.clone();
+            let target = target.clone();
+            r.probes.push(tokio::task::spawn_local(async move {
+                let t = probe::timing(&p);
+                let Some(handler) = probe::probe_handler(&p) else {
+                    return;
+                };
+                tokio::time::sleep(t.initial_delay).await;
+                loop {
+                    let result = probe::run(&target, &handler, t.timeout).await;
+                    if tx
+                        .send(PodMsg::Probe {
+                            idx,
+                            run,
+                            kind,
+                            result,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(t.period).await;
+                }
+            }));
+        }
+    }
+
+    fn on_probe(&mut self, idx: usize, run: u32, kind: probe::Kind, result: Result<(), String>) {
+        let Some(kc) = self.k8s_container(idx) else {
+            return;
+        };
+        let Some(c) = self.ctrs.get_mut(idx) else {
+            return;
+        };
+        if c.run != run {
+            return;
+        }
+        let name = c.name.clone();
+        let Some(r) = c.running.as_mut() else { return };
+        if r.killing {
+            return;
+        }
+        let spec = match kind {
+            probe::Kind::Startup => kc.startup_probe.clone(),
+            probe::Kind::Liveness => kc.liveness_probe.clone(),
+            probe::Kind::Readiness => kc.readiness_probe.clone(),
+        };
+        let Some(spec) = spec else { return };
+        let t = probe::timing(&spec);
+        let entry = r.counts.entry(kind.name()).or_insert((0, 0));
+        match &result {
+            Ok(()) => *entry = (entry.0 + 1, 0),
+            Err(_) => *entry = (0, entry.1 + 1),
+        }
+        let (succ, fail) = *entry;
+        tracing::debug!(pod = %self.name, container = %name, kind = kind.name(), ok = result.is_ok(), succ, fail, "probe");
+        let mut restart = false;
+        match (kind, &result) {
+            (probe::Kind::Startup, Ok(())) => {
+                r.started = true;
+                r.counts.insert("StartupDone", (1, 0));
+                for p in r.probes.drain(..) {
+                    p.abort();
+                }
+                self.start_probes(idx, &kc);
+                return;
+            }
+            (probe::Kind::Readiness, Ok(())) if succ >= t.success_threshold => r.ready = true,
+            (probe::Kind::Readiness, Err(_)) if fail >= t.failure_threshold => r.ready = false,
+            (probe::Kind::Liveness | probe::Kind::Startup, Err(_))
+                if fail >= t.failure_threshold =>
+            {
+                restart = true;
+                r.killing = true;
+            }
+            _ => {}
+        }
+        if let Err(msg) = &result {
+            self.event(
+                "Warning",
+                "Unhealthy",
+                &format!("{} probe failed: {msg}", kind.name()),
+                Some(idx),
+            );
+        }
+        if restart {
+            let how = if kind == probe::Kind::Liveness {
+                "liveness"
+            } else {
+                "startup"
+            };
+            self.event(
+                "Normal",
+                "Killing",
+                &format!("Container {name} failed {how} probe, will be restarted"),
+                Some(idx),
+            );
+            let grace = spec
+                .termination_grace_period_seconds
+                .or(self
+                    .pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds))
+                .unwrap_or(30)
+                .max(0) as u64;
+            if let Some(r) = self.ctrs[idx].running.as_ref() {
+                let _ = r.proc.signal(libc::SIGTERM);
+                let pidfd = r.proc.pidfd().try_clone_to_owned().ok();
+                tokio::task::spawn_local(async move {
+                    tokio::time::sleep(Duration::from_secs(grace)).await;
+                    if let Some(fd) = pidfd {
+                        // SAFETY: pidfd_send_signal on a pidfd we own; at worst ESRCH.
+                        unsafe {
+                            libc::syscall(
+                                libc::SYS_pidfd_send_signal,
+                                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                                libc::SIGKILL,
+                                std::ptr::null::<libc::siginfo_t>(),
+                                0,
+                            )
+                        };
+                    }
+                });
+            }
+        }
+    }
+
+    /// Records a Kubernetes Event about this pod (or one of its containers).
+    fn event(&self, kind: &str, reason: &str, message: &str, idx: Option<usize>) {
+        let field = idx.and_then(|i| self.ctrs.get(i)).map(|c| {
+            if c.init {
+                format!("spec.initContainers{{{}}}", c.name)
+            } else {
+                format!("spec.containers{{{}}}", c.name)
+            }
+        });
+        super::events::record(
+            &self.core.client,
+            &self.core.shared.cfg.node_name,
+            &self.pod,
+            kind,
+            reason,
+            message,
+            field,
+        );
     }
 
     /// Records a failed start: the container waits with `reason` and backs off.
@@ -1084,7 +1335,9 @@ impl PodWorker {
         let cg = r.cgroup.clone();
         // Dying descendants may keep the cgroup busy a moment: remove it off the core.
         tokio::task::spawn_blocking(move || cg.remove(Duration::from_secs(2)));
-        self.finish(idx, status, r.started_at, r.id, oom);
+        let (started_at, id) = (r.started_at, r.id.clone());
+        drop(r);
+        self.finish(idx, status, started_at, id, oom);
     }
 
     /// Records the end of a run and decides when (and whether) the next one starts.
@@ -1154,6 +1407,19 @@ impl PodWorker {
                 c.waiting = None;
             }
             Some(d) => {
+                let msg = format!(
+                    "Back-off restarting failed container {} in pod {}_{}({})",
+                    c.name, self.name, self.ns, self.uid
+                );
+                super::events::record(
+                    &self.core.client,
+                    &cfg.node_name,
+                    &self.pod,
+                    "Warning",
+                    "BackOff",
+                    &msg,
+                    Some(format!("spec.containers{{{}}}", c.name)),
+                );
                 c.not_before = Some(Instant::now() + d);
                 c.backoff = Some((d * 2).min(cfg.backoff_max));
                 c.waiting = Some((
@@ -1275,8 +1541,8 @@ impl PodWorker {
                         "name": c.name,
                         "image": c.image,
                         "imageID": c.image_id,
-                        "ready": c.running.is_some() && !c.init,
-                        "started": c.running.is_some(),
+                        "ready": !c.init && c.running.as_ref().is_some_and(|r| r.ready && r.started),
+                        "started": c.running.as_ref().is_some_and(|r| r.started),
                         "restartCount": c.restart_count,
                         "state": state,
                         "lastState": last,
@@ -1296,7 +1562,7 @@ impl PodWorker {
         let unready: Vec<String> = self
             .ctrs
             .iter()
-            .filter(|c| !c.init && c.running.is_none())
+            .filter(|c| !c.init && !c.running.as_ref().is_some_and(|r| r.ready && r.started))
             .map(|c| c.name.clone())
             .collect();
         let pending_init: Vec<String> = self
@@ -1384,7 +1650,7 @@ impl PodWorker {
             match msg {
                 Some(PodMsg::Exited { idx, run, status }) => self.on_exit(idx, run, status).await,
                 Some(PodMsg::Update(p)) => self.pod = p,
-                Some(PodMsg::Detach | PodMsg::Gone) | None => {}
+                Some(PodMsg::Detach | PodMsg::Gone | PodMsg::Probe { .. }) | None => {}
             }
         }
     }
@@ -1404,6 +1670,62 @@ impl PodWorker {
             .unwrap_or(30)
             .max(0) as u64;
         let deadline = Instant::now() + Duration::from_secs(grace);
+        // preStop hooks first; their time counts against the grace period.
+        let mut hooks = Vec::new();
+        for idx in 0..self.ctrs.len() {
+            let Some(kc) = self.k8s_container(idx) else {
+                continue;
+            };
+            if self.ctrs[idx].running.is_none() {
+                continue;
+            }
+            let name = self.ctrs[idx].name.clone();
+            self.event(
+                "Normal",
+                "Killing",
+                &format!("Stopping container {name}"),
+                Some(idx),
+            );
+            let Some(pre) = kc.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()) else {
+                continue;
+            };
+            let Some(target) = self.target(idx, &kc) else {
+                continue;
+            };
+            hooks.push(async move {
+                let handler = if let Some(e) = &pre.exec {
+                    Some(probe::Handler::Exec(e))
+                } else if let Some(h) = &pre.http_get {
+                    Some(probe::Handler::Http(h))
+                } else {
+                    pre.tcp_socket.as_ref().map(probe::Handler::Tcp)
+                };
+                if let Some(secs) = pre.sleep.as_ref().map(|s| s.seconds) {
+                    tokio::time::sleep(Duration::from_secs(secs.max(0) as u64)).await;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                let r = match handler {
+                    Some(h) => probe::run(&target, &h, left.max(Duration::from_millis(1))).await,
+                    None => Ok(()),
+                };
+                (name, r)
+            });
+        }
+        let results = tokio::time::timeout_at(deadline, futures::future::join_all(hooks)).await;
+        for (name, r) in results.unwrap_or_default() {
+            if let Err(e) = r {
+                let msg = format!("PreStopHook failed for container {name}: {e}");
+                super::events::record(
+                    &self.core.client,
+                    &self.core.shared.cfg.node_name,
+                    &self.pod,
+                    "Warning",
+                    "FailedPreStopHook",
+                    &msg,
+                    None,
+                );
+            }
+        }
         self.signal_all(libc::SIGTERM);
         self.wait_all(rx, deadline).await;
         if self.ctrs.iter().any(|c| c.running.is_some()) {
@@ -1481,6 +1803,7 @@ impl PodWorker {
                     restart_count: c.restart_count,
                     run: c.run,
                     running: c.running.as_ref().map(|r| (r.id.clone(), r.started_at)),
+                    exec: c.running.as_ref().map(|r| r.exec.clone()),
                     terminated: c.terminated.clone(),
                     last: c.last.clone(),
                     image_id: c.image_id.clone(),
@@ -1588,13 +1911,21 @@ impl PodWorker {
                 .unwrap_or_else(Utc::now);
             let c = &mut self.ctrs[idx];
             c.waiting = None;
+            let exec = pc.exec.clone().unwrap_or_default();
             c.running = Some(Running {
                 id: proc.id.clone(),
                 proc,
                 cgroup,
                 started_at,
+                exec,
+                started: true,
+                ready: true,
+                counts: HashMap::new(),
+                probes: Vec::new(),
+                killing: false,
             });
             tracing::info!(pod = %self.name, container = %c.name, "adopted running container");
+            self.start_probes(idx, &kc);
         }
         // Volumes are still in place: describe them again without touching their content.
         if self.sandbox.is_some() {
