@@ -92,6 +92,29 @@ enum Command {
         #[arg(long)]
         ignore_not_found: bool,
     },
+    /// Print the logs of a container in a pod.
+    Logs {
+        pod: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// The previous run of the container.
+        #[arg(short = 'p', long)]
+        previous: bool,
+        #[arg(long, default_value_t = -1)]
+        tail: i64,
+        #[arg(long)]
+        timestamps: bool,
+    },
+    /// Run a command in a container (no terminal, no stdin).
+    Exec {
+        pod: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// List the resource types the server serves.
     ApiResources,
     /// Client and server versions.
@@ -115,6 +138,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(cmd) => image::run(cmd).await,
         Command::Dataplane(args) => dataplane::run(args, connect(server).await?).await,
         Command::Node(_) => anyhow::bail!("the node agent runs outside the async runtime"),
+        Command::Logs {
+            pod,
+            container,
+            follow,
+            previous,
+            tail,
+            timestamps,
+        } => {
+            use futures::StreamExt;
+            use std::io::Write;
+            let client = connect(server).await?;
+            let pod = pod.strip_prefix("pod/").unwrap_or(&pod).to_string();
+            let mut stream = client
+                .pod_logs(skiff_api::proto::PodLogsRequest {
+                    namespace: ns.to_string(),
+                    name: pod,
+                    container: container.unwrap_or_default(),
+                    follow,
+                    previous,
+                    tail_lines: tail,
+                    timestamps,
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!(cli::server_error(&e)))?;
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| anyhow::anyhow!(cli::server_error(&e)))?;
+                out.write_all(&chunk)?;
+                out.flush()?;
+            }
+            Ok(())
+        }
+        Command::Exec {
+            pod,
+            container,
+            command,
+        } => {
+            use std::io::Write;
+            let client = connect(server).await?;
+            let pod = pod.strip_prefix("pod/").unwrap_or(&pod).to_string();
+            let (output, code) = client
+                .pod_exec(skiff_api::proto::PodExecRequest {
+                    namespace: ns.to_string(),
+                    name: pod,
+                    container: container.unwrap_or_default(),
+                    command,
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!(cli::server_error(&e)))?;
+            std::io::stdout().write_all(&output)?;
+            std::io::stdout().flush()?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Command::Apply { files } => cli::apply(&connect(server).await?, &files, ns, false).await,
         Command::Create { files, args } => {
             let client = connect(server).await?;

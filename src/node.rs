@@ -42,6 +42,13 @@ pub struct NodeArgs {
     /// Executor threads (default: one per core).
     #[arg(long)]
     cores: Option<usize>,
+    /// Where the node API (logs, exec; reached through the API server) listens; the port
+    /// is advertised in the Node (default: the node IP, port 10250 as the kubelet's).
+    #[arg(long)]
+    serve: Option<std::net::SocketAddr>,
+    /// Do not serve the node API.
+    #[arg(long)]
+    no_serve: bool,
     /// First CrashLoopBackOff delay in seconds (Kubernetes: 10).
     #[arg(long, default_value_t = 10.0)]
     crash_backoff: f64,
@@ -76,6 +83,12 @@ pub fn main(args: NodeArgs, server: &str) -> anyhow::Result<()> {
         anyhow::bail!("--crash-backoff must be a positive number of seconds");
     }
     cfg.backoff_base = Duration::from_secs_f64(args.crash_backoff);
+    if !args.no_serve {
+        cfg.serve_addr = Some(
+            args.serve
+                .unwrap_or_else(|| std::net::SocketAddr::from((args.node_ip, 10250))),
+        );
+    }
     let agent = Agent::start(cfg, spawner.socket())?;
     tracing::info!(node = %name, data_dir = %data_dir.display(), "node agent running");
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -74,6 +74,10 @@ fn main() -> ExitCode {
             probes_gate_readiness_and_restart_on_liveness_failure,
         ),
         Trial::test(
+            "logs_and_exec_through_the_api_server",
+            logs_and_exec_through_the_api_server,
+        ),
+        Trial::test(
             "a_pod_deleted_while_no_agent_ran_is_cleaned_up_by_the_next",
             a_pod_deleted_while_no_agent_ran_is_cleaned_up_by_the_next,
         ),
@@ -914,4 +918,120 @@ fn probes_gate_readiness_and_restart_on_liveness_failure() -> Result<(), Failed>
                 .is_some_and(|m| m.contains("failed liveness probe"))
     });
     check(killing, || "no Killing event".into())
+}
+
+fn logs_and_exec_through_the_api_server() -> Result<(), Failed> {
+    use futures::StreamExt;
+    use skiff_api::proto::{PodExecRequest, PodLogsRequest};
+    let n = TestNode::new(|c| {
+        // The API server (in this process's namespace) reaches the node API on loopback.
+        c.node_ip = std::net::Ipv4Addr::LOCALHOST;
+        c.serve_addr = Some("127.0.0.1:0".parse().expect("addr"));
+        c.backoff_base = Duration::from_millis(300);
+    })?;
+    n.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "talker"},
+        "spec": {"containers": [{"name": "c", "image": IMAGE,
+            "command": ["sh", "-c", "echo one; echo two; echo three >&2; sleep 1; echo later; sleep 1000"]}]}
+    }))?;
+    n.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crasher"},
+        "spec": {"containers": [{"name": "c", "image": IMAGE,
+            "command": ["sh", "-c", "echo run; exit 1"]}]}
+    }))?;
+    n.wait("talker", 30, |s| condition(s, "Ready") == "True")?;
+    let logs = |req: PodLogsRequest, chunks: usize| -> Result<String, Failed> {
+        n.rt.block_on(async {
+            let mut stream = n.client.pod_logs(req).await?;
+            let mut out = String::new();
+            let mut got = 0;
+            while got < chunks {
+                match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+                    Ok(Some(c)) => {
+                        out.push_str(&String::from_utf8_lossy(&c?));
+                        got += 1;
+                    }
+                    _ => break,
+                }
+            }
+            Ok::<_, Failed>(out)
+        })
+    };
+    let req = |name: &str| PodLogsRequest {
+        namespace: n.ns.clone(),
+        name: name.into(),
+        tail_lines: -1,
+        ..Default::default()
+    };
+    let all = logs(req("talker"), 1)?;
+    check(all.starts_with("one\ntwo\nthree\n"), || format!("{all:?}"))?;
+    let last = logs(
+        PodLogsRequest {
+            tail_lines: 1,
+            ..req("talker")
+        },
+        1,
+    )?;
+    check(last == "three\n" || last == "later\n", || {
+        format!("{last:?}")
+    })?;
+    // Following: the line written a second later arrives.
+    let mut followed = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !followed.contains("later") && Instant::now() < deadline {
+        followed = logs(
+            PodLogsRequest {
+                follow: true,
+                ..req("talker")
+            },
+            2,
+        )?;
+    }
+    check(followed.contains("later\n"), || format!("{followed:?}"))?;
+    let stamped = logs(
+        PodLogsRequest {
+            timestamps: true,
+            ..req("talker")
+        },
+        1,
+    )?;
+    check(
+        stamped
+            .split(' ')
+            .next()
+            .is_some_and(|t| t.ends_with('Z') && t.len() > 20),
+        || stamped.clone(),
+    )?;
+    // --previous: the run before the current one.
+    n.wait("crasher", 30, |s| {
+        container(s, "c")["restartCount"].as_u64().unwrap_or(0) >= 1
+    })?;
+    let prev = logs(
+        PodLogsRequest {
+            previous: true,
+            ..req("crasher")
+        },
+        1,
+    )?;
+    check(prev == "run\n", || format!("{prev:?}"))?;
+    // Exec: output and exit code, inside the container.
+    let (out, code) = n.rt.block_on(n.client.pod_exec(PodExecRequest {
+        namespace: n.ns.clone(),
+        name: "talker".into(),
+        command: vec!["sh".into(), "-c".into(), "echo hi; hostname; exit 3".into()],
+        ..Default::default()
+    }))?;
+    let out = String::from_utf8_lossy(&out).to_string();
+    check(out == "hi\ntalker\n" && code == 3, || {
+        format!("{out:?} {code}")
+    })?;
+    // A pod that does not exist is the API server's NotFound.
+    let err =
+        n.rt.block_on(n.client.pod_logs(req("nope")))
+            .err()
+            .ok_or("logs of a missing pod")?;
+    check(
+        err.reason == skiff_client::skiff_api::Reason::NotFound,
+        || format!("{err:?}"),
+    )
 }

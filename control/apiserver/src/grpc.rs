@@ -4,12 +4,13 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use skiff_api::proto::api_server::Api;
+use skiff_api::proto::node_client::NodeClient;
 use skiff_api::proto::{
-    BindRequest, CreateRequest, DeleteRequest, DeleteResponse, GetRequest, ListRequest,
-    ListResponse, ObjectResponse, PatchRequest, UpdateRequest, VersionRequest, VersionResponse,
-    WatchRequest,
+    BindRequest, CreateRequest, DeleteRequest, DeleteResponse, ExecOutput, GetRequest, ListRequest,
+    ListResponse, LogChunk, ObjectResponse, PatchRequest, PodExecRequest, PodLogsRequest,
+    UpdateRequest, VersionRequest, VersionResponse, WatchRequest,
 };
 use skiff_api::watch_batch::WatchBatch;
 use tonic::{Request, Response, Status};
@@ -28,6 +29,68 @@ impl ApiService {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchBatch, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, Status>> + Send>>;
+
+/// A Kubernetes ServiceUnavailable status (with details, so clients do not mistake it for
+/// an unreachable API server).
+fn unavailable(msg: String) -> Status {
+    skiff_api::ApiError::new(skiff_api::Reason::ServiceUnavailable, msg).into()
+}
+
+/// A node's error as the API server's own (a Kubernetes Status in the details).
+fn from_node(s: Status) -> Status {
+    skiff_api::ApiError::from_grpc(&s).into()
+}
+
+impl ApiService {
+    /// A connection to the node agent running pod `ns/name` (kube-apiserver's proxy to the
+    /// kubelet): the pod's node, then the node's InternalIP and daemon endpoint port.
+    async fn node_of(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<NodeClient<tonic::transport::Channel>, Status> {
+        let pod = self.registry.get("pods", ns, name).await?;
+        let pod: serde_json::Value =
+            serde_json::from_slice(&pod).map_err(|e| Status::internal(e.to_string()))?;
+        let node = pod
+            .pointer("/spec/nodeName")
+            .and_then(serde_json::Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                Status::from(skiff_api::ApiError::bad_request(format!(
+                    "pod {name} is not scheduled to a node yet"
+                )))
+            })?
+            .to_string();
+        let obj = self.registry.get("nodes", "", &node).await?;
+        let obj: serde_json::Value =
+            serde_json::from_slice(&obj).map_err(|e| Status::internal(e.to_string()))?;
+        let ip = obj
+            .pointer("/status/addresses")
+            .and_then(serde_json::Value::as_array)
+            .and_then(|a| {
+                a.iter()
+                    .find(|x| x["type"] == "InternalIP")
+                    .and_then(|x| x["address"].as_str())
+            })
+            .ok_or_else(|| unavailable(format!("node {node} has no InternalIP")))?
+            .to_string();
+        let port = obj
+            .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+            .and_then(serde_json::Value::as_i64)
+            .filter(|p| *p > 0)
+            .ok_or_else(|| unavailable(format!("node {node} serves no daemon endpoint")))?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{ip}:{port}"))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| unavailable(format!("node {node} ({ip}:{port}): {e}")))?;
+        Ok(NodeClient::new(channel))
+    }
+}
 
 #[tonic::async_trait]
 impl Api for ApiService {
@@ -129,6 +192,30 @@ impl Api for ApiService {
     }
 
     type WatchStream = WatchStream;
+    type PodLogsStream = LogStream;
+    type PodExecStream = ExecStream;
+
+    async fn pod_logs(&self, req: Request<PodLogsRequest>) -> Result<Response<LogStream>, Status> {
+        let r = req.into_inner();
+        let mut node = self.node_of(&r.namespace, &r.name).await?;
+        let stream = node
+            .container_logs(r)
+            .await
+            .map_err(from_node)?
+            .into_inner();
+        Ok(Response::new(Box::pin(
+            stream.map(|r| r.map_err(from_node)),
+        )))
+    }
+
+    async fn pod_exec(&self, req: Request<PodExecRequest>) -> Result<Response<ExecStream>, Status> {
+        let r = req.into_inner();
+        let mut node = self.node_of(&r.namespace, &r.name).await?;
+        let stream = node.exec(r).await.map_err(from_node)?.into_inner();
+        Ok(Response::new(Box::pin(
+            stream.map(|r| r.map_err(from_node)),
+        )))
+    }
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let r = req.into_inner();

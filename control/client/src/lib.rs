@@ -316,6 +316,51 @@ impl Client {
     /// Watches `resource`. An empty `resource_version` starts with the current state as
     /// ADDED events (closed by a bookmark when `send_initial_events`); otherwise only
     /// changes after it. A too-old version fails with `Reason::Expired`.
+    /// A container's log, as chunks of text (ends with the log unless `follow`).
+    pub async fn pod_logs(
+        &self,
+        req: skiff_api::proto::PodLogsRequest,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>, ApiError> {
+        let address = self.address.clone();
+        let stream = self
+            .inner
+            .clone()
+            .pod_logs(req)
+            .await
+            .map_err(|s| grpc_error(s, &address))?
+            .into_inner();
+        Ok(Box::pin(stream.map(move |c| {
+            c.map(|c| c.data).map_err(|s| grpc_error(s, &address))
+        })))
+    }
+
+    /// Runs a command in a container; returns its output and exit code.
+    pub async fn pod_exec(
+        &self,
+        req: skiff_api::proto::PodExecRequest,
+    ) -> Result<(Vec<u8>, i32), ApiError> {
+        let address = self.address.clone();
+        let mut stream = self
+            .inner
+            .clone()
+            .pod_exec(req)
+            .await
+            .map_err(|s| grpc_error(s, &address))?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.next().await {
+            let msg = msg.map_err(|s| grpc_error(s, &address))?;
+            out.extend_from_slice(&msg.output);
+            if msg.done {
+                return Ok((out, msg.exit_code));
+            }
+        }
+        Err(ApiError::new(
+            Reason::InternalError,
+            "the node closed the exec stream without an exit code",
+        ))
+    }
+
     pub async fn watch(
         &self,
         resource: &str,

@@ -15,6 +15,7 @@ pub mod node;
 pub mod pod;
 pub mod probe;
 pub mod purge;
+pub mod server;
 pub mod volumes;
 
 use std::collections::HashMap;
@@ -67,6 +68,11 @@ pub struct AgentConfig {
     pub status_period: Duration,
     pub log_max_bytes: u64,
     pub log_max_files: u32,
+    /// Where the node's API (logs, exec) listens; its port is advertised in the Node's
+    /// daemon endpoints. None: not served.
+    pub serve_addr: Option<std::net::SocketAddr>,
+    /// The port actually bound (set by `Agent::start`).
+    pub serve_port: u16,
 }
 
 impl AgentConfig {
@@ -92,6 +98,8 @@ impl AgentConfig {
             status_period: Duration::from_secs(60),
             log_max_bytes: 10 << 20,
             log_max_files: 5,
+            serve_addr: None,
+            serve_port: 0,
         }
     }
 }
@@ -111,9 +119,16 @@ pub struct Core {
     pub client: Client,
 }
 
-enum CoreMsg {
+pub(crate) enum CoreMsg {
     Pod(Arc<Pod>),
     Gone(String),
+    /// Run a command in a container of a pod on this core.
+    Exec {
+        uid: String,
+        container: String,
+        command: Vec<String>,
+        reply: tokio::sync::oneshot::Sender<Result<(i32, String), String>>,
+    },
     Stop,
 }
 
@@ -123,15 +138,26 @@ pub struct Agent {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn shard(uid: &str, cores: usize) -> usize {
+pub(crate) fn shard(uid: &str, cores: usize) -> usize {
     (skiff_dataplane::hash::fnv1a(uid.bytes()) as usize) % cores.max(1)
 }
 
 impl Agent {
     /// Starts the agent's cores. The spawner must already run (`runtime::spawner::start`,
     /// called before any thread existed).
-    pub fn start(cfg: AgentConfig, spawner_socket: &Path) -> anyhow::Result<Agent> {
+    pub fn start(mut cfg: AgentConfig, spawner_socket: &Path) -> anyhow::Result<Agent> {
         std::fs::create_dir_all(&cfg.data_dir)?;
+        let listener = match cfg.serve_addr {
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr)
+                    .map_err(|e| anyhow::anyhow!("serving the node API on {addr}: {e}"))?;
+                l.set_nonblocking(true)?;
+                cfg.serve_port = l.local_addr()?.port();
+                Some(l)
+            }
+            None => None,
+        };
+        let mut listener = listener;
         let images = ImageStore::open(&cfg.data_dir.join("images"))?;
         let hierarchy = Hierarchy::detect()?;
         let podnet = if cfg.pod_network {
@@ -162,6 +188,7 @@ impl Agent {
             let shared = shared.clone();
             let socket = spawner_socket.to_path_buf();
             let all = senders.clone();
+            let listener = if i == 0 { listener.take() } else { None };
             let t = std::thread::Builder::new()
                 .name(format!("skiff-core-{i}"))
                 .spawn(move || {
@@ -173,8 +200,8 @@ impl Agent {
                                 return;
                             }
                         };
-                        let _control =
-                            (i == 0).then(|| tokio_uring::spawn(control(core.clone(), all)));
+                        let _control = (i == 0)
+                            .then(|| tokio_uring::spawn(control(core.clone(), all, listener)));
                         let mut pods: HashMap<String, UnboundedSender<PodMsg>> = HashMap::new();
                         let mut workers = Vec::new();
                         while let Some(msg) = rx.recv().await {
@@ -196,6 +223,24 @@ impl Agent {
                                         let _ = tx.send(PodMsg::Gone);
                                     }
                                 }
+                                CoreMsg::Exec {
+                                    uid,
+                                    container,
+                                    command,
+                                    reply,
+                                } => match pods.get(&uid) {
+                                    Some(tx) => {
+                                        let _ = tx.send(PodMsg::Exec {
+                                            container,
+                                            command,
+                                            reply,
+                                        });
+                                    }
+                                    None => {
+                                        let _ =
+                                            reply.send(Err("the pod is not running here".into()));
+                                    }
+                                },
                                 CoreMsg::Stop => break,
                             }
                         }
@@ -237,7 +282,11 @@ fn connect_core(shared: Arc<Shared>, socket: &Path) -> anyhow::Result<Core> {
 }
 
 /// Core 0's extra duties: the Node, its Lease and status, and the pod informer.
-async fn control(core: Rc<Core>, cores: Vec<UnboundedSender<CoreMsg>>) {
+async fn control(
+    core: Rc<Core>,
+    cores: Vec<UnboundedSender<CoreMsg>>,
+    listener: Option<std::net::TcpListener>,
+) {
     let cfg = &core.shared.cfg;
     loop {
         match node::register(&core.client, cfg).await {
@@ -252,6 +301,7 @@ async fn control(core: Rc<Core>, cores: Vec<UnboundedSender<CoreMsg>>) {
         tracing::warn!(error = %e, "cannot renew the node lease");
     }
     let n = cores.len();
+    let all_cores = cores.clone();
     let params =
         skiff_client::ListParams::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let _informer = Informer::new(core.client.api::<Pod>(""), params)
@@ -281,6 +331,28 @@ async fn control(core: Rc<Core>, cores: Vec<UnboundedSender<CoreMsg>>) {
         .collect();
     if let Err(e) = cleanup_orphans(&core, &known).await {
         tracing::warn!(error = %e, "cannot clean up orphaned pods");
+    }
+    if let Some(l) = listener {
+        let svc = server::NodeService {
+            log_dir: cfg.log_dir.clone(),
+            pods: _informer.reader.clone(),
+            cores: all_cores,
+        };
+        match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => {
+                tokio::spawn(async move {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                    if let Err(e) = tonic::transport::Server::builder()
+                        .add_service(skiff_api::proto::node_server::NodeServer::new(svc))
+                        .serve_with_incoming(incoming)
+                        .await
+                    {
+                        tracing::error!(error = %e, "node API stopped");
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot serve the node API"),
+        }
     }
     let mut lease = tokio::time::interval(cfg.lease_period);
     let mut status = tokio::time::interval(cfg.status_period);

@@ -52,6 +52,12 @@ pub enum PodMsg {
     },
     /// The agent is stopping: leave containers running (a new agent adopts them).
     Detach,
+    /// Run a command in a container (the node API's exec).
+    Exec {
+        container: String,
+        command: Vec<String>,
+        reply: tokio::sync::oneshot::Sender<Result<(i32, String), String>>,
+    },
     /// One probe result.
     Probe {
         idx: usize,
@@ -334,6 +340,11 @@ impl PodWorker {
                     kind,
                     result,
                 }) => self.on_probe(idx, run, kind, result),
+                Some(PodMsg::Exec {
+                    container,
+                    command,
+                    reply,
+                }) => self.exec(&container, command, reply),
                 Some(PodMsg::Detach) => {
                     self.persist();
                     return;
@@ -1291,6 +1302,28 @@ impl PodWorker {
         }
     }
 
+    /// Runs a command in a running container; the reply carries its exit code and output.
+    fn exec(
+        &self,
+        container: &str,
+        command: Vec<String>,
+        reply: tokio::sync::oneshot::Sender<Result<(i32, String), String>>,
+    ) {
+        let Some(idx) = self.ctrs.iter().position(|c| c.name == container) else {
+            let _ = reply.send(Err(format!("container {container} not found")));
+            return;
+        };
+        let target = self.k8s_container(idx).and_then(|kc| self.target(idx, &kc));
+        let Some(target) = target else {
+            let _ = reply.send(Err(format!("container {container} is not running")));
+            return;
+        };
+        tokio::task::spawn_local(async move {
+            let r = probe::exec_limited(&target, &command, super::server::EXEC_OUTPUT_LIMIT).await;
+            let _ = reply.send(r);
+        });
+    }
+
     /// Records a Kubernetes Event about this pod (or one of its containers).
     fn event(&self, kind: &str, reason: &str, message: &str, idx: Option<usize>) {
         let field = idx.and_then(|i| self.ctrs.get(i)).map(|c| {
@@ -1650,6 +1683,9 @@ impl PodWorker {
             match msg {
                 Some(PodMsg::Exited { idx, run, status }) => self.on_exit(idx, run, status).await,
                 Some(PodMsg::Update(p)) => self.pod = p,
+                Some(PodMsg::Exec { reply, .. }) => {
+                    let _ = reply.send(Err("the pod is terminating".into()));
+                }
                 Some(PodMsg::Detach | PodMsg::Gone | PodMsg::Probe { .. }) | None => {}
             }
         }

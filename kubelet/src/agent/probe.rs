@@ -253,6 +253,15 @@ where
 
 /// Runs `argv` inside the container; returns its exit code and its output (first 10 KiB).
 pub async fn exec(target: &Target, argv: &[String]) -> Result<(i32, String), String> {
+    exec_limited(target, argv, 10 * 1024).await
+}
+
+/// [`exec`] keeping up to `limit` bytes of output.
+pub async fn exec_limited(
+    target: &Target,
+    argv: &[String],
+    limit: u64,
+) -> Result<(i32, String), String> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
     let mut spec = target.exec_template.clone();
     spec.id = format!("{}-exec-{}", spec.id, uuid_suffix());
@@ -271,7 +280,7 @@ pub async fn exec(target: &Target, argv: &[String]) -> Result<(i32, String), Str
     let reader = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         let mut f = std::fs::File::from(r);
-        let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, 10 * 1024), &mut out);
+        let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, limit), &mut out);
         String::from_utf8_lossy(&out).into_owned()
     });
     if let Err(e) = c.started().await {
