@@ -49,6 +49,10 @@ pub struct NodeArgs {
     /// Do not serve the node API.
     #[arg(long)]
     no_serve: bool,
+    /// Container runtime: Skiff's own (`skiff`), or an OCI runtime binary handed a bundle
+    /// (`crun`, `runc`, or a path).
+    #[arg(long, default_value = "skiff")]
+    runtime: String,
     /// First CrashLoopBackOff delay in seconds (Kubernetes: 10).
     #[arg(long, default_value_t = 10.0)]
     crash_backoff: f64,
@@ -83,6 +87,17 @@ pub fn main(args: NodeArgs, server: &str) -> anyhow::Result<()> {
         anyhow::bail!("--crash-backoff must be a positive number of seconds");
     }
     cfg.backoff_base = Duration::from_secs_f64(args.crash_backoff);
+    cfg.oci_runtime = match args.runtime.as_str() {
+        "skiff" => None,
+        "crun" => Some(PathBuf::from("/usr/bin/crun")),
+        "runc" => Some(PathBuf::from("/usr/sbin/runc")),
+        other => Some(PathBuf::from(other)),
+    };
+    if let Some(rt) = &cfg.oci_runtime
+        && !rt.exists()
+    {
+        anyhow::bail!("--runtime: {} does not exist", rt.display());
+    }
     if !args.no_serve {
         cfg.serve_addr = Some(
             args.serve

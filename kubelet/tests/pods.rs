@@ -74,6 +74,10 @@ fn main() -> ExitCode {
             probes_gate_readiness_and_restart_on_liveness_failure,
         ),
         Trial::test(
+            "oci_runtimes_crun_and_runc_run_the_same_pods",
+            oci_runtimes_crun_and_runc_run_the_same_pods,
+        ),
+        Trial::test(
             "logs_and_exec_through_the_api_server",
             logs_and_exec_through_the_api_server,
         ),
@@ -1034,4 +1038,73 @@ fn logs_and_exec_through_the_api_server() -> Result<(), Failed> {
         err.reason == skiff_client::skiff_api::Reason::NotFound,
         || format!("{err:?}"),
     )
+}
+
+fn oci_runtimes_crun_and_runc_run_the_same_pods() -> Result<(), Failed> {
+    for rt in ["/usr/bin/crun", "/usr/sbin/runc"] {
+        if !Path::new(rt).exists() {
+            return Err(format!("{rt} is not installed (cargo xtask setup installs it)").into());
+        }
+        let n = TestNode::new(|c| c.oci_runtime = Some(PathBuf::from(rt)))?;
+        let pod = n.create(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "volumes": [{"name": "shared", "emptyDir": {}}],
+                "initContainers": [{
+                    "name": "init", "image": IMAGE,
+                    "command": ["sh", "-c", "echo prepared-by-init > /work/index.html"],
+                    "volumeMounts": [{"name": "shared", "mountPath": "/work"}]
+                }],
+                "containers": [
+                    {"name": "server", "image": IMAGE,
+                     "command": ["httpd", "-f", "-p", "8080", "-h", "/work"],
+                     "volumeMounts": [{"name": "shared", "mountPath": "/work"}],
+                     "readinessProbe": {"exec": {"command": ["test", "-f", "/work/index.html"]}, "periodSeconds": 1}},
+                    {"name": "client", "image": IMAGE,
+                     "command": ["sh", "-c", "until wget -q -O /data/fetched http://127.0.0.1:8080/index.html; do sleep 0.1; done; cat /data/fetched; hostname; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; sleep 1000"],
+                     "volumeMounts": [{"name": "shared", "mountPath": "/data"}]}
+                ]
+            }
+        }))?;
+        let st = n
+            .wait("web", 30, |s| condition(s, "Ready") == "True")
+            .map_err(|e| format!("{rt}: {:?}", e.message()))?;
+        check(
+            st["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0,
+            || format!("{rt}: {st:#}"),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let log = loop {
+            let log = n.log(&pod, "client", 0);
+            if log.contains("Seccomp") || Instant::now() > deadline {
+                break log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for want in [
+            "prepared-by-init\nweb\n",
+            "CapEff:\t00000000a80425fb",
+            "NoNewPrivs:\t1",
+            "Seccomp:\t2",
+        ] {
+            check(log.contains(want), || {
+                format!("{rt}: {want:?} missing from {log:?}")
+            })?;
+        }
+        n.delete("web", None)?;
+        n.wait_gone("web", 20)
+            .map_err(|e| format!("{rt}: {:?}", e.message()))?;
+        let data = n.cfg.data_dir.clone();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?
+            .lines()
+            .filter(|l| {
+                l.split(' ')
+                    .nth(4)
+                    .is_some_and(|p| Path::new(p).starts_with(&data))
+            })
+            .count();
+        check(mounts == 0, || format!("{rt}: {mounts} mounts left"))?;
+    }
+    Ok(())
 }

@@ -73,6 +73,8 @@ pub struct AgentConfig {
     pub serve_addr: Option<std::net::SocketAddr>,
     /// The port actually bound (set by `Agent::start`).
     pub serve_port: u16,
+    /// Run containers through this OCI runtime (crun, runc) instead of Skiff's own.
+    pub oci_runtime: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -100,6 +102,7 @@ impl AgentConfig {
             log_max_files: 5,
             serve_addr: None,
             serve_port: 0,
+            oci_runtime: None,
         }
     }
 }

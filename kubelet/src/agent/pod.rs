@@ -1019,11 +1019,30 @@ impl PodWorker {
             stderr: Some(1),
             keep: vec![2, 3],
             exec_in: None,
+            oci_runtime: None,
+            oci_bundle: None,
         };
+        let mut spec = spec;
+        if let Some(rt) = &shared.cfg.oci_runtime {
+            let bundle = (|| -> std::io::Result<()> {
+                crate::runtime::oci::mount_rootfs(&spec)?;
+                crate::runtime::oci::write_bundle(&spec, &run_dir, &rel.to_string_lossy())
+            })();
+            if let Err(e) = bundle {
+                self.fail_start(idx, "CreateContainerError", format!("OCI bundle: {e}"));
+                let _ = nix::mount::umount2(&spec.rootfs, nix::mount::MntFlags::MNT_DETACH);
+                let _ = cgroup.remove(Duration::from_millis(100));
+                return;
+            }
+            spec.oci_runtime = Some(rt.clone());
+            spec.oci_bundle = Some(run_dir.clone());
+        }
         let exec_template = ContainerSpec {
             layers: Vec::new(),
             mounts: Vec::new(),
             keep: Vec::new(),
+            oci_runtime: None,
+            oci_bundle: None,
             ..spec.clone()
         };
         let log_path = logs::container_log(&self.log_dir, &self.ctrs[idx].name, run);
@@ -1792,6 +1811,8 @@ impl PodWorker {
             let rel = PathBuf::from(&shared.cfg.cgroup_parent).join(format!("pod{uid}"));
             cgroup::remove_tree(&shared.hierarchy, &rel, shared.cfg.cgroup2.as_deref());
             PodVolumes::teardown(&dir).map_err(|e| format!("volumes: {e}"))?;
+            // OCI runtime rootfs mounts of containers that never reported an exit.
+            let _ = super::purge::unmount_under(&dir.join("containers"));
             if let (Some(pn), Some(_), false) = (&shared.podnet, ip, host_network) {
                 pn.remove(&uid).map_err(|e| format!("pod network: {e}"))?;
             }

@@ -20,6 +20,7 @@
 pub mod cgroup;
 mod child;
 pub mod client;
+pub mod oci;
 pub mod sandbox;
 pub mod seccomp;
 pub mod spawner;
@@ -79,6 +80,10 @@ pub struct ContainerSpec {
     /// namespaces, root and cgroups) instead of creating a container: `exec`, exec probes,
     /// preStop hooks. `layers`, mounts and namespace paths are ignored then.
     pub exec_in: Option<i32>,
+    /// Hand the container to this OCI runtime binary (crun, runc) instead: the bundle
+    /// directory holds `config.json`, whose root the agent has mounted.
+    pub oci_runtime: Option<PathBuf>,
+    pub oci_bundle: Option<PathBuf>,
 }
 
 /// A bind mount (or tmpfs when `source` is empty) into the container.

@@ -147,7 +147,7 @@ pub fn start(state_dir: &Path) -> std::io::Result<SpawnerHandle> {
                         state_dir.join("spawner.pid"),
                         std::process::id().to_string(),
                     );
-                    let code = match serve(sock, filters) {
+                    let code = match serve(sock, filters, state_dir.to_path_buf()) {
                         Ok(()) => 0,
                         Err(e) => {
                             eprintln!("skiff spawner: {e}");
@@ -191,6 +191,32 @@ pub(crate) fn connect_seqpacket(path: &Path) -> std::io::Result<OwnedFd> {
     )?;
     nix::sys::socket::connect(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
     Ok(sock)
+}
+
+/// `<runtime> --root <root>` in a mount namespace of its own without the cgroup2 mount:
+/// crun refuses "hybrid" cgroups (this machine's cgroup2 carries hugetlb), and both
+/// runtimes then see plain v1, as the native runtime uses it.
+fn oci_command(bin: &Path, root: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("--root").arg(root);
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            );
+            libc::umount2(c"/sys/fs/cgroup/unified".as_ptr(), libc::MNT_DETACH);
+            Ok(())
+        });
+    }
+    cmd
 }
 
 /// Sends one message with descriptors.
@@ -246,6 +272,8 @@ struct Child {
     owner: Option<u64>,
     info: Box<libc::siginfo_t>,
     kept: Vec<OwnedFd>,
+    /// Created by an OCI runtime: (binary, state root, id) for `delete` after the exit.
+    oci: Option<(PathBuf, PathBuf, String)>,
 }
 
 struct Spawner {
@@ -259,9 +287,10 @@ struct Spawner {
     ever_connected: bool,
     filters: Vec<BpfProgram>,
     buf: Vec<u8>,
+    state_dir: PathBuf,
 }
 
-fn serve(listener: OwnedFd, filters: Vec<BpfProgram>) -> std::io::Result<()> {
+fn serve(listener: OwnedFd, filters: Vec<BpfProgram>, state_dir: PathBuf) -> std::io::Result<()> {
     // SAFETY: setting dispositions in this single-threaded process: children must not be
     // reaped automatically, and a vanished agent must not kill us with SIGPIPE.
     unsafe {
@@ -291,6 +320,7 @@ fn serve(listener: OwnedFd, filters: Vec<BpfProgram>) -> std::io::Result<()> {
         ever_connected: false,
         filters,
         buf: vec![0; MAX_MESSAGE],
+        state_dir,
     };
     s.arm_poll(s.listener.as_raw_fd(), TAG_LISTEN)?;
     loop {
@@ -401,7 +431,14 @@ impl Spawner {
         match req {
             Request::Create(spec) => {
                 let id = spec.id.clone();
-                match self.create(conn, &spec, fds) {
+                // A command inside a running container is always Skiff's own exec, whatever
+                // runtime created the container.
+                let created = if spec.oci_runtime.is_some() && spec.exec_in.is_none() {
+                    self.create_oci(conn, &spec, fds)
+                } else {
+                    self.create(conn, &spec, fds)
+                };
+                match created {
                     Ok((pid, pidfd, errpipe)) => self.reply(
                         conn,
                         &Reply::Created { id, pid },
@@ -521,16 +558,171 @@ impl Spawner {
                 owner: Some(conn),
                 info,
                 kept,
+                oci: None,
             },
         );
         self.push(entry)?;
         Ok((pid as i32, for_agent, err_r))
     }
 
+    /// `<runtime> run` as a child of the spawner: it creates the container, waits for it
+    /// and exits with its status, so reaping it (through `IORING_OP_WAITID`, like a native
+    /// container) gives the container's exit code. The agent gets a pidfd of the
+    /// container process itself (from the runtime's pid file) to signal it and exec in it.
+    fn create_oci(
+        &mut self,
+        conn: u64,
+        spec: &ContainerSpec,
+        fds: Vec<OwnedFd>,
+    ) -> std::io::Result<(i32, OwnedFd, OwnedFd)> {
+        use std::process::Stdio;
+        let (Some(bin), Some(bundle)) = (&spec.oci_runtime, &spec.oci_bundle) else {
+            return Err(std::io::Error::other("OCI runtime without a bundle"));
+        };
+        if self.children.values().any(|c| c.id == spec.id) {
+            return Err(std::io::Error::other(format!(
+                "container {} already exists",
+                spec.id
+            )));
+        }
+        let name = bin
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let root = self.state_dir.join("oci").join(name);
+        std::fs::create_dir_all(&root)?;
+        let pid_file = bundle.join("container.pid");
+        let log = bundle.join("runtime.log");
+        let stdio = |i: Option<usize>| -> std::io::Result<Stdio> {
+            match i.and_then(|i| fds.get(i)) {
+                Some(fd) => Ok(Stdio::from(fd.try_clone()?)),
+                None => Ok(Stdio::null()),
+            }
+        };
+        let runner = oci_command(bin, &root)
+            .arg("--log")
+            .arg(&log)
+            .args(["run", "--bundle"])
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(&spec.id)
+            .stdin(Stdio::null())
+            .stdout(stdio(spec.stdout)?)
+            .stderr(stdio(spec.stderr)?)
+            .spawn()?;
+        let runner_pid = runner.id() as i32;
+        drop(runner);
+        // SAFETY: pidfd_open takes a pid and flags; the runner is our child.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, runner_pid, 0) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: pidfd_open returned a new descriptor we own.
+        let runner_fd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+        // The container exists once the runtime wrote its pid (or the runtime failed).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let pid = loop {
+            if let Ok(s) = std::fs::read_to_string(&pid_file)
+                && let Ok(pid) = s.trim().parse::<i32>()
+            {
+                break pid;
+            }
+            // SAFETY: siginfo_t is plain data; zeroed is valid.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid on our own child, without reaping (WNOWAIT), not blocking.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    runner_fd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
+            };
+            // SAFETY: reading the pid the kernel filled in (0 while still running).
+            if r == 0 && unsafe { info.si_pid() } != 0 {
+                // SAFETY: reap it now; its failure is the container's.
+                unsafe {
+                    libc::waitid(
+                        libc::P_PIDFD,
+                        runner_fd.as_raw_fd() as libc::id_t,
+                        &mut info,
+                        libc::WEXITED,
+                    )
+                };
+                let detail = std::fs::read_to_string(&log).unwrap_or_default();
+                let last = detail.lines().last().unwrap_or("").to_string();
+                return Err(std::io::Error::other(format!(
+                    "{} run failed: {last}",
+                    bin.display()
+                )));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(std::io::Error::other(format!(
+                    "{} wrote no pid in 10 s",
+                    bin.display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        // The node's cgroup2 subtree (socket load balancing) is not the runtime's business.
+        for procs in &spec.cgroup_procs {
+            if procs.starts_with("/sys/fs/cgroup/unified") {
+                let _ = std::fs::write(procs, pid.to_string());
+            }
+        }
+        // SAFETY: pidfd_open takes a pid and flags.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: pidfd_open returned a new descriptor we own.
+        let for_agent = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        drop(err_w);
+        let key = self.next;
+        self.next += 1;
+        // SAFETY: siginfo_t is plain data; zeroed is valid.
+        let mut info: Box<libc::siginfo_t> = Box::new(unsafe { std::mem::zeroed() });
+        let entry = opcode::WaitId::new(
+            libc::P_PIDFD,
+            runner_fd.as_raw_fd() as libc::id_t,
+            libc::WEXITED,
+        )
+        .infop(&mut *info as *mut libc::siginfo_t)
+        .build()
+        .user_data(TAG_CHILD | key);
+        let mut kept = Vec::new();
+        let mut fds = fds;
+        for i in spec.keep.iter().rev() {
+            if *i < fds.len() {
+                kept.push(fds.remove(*i));
+            }
+        }
+        kept.reverse();
+        self.children.insert(
+            key,
+            Child {
+                id: spec.id.clone(),
+                pid,
+                pidfd: runner_fd,
+                owner: Some(conn),
+                info,
+                kept,
+                oci: Some((bin.clone(), root, spec.id.clone())),
+            },
+        );
+        self.push(entry)?;
+        Ok((pid, for_agent, err_r))
+    }
+
     fn reaped(&mut self, key: u64, res: i32) {
         let Some(child) = self.children.remove(&key) else {
             return;
         };
+        if let Some((bin, root, id)) = &child.oci {
+            let _ = oci_command(bin, root).args(["delete", "-f", id]).status();
+        }
         let status = if res < 0 {
             eprintln!(
                 "skiff spawner: waitid({}) failed: {}",

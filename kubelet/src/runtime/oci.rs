@@ -1,0 +1,137 @@
+//! The second runtime backend: an OCI bundle handed to an external runtime binary (crun or
+//! runc), selectable per node. The agent mounts the rootfs and writes the bundle's
+//! `config.json` from the same [`ContainerSpec`] the native runtime uses; the spawner runs
+//! `<runtime> create`, takes the container process over as its subreaper (so it is reaped
+//! through `IORING_OP_WAITID` like a native container), `<runtime> start`s it, and
+//! `<runtime> delete`s it once it has exited.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::ContainerSpec;
+
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The OCI runtime configuration of `spec`, with its root at `rootfs` and its cgroups at
+/// `cgroups_path` (relative to each hierarchy). Limits are already written by the agent
+/// into those cgroups; the runtime only joins them.
+pub fn config(spec: &ContainerSpec, rootfs: &Path, cgroups_path: &str) -> Value {
+    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"})];
+    for (kind, path) in [
+        ("network", &spec.netns),
+        ("ipc", &spec.ipcns),
+        ("uts", &spec.utsns),
+    ] {
+        match path {
+            Some(p) => namespaces.push(json!({"type": kind, "path": p})),
+            None => namespaces.push(json!({"type": kind})),
+        }
+    }
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    for m in &spec.mounts {
+        if m.source.as_os_str().is_empty() {
+            mounts.push(json!({"destination": m.target, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}));
+        } else {
+            let mode = if m.readonly { "ro" } else { "rw" };
+            mounts.push(json!({"destination": m.target, "type": "bind", "source": m.source, "options": ["rbind", mode]}));
+        }
+    }
+    let caps = &spec.capabilities;
+    let denied: Vec<&str> = super::seccomp::DENIED.iter().map(|(n, _)| *n).collect();
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": format!("/{}", cgroups_path.trim_start_matches('/')),
+        "maskedPaths": MASKED,
+        "readonlyPaths": READONLY,
+    });
+    if spec.seccomp {
+        linux["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [
+                {"names": denied, "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+                {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+            ]
+        });
+    }
+    let mut config = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": spec.uid, "gid": spec.gid, "additionalGids": spec.groups},
+            "args": spec.argv,
+            "env": spec.env,
+            "cwd": if spec.cwd.is_empty() { "/" } else { spec.cwd.as_str() },
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": true
+        },
+        "root": {"path": rootfs, "readonly": spec.readonly_rootfs},
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": linux
+    });
+    // A joined UTS namespace keeps the pod's hostname; runtimes refuse to set one there.
+    if spec.utsns.is_some() || spec.hostname.is_empty() {
+        config.as_object_mut().map(|o| o.remove("hostname"));
+    }
+    config
+}
+
+/// Mounts the container's overlayfs rootfs on the host (an OCI runtime takes a directory).
+pub fn mount_rootfs(spec: &ContainerSpec) -> std::io::Result<()> {
+    let lower: Vec<String> = spec
+        .layers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        spec.upper.display(),
+        spec.work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &spec.rootfs,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| std::io::Error::other(format!("mounting rootfs (overlay): {e}")))
+}
+
+/// Writes the bundle (`config.json` in `dir`) for `spec`, whose rootfs is mounted.
+pub fn write_bundle(spec: &ContainerSpec, dir: &Path, cgroups_path: &str) -> std::io::Result<()> {
+    let cfg = config(spec, &spec.rootfs, cgroups_path);
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&cfg).map_err(std::io::Error::other)?,
+    )
+}
