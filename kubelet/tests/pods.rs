@@ -78,6 +78,14 @@ fn main() -> ExitCode {
             oci_runtimes_crun_and_runc_run_the_same_pods,
         ),
         Trial::test(
+            "volumes_env_and_secrets_reach_the_container",
+            volumes_env_and_secrets_reach_the_container,
+        ),
+        Trial::test(
+            "startup_probe_gates_the_others_and_logs_rotate",
+            startup_probe_gates_the_others_and_logs_rotate,
+        ),
+        Trial::test(
             "logs_and_exec_through_the_api_server",
             logs_and_exec_through_the_api_server,
         ),
@@ -1107,4 +1115,160 @@ fn oci_runtimes_crun_and_runc_run_the_same_pods() -> Result<(), Failed> {
         check(mounts == 0, || format!("{rt}: {mounts} mounts left"))?;
     }
     Ok(())
+}
+
+fn volumes_env_and_secrets_reach_the_container() -> Result<(), Failed> {
+    let n = TestNode::new(|_| {})?;
+    let host_dir = n.cfg.data_dir.join("host-path");
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "settings", "namespace": n.ns},
+        "data": {"color": "blue", "app.conf": "port=8080\n"}
+    }))?;
+    n.rt.block_on(n.client.api::<ConfigMap>(&n.ns).create(&cm))?;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "creds", "namespace": n.ns},
+        "data": {"password": "czNjcjN0"}
+    }))?;
+    n.rt.block_on(
+        n.client
+            .api::<k8s_openapi::api::core::v1::Secret>(&n.ns)
+            .create(&secret),
+    )?;
+    let pod = n.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "vols", "labels": {"tier": "db"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [
+                {"name": "cfg", "configMap": {"name": "settings", "items": [{"key": "app.conf", "path": "conf/app.conf"}]}},
+                {"name": "sec", "secret": {"secretName": "creds"}},
+                {"name": "host", "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}},
+                {"name": "mem", "emptyDir": {"medium": "Memory"}}
+            ],
+            "containers": [{
+                "name": "c", "image": IMAGE,
+                "command": ["sh", "-c", "cat /cfg/conf/app.conf; cat /sec/password; echo; echo $(COLOR) $PASSWORD $POD $TIER; echo from-pod > /host/out; grep ' /mem ' /proc/mounts | cut -d' ' -f3"],
+                "env": [
+                    {"name": "COLOR", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "color"}}},
+                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                    {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "TIER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['tier']"}}}
+                ],
+                "volumeMounts": [
+                    {"name": "cfg", "mountPath": "/cfg", "readOnly": true},
+                    {"name": "sec", "mountPath": "/sec", "readOnly": true},
+                    {"name": "host", "mountPath": "/host"},
+                    {"name": "mem", "mountPath": "/mem"}
+                ]
+            }]
+        }
+    }))?;
+    let st = n.wait("vols", 30, |s| {
+        s["phase"] == "Succeeded" || s["phase"] == "Failed"
+    })?;
+    check(st["phase"] == "Succeeded", || format!("{st:#}"))?;
+    let log = n.log(&pod, "c", 0);
+    for want in [
+        "port=8080\n",
+        "s3cr3t\n",
+        "blue s3cr3t vols db\n",
+        "tmpfs\n",
+    ] {
+        check(log.contains(want), || {
+            format!("{want:?} missing from {log:?}")
+        })?;
+    }
+    check(
+        std::fs::read_to_string(host_dir.join("out"))? == "from-pod\n",
+        || "hostPath".into(),
+    )?;
+    // Secrets never touch the disk: their volume is a tmpfs on the node.
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let sec = n
+        .cfg
+        .data_dir
+        .join("pods")
+        .join(&uid)
+        .join("volumes/secret/sec");
+    let tmpfs = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .any(|l| l.split(' ').nth(4) == sec.to_str() && l.contains(" - tmpfs "));
+    check(tmpfs, || format!("{} is not a tmpfs", sec.display()))
+}
+
+fn startup_probe_gates_the_others_and_logs_rotate() -> Result<(), Failed> {
+    let n = TestNode::new(|c| {
+        c.log_max_bytes = 64 * 1024;
+        c.log_max_files = 3;
+    })?;
+    let pod = n.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "slow"},
+        "spec": {"containers": [{
+            "name": "c", "image": IMAGE,
+            "command": ["sh", "-c", "sleep 2; touch /tmp/started; i=0; while [ $i -lt 3000 ]; do echo line-$i-padding-padding-padding-padding-padding-padding; i=$((i+1)); done; sleep 1000"],
+            "startupProbe": {"exec": {"command": ["test", "-f", "/tmp/started"]}, "periodSeconds": 1, "failureThreshold": 30},
+            "livenessProbe": {"exec": {"command": ["test", "-f", "/tmp/started"]}, "periodSeconds": 1, "failureThreshold": 1}
+        }]}
+    }))?;
+    // Running but not started: the liveness probe (which would fail) is held back.
+    let st = n.wait("slow", 20, |s| {
+        container(s, "c")["state"]["running"].is_object()
+    })?;
+    check(container(&st, "c")["started"] == false, || {
+        format!("{st:#}")
+    })?;
+    let st = n.wait("slow", 20, |s| container(s, "c")["started"] == true)?;
+    check(container(&st, "c")["restartCount"] == 0, || {
+        format!("{st:#}")
+    })?;
+    check(
+        condition(&st, "Ready") == "True" || container(&st, "c")["ready"] == true,
+        || format!("{st:#}"),
+    )?;
+    // ~200 KiB of output in 64 KiB files, 3 kept: the live one and two rotated.
+    let dir = skiff_kubelet::agent::logs::pod_log_dir(
+        &n.cfg.log_dir,
+        &n.ns,
+        "slow",
+        pod.metadata.uid.as_deref().unwrap_or_default(),
+    )
+    .join("c");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let live = std::fs::read_to_string(dir.join("0.log")).unwrap_or_default();
+        if live.contains("line-2999-") {
+            break;
+        }
+        check(Instant::now() < deadline, || {
+            "the last line never reached the log".into()
+        })?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    check(names == ["0.log", "0.log.1", "0.log.2"], || {
+        format!("{names:?}")
+    })?;
+    for f in &names {
+        let len = std::fs::metadata(dir.join(f))?.len();
+        check(len <= 64 * 1024, || format!("{f} has {len} bytes"))?;
+    }
+    // The newest rotated file continues where the live one starts: nothing lost between.
+    let rotated = skiff_kubelet::agent::logs::text(&dir.join("0.log.1"))?;
+    let live = skiff_kubelet::agent::logs::text(&dir.join("0.log"))?;
+    let last_rotated: u32 = rotated
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("line-")?.split('-').next()?.parse().ok())
+        .ok_or("no line in the rotated file")?;
+    let first_live: u32 = live
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("line-")?.split('-').next()?.parse().ok())
+        .ok_or("no line in the live file")?;
+    check(first_live == last_rotated + 1, || {
+        format!("{last_rotated} then {first_live}")
+    })
 }
