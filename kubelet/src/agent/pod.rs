@@ -932,6 +932,9 @@ impl PodWorker {
             }
         }
         let prepare = || -> std::io::Result<()> {
+            // A failed earlier attempt of this run may have left its rootfs mounted (OCI
+            // runtimes mount it on the host).
+            let _ = super::purge::unmount_under(&run_dir);
             let _ = std::fs::remove_dir_all(&run_dir);
             for d in ["upper", "work", "rootfs"] {
                 std::fs::create_dir_all(run_dir.join(d))?;
@@ -1073,6 +1076,12 @@ impl PodWorker {
             Ok(p) => p,
             Err(e) => {
                 self.fail_start(idx, e.reason(), e.to_string());
+                if shared.cfg.oci_runtime.is_some() {
+                    let _ = nix::mount::umount2(
+                        &run_dir.join("rootfs"),
+                        nix::mount::MntFlags::MNT_DETACH,
+                    );
+                }
                 let _ = cgroup.remove(Duration::from_millis(100));
                 return;
             }

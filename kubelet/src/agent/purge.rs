@@ -104,8 +104,8 @@ pub fn unmount_under(dir: &Path) -> std::io::Result<usize> {
         .filter(|p| Path::new(p).starts_with(&prefix))
         .map(str::to_string)
         .collect();
+    // Deepest first; a point listed twice has two mounts stacked and is unmounted twice.
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    points.dedup();
     for p in &points {
         let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
     }
