@@ -11,7 +11,7 @@
 //! start, wait, delete in one invocation: their cheapest way).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -23,26 +23,6 @@ use skiff_kubelet::runtime::{ContainerSpec, DEFAULT_CAPABILITIES, ExitStatus};
 use crate::report::Measurement;
 use crate::{Mode, tempdir};
 
-const MASKED: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-const READONLY: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
 const MEMORY_LIMIT: u64 = 64 << 20;
 const PIDS_LIMIT: u64 = 1024;
 
@@ -58,53 +38,32 @@ pub fn busybox_rootfs(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(rootfs)
 }
 
+/// The `/bin/true` container both sides run: Skiff's spec, and the same spec as an OCI
+/// bundle (the node agent's own translation) with the same limits for the peers.
+fn true_spec(rootfs: &Path) -> ContainerSpec {
+    ContainerSpec {
+        layers: vec![rootfs.to_path_buf()],
+        argv: vec!["/bin/true".into()],
+        env: vec!["PATH=/bin".into()],
+        capabilities: DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect(),
+        hostname: "bench".into(),
+        seccomp: true,
+        ..Default::default()
+    }
+}
+
 fn oci_config(rootfs: &Path, cgroups_path: &str) -> serde_json::Value {
-    let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
-    let denied: Vec<&str> = skiff_kubelet::runtime::seccomp::DENIED
-        .iter()
-        .map(|(n, _)| *n)
-        .collect();
-    json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": 0, "gid": 0},
-            "args": ["/bin/true"],
-            "env": ["PATH=/bin"],
-            "cwd": "/",
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "noNewPrivileges": true
-        },
-        "root": {"path": rootfs, "readonly": true},
-        "hostname": "bench",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
-        ],
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-            "cgroupsPath": cgroups_path,
-            "resources": {
-                "memory": {"limit": MEMORY_LIMIT},
-                "cpu": {"shares": 1024},
-                "pids": {"limit": PIDS_LIMIT}
-            },
-            "maskedPaths": MASKED,
-            "readonlyPaths": READONLY,
-            "seccomp": {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "architectures": ["SCMP_ARCH_X86_64"],
-                "syscalls": [
-                    {"names": denied, "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
-                    {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
-                ]
-            }
-        }
-    })
+    let spec = ContainerSpec {
+        readonly_rootfs: true,
+        ..true_spec(rootfs)
+    };
+    let mut cfg = skiff_kubelet::runtime::oci::config(&spec, rootfs, cgroups_path);
+    cfg["linux"]["resources"] = json!({
+        "memory": {"limit": MEMORY_LIMIT},
+        "cpu": {"shares": 1024},
+        "pids": {"limit": PIDS_LIMIT}
+    });
+    cfg
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -117,31 +76,10 @@ fn which(bin: &str) -> Option<PathBuf> {
 /// One `crun run` / `runc run` of the bundle; its wall time.
 fn peer_once(bin: &Path, state: &Path, bundle: &Path, id: &str) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    let mut cmd = Command::new(bin);
-    // crun 1.8 refuses "hybrid" cgroups (this machine's cgroup2 mount carries the hugetlb
-    // controller): the peers run in a mount namespace of their own without that mount,
-    // where they see plain v1, like Skiff's side (which does not join cgroup2 here). The
-    // unshare and umount are counted in the peer's time.
-    // SAFETY: only async-signal-safe system calls run between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            );
-            libc::umount2(c"/sys/fs/cgroup/unified".as_ptr(), libc::MNT_DETACH);
-            Ok(())
-        });
-    }
+    // In a mount namespace of its own without the cgroup2 mount (crun refuses this
+    // machine's "hybrid" cgroups): the unshare and umount are counted in the peer's time.
+    let mut cmd = skiff_kubelet::runtime::oci::command(bin, state);
     let out = cmd
-        .arg("--root")
-        .arg(state)
         .args(["run", "--bundle"])
         .arg(bundle)
         .arg(id)
@@ -217,17 +155,11 @@ impl SkiffSide {
         )?;
         let spec = ContainerSpec {
             id: id.clone(),
-            layers: vec![self.rootfs.clone()],
             upper: run.join("upper"),
             work: run.join("work"),
             rootfs: run.join("rootfs"),
-            argv: vec!["/bin/true".into()],
-            env: vec!["PATH=/bin".into()],
-            capabilities: DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect(),
-            hostname: "bench".into(),
             cgroup_procs: cgroup.procs_files(),
-            seccomp: true,
-            ..Default::default()
+            ..true_spec(&self.rootfs)
         };
         let mut c = self.runtime.create(&spec, &[]).await?;
         c.started().await?;

@@ -469,19 +469,7 @@ fn remount_readonly(path: &Path) -> nix::Result<()> {
 
 /// Hides and freezes the kernel interfaces runc and containerd hide by default.
 fn mask_kernel_paths() -> Result<(), Failure> {
-    for p in [
-        "/proc/acpi",
-        "/proc/asound",
-        "/proc/kcore",
-        "/proc/keys",
-        "/proc/latency_stats",
-        "/proc/timer_list",
-        "/proc/timer_stats",
-        "/proc/sched_debug",
-        "/proc/scsi",
-        "/sys/firmware",
-        "/sys/devices/virtual/powercap",
-    ] {
+    for p in super::MASKED_PATHS.iter().copied() {
         let Ok(meta) = fs::metadata(p) else { continue };
         let r = if meta.is_dir() {
             mount(
@@ -502,13 +490,7 @@ fn mask_kernel_paths() -> Result<(), Failure> {
         };
         r.map_err(|e| create_err(format!("masking {p}: {e}")))?;
     }
-    for p in [
-        "/proc/bus",
-        "/proc/fs",
-        "/proc/irq",
-        "/proc/sys",
-        "/proc/sysrq-trigger",
-    ] {
+    for p in super::READONLY_PATHS.iter().copied() {
         if !Path::new(p).exists() {
             continue;
         }

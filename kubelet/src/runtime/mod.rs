@@ -114,6 +114,30 @@ impl ExitStatus {
     }
 }
 
+/// Kernel interfaces hidden from containers (runc's and containerd's defaults).
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Kernel interfaces containers see read-only.
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
 /// Kubernetes' (containerd's) default capability set.
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_CHOWN",

@@ -11,27 +11,6 @@ use serde_json::{Value, json};
 
 use super::ContainerSpec;
 
-const MASKED: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-const READONLY: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
-
 /// The OCI runtime configuration of `spec`, with its root at `rootfs` and its cgroups at
 /// `cgroups_path` (relative to each hierarchy). Limits are already written by the agent
 /// into those cgroups; the runtime only joins them.
@@ -68,8 +47,8 @@ pub fn config(spec: &ContainerSpec, rootfs: &Path, cgroups_path: &str) -> Value 
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": format!("/{}", cgroups_path.trim_start_matches('/')),
-        "maskedPaths": MASKED,
-        "readonlyPaths": READONLY,
+        "maskedPaths": super::MASKED_PATHS,
+        "readonlyPaths": super::READONLY_PATHS,
     });
     if spec.seccomp {
         linux["seccomp"] = json!({
@@ -134,4 +113,30 @@ pub fn write_bundle(spec: &ContainerSpec, dir: &Path, cgroups_path: &str) -> std
         dir.join("config.json"),
         serde_json::to_vec_pretty(&cfg).map_err(std::io::Error::other)?,
     )
+}
+
+/// `<runtime> --root <root>` in a mount namespace of its own without the cgroup2 mount:
+/// crun refuses "hybrid" cgroups (this machine's cgroup2 carries hugetlb), and both
+/// runtimes then see plain v1, as the native runtime uses it.
+pub fn command(bin: &Path, root: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("--root").arg(root);
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            );
+            libc::umount2(c"/sys/fs/cgroup/unified".as_ptr(), libc::MNT_DETACH);
+            Ok(())
+        });
+    }
+    cmd
 }

@@ -193,32 +193,6 @@ pub(crate) fn connect_seqpacket(path: &Path) -> std::io::Result<OwnedFd> {
     Ok(sock)
 }
 
-/// `<runtime> --root <root>` in a mount namespace of its own without the cgroup2 mount:
-/// crun refuses "hybrid" cgroups (this machine's cgroup2 carries hugetlb), and both
-/// runtimes then see plain v1, as the native runtime uses it.
-fn oci_command(bin: &Path, root: &Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(bin);
-    cmd.arg("--root").arg(root);
-    // SAFETY: only async-signal-safe system calls between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            );
-            libc::umount2(c"/sys/fs/cgroup/unified".as_ptr(), libc::MNT_DETACH);
-            Ok(())
-        });
-    }
-    cmd
-}
-
 /// Sends one message with descriptors.
 pub(crate) fn send(sock: RawFd, msg: &impl Serialize, fds: &[RawFd]) -> std::io::Result<()> {
     let body = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
@@ -599,7 +573,7 @@ impl Spawner {
                 None => Ok(Stdio::null()),
             }
         };
-        let runner = oci_command(bin, &root)
+        let runner = super::oci::command(bin, &root)
             .arg("--log")
             .arg(&log)
             .args(["run", "--bundle"])
@@ -721,7 +695,9 @@ impl Spawner {
             return;
         };
         if let Some((bin, root, id)) = &child.oci {
-            let _ = oci_command(bin, root).args(["delete", "-f", id]).status();
+            let _ = super::oci::command(bin, root)
+                .args(["delete", "-f", id])
+                .status();
         }
         let status = if res < 0 {
             eprintln!(
