@@ -39,6 +39,22 @@ use crate::runtime::client::Container;
 use crate::runtime::sandbox::Sandbox;
 use crate::runtime::{ContainerSpec, DEFAULT_CAPABILITIES, ExitStatus, Mount};
 
+/// Where an environment variable's value comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    ConfigMap,
+    Secret,
+}
+
+impl Source {
+    fn kind(self) -> &'static str {
+        match self {
+            Source::ConfigMap => "ConfigMap",
+            Source::Secret => "Secret",
+        }
+    }
+}
+
 /// What a pod worker is told.
 #[derive(Debug)]
 pub enum PodMsg {
@@ -556,48 +572,19 @@ impl PodWorker {
             };
             for from in c.env_from.iter().flatten() {
                 let prefix = from.prefix.clone().unwrap_or_default();
-                if let Some(r) = &from.config_map_ref {
-                    match self
-                        .core
-                        .client
-                        .api::<ConfigMap>(&self.ns)
-                        .get_opt(&r.name)
-                        .await
-                    {
-                        Ok(Some(cm)) => {
-                            for (k, v) in cm.data.unwrap_or_default() {
-                                set(&mut env, format!("{prefix}{k}"), v);
-                            }
+                let sources = [
+                    from.config_map_ref
+                        .as_ref()
+                        .map(|r| (Source::ConfigMap, &r.name, r.optional)),
+                    from.secret_ref
+                        .as_ref()
+                        .map(|r| (Source::Secret, &r.name, r.optional)),
+                ];
+                for (kind, name, optional) in sources.into_iter().flatten() {
+                    if let Some(data) = self.data_of(kind, name, optional == Some(true)).await? {
+                        for (k, v) in data {
+                            set(&mut env, format!("{prefix}{k}"), v);
                         }
-                        Ok(None) if r.optional == Some(true) => {}
-                        Ok(None) => {
-                            return Err(cfg_err(format!("configmap \"{}\" not found", r.name)));
-                        }
-                        Err(e) => return Err(cfg_err(e.to_string())),
-                    }
-                }
-                if let Some(r) = &from.secret_ref {
-                    match self
-                        .core
-                        .client
-                        .api::<Secret>(&self.ns)
-                        .get_opt(&r.name)
-                        .await
-                    {
-                        Ok(Some(s)) => {
-                            for (k, v) in s.data.unwrap_or_default() {
-                                set(
-                                    &mut env,
-                                    format!("{prefix}{k}"),
-                                    String::from_utf8_lossy(&v.0).into(),
-                                );
-                            }
-                        }
-                        Ok(None) if r.optional == Some(true) => {}
-                        Ok(None) => {
-                            return Err(cfg_err(format!("secret \"{}\" not found", r.name)));
-                        }
-                        Err(e) => return Err(cfg_err(e.to_string())),
                     }
                 }
             }
@@ -607,53 +594,31 @@ impl PodWorker {
                 } else if let Some(from) = &e.value_from {
                     if let Some(f) = &from.field_ref {
                         self.field_value(&f.field_path)
-                    } else if let Some(r) = &from.config_map_key_ref {
+                    } else if let Some((kind, name, key, optional)) = from
+                        .config_map_key_ref
+                        .as_ref()
+                        .map(|r| (Source::ConfigMap, &r.name, &r.key, r.optional))
+                        .or(from
+                            .secret_key_ref
+                            .as_ref()
+                            .map(|r| (Source::Secret, &r.name, &r.key, r.optional)))
+                    {
+                        let optional = optional == Some(true);
                         match self
-                            .core
-                            .client
-                            .api::<ConfigMap>(&self.ns)
-                            .get_opt(&r.name)
-                            .await
+                            .data_of(kind, name, optional)
+                            .await?
+                            .map(|d| d.get(key).cloned())
                         {
-                            Ok(Some(cm)) => match cm.data.unwrap_or_default().get(&r.key) {
-                                Some(v) => v.clone(),
-                                None if r.optional == Some(true) => continue,
-                                None => {
-                                    return Err(cfg_err(format!(
-                                        "couldn't find key {} in ConfigMap {}/{}",
-                                        r.key, self.ns, r.name
-                                    )));
-                                }
-                            },
-                            Ok(None) if r.optional == Some(true) => continue,
-                            Ok(None) => {
-                                return Err(cfg_err(format!("configmap \"{}\" not found", r.name)));
+                            Some(Some(v)) => v,
+                            None => continue,
+                            Some(None) if optional => continue,
+                            Some(None) => {
+                                return Err(cfg_err(format!(
+                                    "couldn't find key {key} in {} {}/{name}",
+                                    kind.kind(),
+                                    self.ns
+                                )));
                             }
-                            Err(e) => return Err(cfg_err(e.to_string())),
-                        }
-                    } else if let Some(r) = &from.secret_key_ref {
-                        match self
-                            .core
-                            .client
-                            .api::<Secret>(&self.ns)
-                            .get_opt(&r.name)
-                            .await
-                        {
-                            Ok(Some(s)) => match s.data.unwrap_or_default().get(&r.key) {
-                                Some(v) => String::from_utf8_lossy(&v.0).into(),
-                                None if r.optional == Some(true) => continue,
-                                None => {
-                                    return Err(cfg_err(format!(
-                                        "couldn't find key {} in Secret {}/{}",
-                                        r.key, self.ns, r.name
-                                    )));
-                                }
-                            },
-                            Ok(None) if r.optional == Some(true) => continue,
-                            Ok(None) => {
-                                return Err(cfg_err(format!("secret \"{}\" not found", r.name)));
-                            }
-                            Err(e) => return Err(cfg_err(e.to_string())),
                         }
                     } else if let Some(r) = &from.resource_field_ref {
                         let res = resources(&c);
@@ -694,6 +659,53 @@ impl PodWorker {
                 .into_iter()
                 .map(|k| format!("{k}={}", env[&k]))
                 .collect())
+        }
+    }
+
+    /// The data of a ConfigMap or Secret of the pod's namespace (`None`: absent and
+    /// optional); a missing required one is the pod's CreateContainerConfigError.
+    async fn data_of(
+        &self,
+        kind: Source,
+        name: &str,
+        optional: bool,
+    ) -> Result<Option<BTreeMap<String, String>>, VolumeError> {
+        let err = |m: String| VolumeError {
+            reason: "CreateContainerConfigError",
+            message: m,
+        };
+        let data = match kind {
+            Source::ConfigMap => self
+                .core
+                .client
+                .api::<ConfigMap>(&self.ns)
+                .get_opt(name)
+                .await
+                .map(|o| o.map(|cm| cm.data.unwrap_or_default())),
+            Source::Secret => self
+                .core
+                .client
+                .api::<Secret>(&self.ns)
+                .get_opt(name)
+                .await
+                .map(|o| {
+                    o.map(|s| {
+                        s.data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                            .collect()
+                    })
+                }),
+        }
+        .map_err(|e| err(e.to_string()))?;
+        match data {
+            Some(d) => Ok(Some(d)),
+            None if optional => Ok(None),
+            None => Err(err(format!(
+                "{} \"{name}\" not found",
+                kind.kind().to_lowercase()
+            ))),
         }
     }
 
