@@ -54,6 +54,10 @@ fn main() -> ExitCode {
             crash_loop_backs_off_with_doubling_delays,
         ),
         Trial::test(
+            "a_long_enough_run_resets_the_back_off",
+            a_long_enough_run_resets_the_back_off,
+        ),
+        Trial::test(
             "memory_hog_is_reported_oom_killed",
             memory_hog_is_reported_oom_killed,
         ),
@@ -1270,5 +1274,36 @@ fn startup_probe_gates_the_others_and_logs_rotate() -> Result<(), Failed> {
         .ok_or("no line in the live file")?;
     check(first_live == last_rotated + 1, || {
         format!("{last_rotated} then {first_live}")
+    })
+}
+
+fn a_long_enough_run_resets_the_back_off() -> Result<(), Failed> {
+    // Runs of 1.2 s against a 1 s reset period: every restart is immediate again, as after
+    // 10 minutes of running in Kubernetes; a back-off of 5 s would otherwise show.
+    let n = TestNode::new(|c| {
+        c.backoff_base = Duration::from_secs(5);
+        c.backoff_reset = Duration::from_secs(1);
+    })?;
+    n.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "steady-crash"},
+        "spec": {"containers": [{"name": "c", "image": IMAGE, "command": ["sh", "-c", "sleep 1.2; exit 1"]}]}
+    }))?;
+    let start = Instant::now();
+    let mut backed_off = false;
+    let mut restarts = 0;
+    while start.elapsed() < Duration::from_secs(8) && restarts < 3 {
+        if let Some(p) = n.get("steady-crash")? {
+            let st = serde_json::to_value(&p.status)?;
+            let c = container(&st, "c");
+            restarts = c["restartCount"].as_u64().unwrap_or(0);
+            backed_off |= c["state"]["waiting"]["reason"] == "CrashLoopBackOff";
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check(restarts >= 3, || {
+        format!("{restarts} restarts in {:?}", start.elapsed())
+    })?;
+    check(!backed_off, || {
+        "a back-off despite runs longer than the reset period".into()
     })
 }
