@@ -175,7 +175,14 @@ fn main() -> ExitCode {
             leftovers.push(format!("mount: {l}"));
         }
     }
-    for ctrl in ["memory", "cpu", "pids", "cpuacct"] {
+    let hierarchies: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    for ctrl in &hierarchies {
         let p = Path::new("/sys/fs/cgroup").join(ctrl).join(&cgroup_parent);
         if let Ok(rd) = std::fs::read_dir(&p) {
             for e in rd.flatten().filter(|e| e.path().is_dir()) {

@@ -20,6 +20,19 @@ pub enum Hierarchy {
 
 const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "pids"];
 
+/// Every v1 hierarchy mounted under `root` (an OCI runtime creates its cgroups in all of
+/// them, `name=systemd` included, so removal looks at all of them).
+fn v1_hierarchies(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name() != "unified" && e.path().is_dir())
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Hierarchy {
     /// Finds the hierarchy: cgroup2 with controllers when `/sys/fs/cgroup` is one,
     /// otherwise the v1 controller mounts.
@@ -228,7 +241,11 @@ impl Cgroup {
     /// processes to leave).
     pub fn remove(&self, patience: Duration) -> std::io::Result<()> {
         let mut dirs: Vec<PathBuf> = match &self.hierarchy {
-            Hierarchy::V1(_) => V1_CONTROLLERS.iter().map(|c| self.dir(c)).collect(),
+            Hierarchy::V1(root) => v1_hierarchies(root)
+                .into_iter()
+                .map(|h| h.join(&self.rel))
+                .filter(|d| d.exists())
+                .collect(),
             Hierarchy::V2(_) => vec![self.dir("")],
         };
         dirs.extend(self.unified.clone());
@@ -265,7 +282,7 @@ impl Cgroup {
 /// every controller.
 pub fn remove_tree(hierarchy: &Hierarchy, rel: &Path, unified_base: Option<&Path>) {
     let mut roots: Vec<PathBuf> = match hierarchy {
-        Hierarchy::V1(root) => V1_CONTROLLERS.iter().map(|c| root.join(c)).collect(),
+        Hierarchy::V1(root) => v1_hierarchies(root),
         Hierarchy::V2(root) => vec![root.clone()],
     };
     roots.extend(unified_base.map(Path::to_path_buf));
@@ -278,7 +295,7 @@ pub fn remove_tree(hierarchy: &Hierarchy, rel: &Path, unified_base: Option<&Path
 /// parent still in use refuses, which is the point.
 pub fn remove_empty_parents(hierarchy: &Hierarchy, rel: &Path) {
     let roots: Vec<PathBuf> = match hierarchy {
-        Hierarchy::V1(root) => V1_CONTROLLERS.iter().map(|c| root.join(c)).collect(),
+        Hierarchy::V1(root) => v1_hierarchies(root),
         Hierarchy::V2(root) => vec![root.clone()],
     };
     for root in roots {
