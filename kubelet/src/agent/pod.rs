@@ -1311,15 +1311,7 @@ impl PodWorker {
                 &format!("Container {name} failed {how} probe, will be restarted"),
                 Some(idx),
             );
-            let grace = spec
-                .termination_grace_period_seconds
-                .or(self
-                    .pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.termination_grace_period_seconds))
-                .unwrap_or(30)
-                .max(0) as u64;
+            let grace = self.grace_seconds(spec.termination_grace_period_seconds);
             if let Some(r) = self.ctrs[idx].running.as_ref() {
                 let _ = r.proc.signal(libc::SIGTERM);
                 let pidfd = r.proc.pidfd().try_clone_to_owned().ok();
@@ -1340,6 +1332,19 @@ impl PodWorker {
                 });
             }
         }
+    }
+
+    /// The grace period in seconds: `first` if set, else the pod's
+    /// terminationGracePeriodSeconds, else Kubernetes' 30.
+    fn grace_seconds(&self, first: Option<i64>) -> u64 {
+        first
+            .or(self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30)
+            .max(0) as u64
     }
 
     /// Runs a command in a running container; the reply carries its exit code and output.
@@ -1734,17 +1739,7 @@ impl PodWorker {
     /// Graceful termination: SIGTERM, then SIGKILL when the grace period ends.
     async fn terminate(&mut self, rx: &mut UnboundedReceiver<PodMsg>) {
         self.terminating = true;
-        let grace = self
-            .pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or(self
-                .pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds))
-            .unwrap_or(30)
-            .max(0) as u64;
+        let grace = self.grace_seconds(self.pod.metadata.deletion_grace_period_seconds);
         let deadline = Instant::now() + Duration::from_secs(grace);
         // preStop hooks first; their time counts against the grace period.
         let mut hooks = Vec::new();

@@ -286,34 +286,7 @@ fn exec_in(
 }
 
 fn mount_rootfs(spec: &ContainerSpec) -> Result<(), Failure> {
-    if spec.layers.is_empty() {
-        return Err(create_err("image has no layers"));
-    }
-    let lower: Vec<String> = spec
-        .layers
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        spec.upper.display(),
-        spec.work.display()
-    );
-    if opts.len() >= 4000 {
-        return Err(create_err(format!(
-            "overlay options too long ({} layers)",
-            lower.len()
-        )));
-    }
-    mount(
-        Some("overlay"),
-        &spec.rootfs,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(opts.as_str()),
-    )
-    .map_err(|e| create_err(format!("mounting rootfs (overlay): {e}")))
+    super::mount_overlay(spec).map_err(create_err)
 }
 
 fn mkdirs(path: &Path) -> Result<(), Failure> {

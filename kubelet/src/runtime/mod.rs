@@ -114,6 +114,37 @@ impl ExitStatus {
     }
 }
 
+/// Mounts `spec`'s overlayfs (its layers, topmost first, under its upper and work dirs)
+/// on `spec.rootfs`, in the calling process's mount namespace.
+pub(crate) fn mount_overlay(spec: &ContainerSpec) -> Result<(), String> {
+    if spec.layers.is_empty() {
+        return Err("image has no layers".into());
+    }
+    let lower: Vec<String> = spec
+        .layers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        spec.upper.display(),
+        spec.work.display()
+    );
+    // The kernel takes one page of mount options.
+    if opts.len() >= 4000 {
+        return Err(format!("overlay options too long ({} layers)", lower.len()));
+    }
+    nix::mount::mount(
+        Some("overlay"),
+        &spec.rootfs,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| format!("mounting rootfs (overlay): {e}"))
+}
+
 /// Kernel interfaces hidden from containers (runc's and containerd's defaults).
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/acpi",

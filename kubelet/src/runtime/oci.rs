@@ -85,25 +85,7 @@ pub fn config(spec: &ContainerSpec, rootfs: &Path, cgroups_path: &str) -> Value 
 
 /// Mounts the container's overlayfs rootfs on the host (an OCI runtime takes a directory).
 pub fn mount_rootfs(spec: &ContainerSpec) -> std::io::Result<()> {
-    let lower: Vec<String> = spec
-        .layers
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        spec.upper.display(),
-        spec.work.display()
-    );
-    nix::mount::mount(
-        Some("overlay"),
-        &spec.rootfs,
-        Some("overlay"),
-        nix::mount::MsFlags::empty(),
-        Some(opts.as_str()),
-    )
-    .map_err(|e| std::io::Error::other(format!("mounting rootfs (overlay): {e}")))
+    super::mount_overlay(spec).map_err(std::io::Error::other)
 }
 
 /// Writes the bundle (`config.json` in `dir`) for `spec`, whose rootfs is mounted.
