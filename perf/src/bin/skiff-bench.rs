@@ -67,8 +67,8 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
-    if let Some(sp) = &spawner {
-        for m in skiff_perf::containers::create_start_delete(mode, sp.socket())? {
+    let mut shown = |ms: Vec<skiff_perf::report::Measurement>| {
+        for m in ms {
             eprintln!(
                 "{}: {:.2} vs {:.2} {} ({:.2}x)",
                 m.name,
@@ -79,20 +79,16 @@ fn main() -> anyhow::Result<()> {
             );
             results.push(m);
         }
+    };
+    if let Some(sp) = &spawner {
+        shown(skiff_perf::containers::create_start_delete(
+            mode,
+            sp.socket(),
+        )?);
     }
     drop(spawner);
     if wanted("pods") {
-        for m in skiff_perf::pods::pod_start(mode)? {
-            eprintln!(
-                "{}: {:.2} vs {:.2} {} ({:.2}x)",
-                m.name,
-                m.skiff,
-                m.peer,
-                m.unit,
-                m.ratio()
-            );
-            results.push(m);
-        }
+        shown(skiff_perf::pods::pod_start(mode)?);
     }
     let _ = std::fs::remove_dir_all(&spawner_dir);
     if wanted("services") {
