@@ -2068,3 +2068,22 @@ fn spawn_log_pumps(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn variable_references_expand_as_kubernetes_does() {
+        let env: BTreeMap<String, String> = [("A", "1"), ("B", "two")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(expand("$(A)-$(B)", &env), "1-two");
+        // Unknown references stay as written; $$ escapes a reference.
+        assert_eq!(expand("$(C) $$(A) $A", &env), "$(C) $(A) $A");
+        assert_eq!(expand("no refs", &env), "no refs");
+        assert_eq!(expand("$(A", &env), "$(A");
+    }
+}

@@ -122,3 +122,53 @@ pub fn command(bin: &Path, root: &Path) -> std::process::Command {
     }
     cmd
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_bundle_joins_pod_namespaces_and_keeps_the_pods_hostname() {
+        let spec = ContainerSpec {
+            argv: vec!["/bin/true".into()],
+            netns: Some(PathBuf::from("/pods/x/ns-net")),
+            ipcns: Some(PathBuf::from("/pods/x/ns-ipc")),
+            utsns: Some(PathBuf::from("/pods/x/ns-uts")),
+            hostname: "ignored".into(),
+            seccomp: true,
+            uid: 1000,
+            ..Default::default()
+        };
+        let cfg = config(&spec, Path::new("/rootfs"), "skiff/n/pod1/c");
+        let ns = cfg["linux"]["namespaces"].as_array().expect("namespaces");
+        let path = |t: &str| {
+            ns.iter()
+                .find(|n| n["type"] == t)
+                .map(|n| n["path"].clone())
+        };
+        assert_eq!(path("network"), Some(json!("/pods/x/ns-net")));
+        assert_eq!(path("pid"), Some(Value::Null));
+        assert!(
+            cfg.get("hostname").is_none(),
+            "a joined UTS namespace keeps its name"
+        );
+        assert_eq!(cfg["linux"]["cgroupsPath"], "/skiff/n/pod1/c");
+        assert_eq!(cfg["process"]["user"]["uid"], 1000);
+        assert!(
+            cfg["linux"]["seccomp"]["syscalls"][0]["names"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|s| s == "unshare"))
+        );
+        let own = config(
+            &ContainerSpec {
+                hostname: "box".into(),
+                ..Default::default()
+            },
+            Path::new("/r"),
+            "c",
+        );
+        assert_eq!(own["hostname"], "box");
+        assert!(own["linux"].get("seccomp").is_none());
+    }
+}
