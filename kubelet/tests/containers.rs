@@ -98,10 +98,8 @@ fn main() -> ExitCode {
     });
     let conclusion = libtest_mimic::run(&args, tests);
     skiff_kubelet::runtime::cgroup::remove_tree(&hierarchy, &cgroup_base, None);
-    let leftover = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.contains(tmp.path().to_str().unwrap_or("?")));
+    let leftover =
+        skiff_kubelet::agent::purge::mounts_under(tmp.path()).map_or(true, |m| !m.is_empty());
     drop(handle);
     if leftover {
         eprintln!("a mount under {} was left behind", tmp.path().display());

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use skiff_apiserver::registry::{Config, Registry};
 use skiff_client::{Client, DeleteParams};
 use skiff_dataplane::netns::Netns;
-use skiff_kubelet::agent::{Agent, AgentConfig};
+use skiff_kubelet::agent::{Agent, AgentConfig, purge};
 use skiff_kubelet::image::ImageStore;
 use skiff_kubelet::runtime::spawner;
 use skiff_store::embedded::{EmbeddedOptions, EmbeddedStore};
@@ -166,14 +166,8 @@ fn main() -> ExitCode {
     let conclusion = libtest_mimic::run(&args, tests);
     // Nothing may be left: mounts under the temp dir, cgroups under the test's parent.
     let mut leftovers = Vec::new();
-    let tmp_str = tmp.path().to_string_lossy().to_string();
-    for l in std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-    {
-        if l.contains(&tmp_str) {
-            leftovers.push(format!("mount: {l}"));
-        }
+    for m in purge::mounts_under(tmp.path()).unwrap_or_default() {
+        leftovers.push(format!("mount: {m}"));
     }
     let hierarchies: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
         .map(|rd| {
@@ -804,17 +798,7 @@ fn purge_removes_what_a_stopped_agent_left() -> Result<(), Failed> {
         a.stop();
     }
     let data = n.cfg.data_dir.clone();
-    let mounted = || {
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                l.split(' ')
-                    .nth(4)
-                    .is_some_and(|p| Path::new(p).starts_with(&data))
-            })
-            .count()
-    };
+    let mounted = || purge::mounts_under(&data).map_or(0, |m| m.len());
     check(mounted() >= 4, || {
         format!("{} mounts before the purge", mounted())
     })?;
@@ -865,15 +849,7 @@ fn a_pod_deleted_while_no_agent_ran_is_cleaned_up_by_the_next() -> Result<(), Fa
         })?;
         std::thread::sleep(Duration::from_millis(50));
     }
-    let data = n.cfg.data_dir.clone();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?
-        .lines()
-        .filter(|l| {
-            l.split(' ')
-                .nth(4)
-                .is_some_and(|p| Path::new(p).starts_with(&data))
-        })
-        .count();
+    let mounts = purge::mounts_under(&n.cfg.data_dir)?.len();
     check(mounts == 0, || format!("{mounts} mounts left"))?;
     // Its container was killed: the pod's cgroup (which only an empty cgroup may leave)
     // is gone.
@@ -1114,15 +1090,7 @@ fn oci_runtimes_crun_and_runc_run_the_same_pods() -> Result<(), Failed> {
         n.delete("web", None)?;
         n.wait_gone("web", 20)
             .map_err(|e| format!("{rt}: {:?}", e.message()))?;
-        let data = n.cfg.data_dir.clone();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?
-            .lines()
-            .filter(|l| {
-                l.split(' ')
-                    .nth(4)
-                    .is_some_and(|p| Path::new(p).starts_with(&data))
-            })
-            .count();
+        let mounts = purge::mounts_under(&n.cfg.data_dir)?.len();
         check(mounts == 0, || format!("{rt}: {mounts} mounts left"))?;
     }
     Ok(())

@@ -67,6 +67,26 @@ pub(crate) mod tempdir {
     }
 }
 
+/// Reads a starting `skiff server`'s stderr until it says where it listens (30 s at most).
+pub(crate) fn server_address(lines: &mut std::io::Lines<impl BufRead>) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if Instant::now() > deadline {
+            bail!("skiff server did not start");
+        }
+        let Some(line) = lines.next() else {
+            bail!("skiff server exited at start")
+        };
+        if let Some(rest) = line?.strip_prefix("skiff server listening on ") {
+            return Ok(rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string());
+        }
+    }
+}
+
 impl SkiffServer {
     pub fn start(extra: &[&str]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
@@ -93,23 +113,7 @@ impl SkiffServer {
             .context("starting skiff server")?;
         let stderr = child.stderr.take().context("server stderr")?;
         let mut lines = BufReader::new(stderr).lines();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let address = loop {
-            if Instant::now() > deadline {
-                bail!("skiff server did not start");
-            }
-            let Some(line) = lines.next() else {
-                bail!("skiff server exited at start")
-            };
-            let line = line?;
-            if let Some(rest) = line.strip_prefix("skiff server listening on ") {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-            }
-        };
+        let address = server_address(&mut lines)?;
         std::thread::spawn(move || for _ in lines.by_ref() {});
         Ok(SkiffServer {
             child,

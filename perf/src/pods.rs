@@ -337,18 +337,7 @@ pub fn pod_start(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
         ],
         &[("SKIFF_LOG", "warn")],
     )?;
-    let address = loop {
-        let Some(line) = lines.next() else {
-            bail!("skiff server exited at start")
-        };
-        if let Some(rest) = line?.strip_prefix("skiff server listening on ") {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-    };
+    let address = crate::server_address(&mut lines)?;
     std::thread::spawn(move || for _ in lines.by_ref() {});
     let node_dir_s = node_dir.to_string_lossy().to_string();
     let (node, node_lines) = spawn_in(

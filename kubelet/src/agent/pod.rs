@@ -104,6 +104,8 @@ struct Running {
     exec: ContainerSpec,
     /// The startup probe passed (or there is none).
     started: bool,
+    /// The startup probe has passed (liveness and readiness probes run from then on).
+    startup_passed: bool,
     /// The readiness probe says ready (or there is none).
     ready: bool,
     /// Consecutive successes and failures per probe kind.
@@ -1150,6 +1152,7 @@ impl PodWorker {
             id: run_id,
             exec: exec_template,
             started: true,
+            startup_passed: false,
             ready: true,
             counts: HashMap::new(),
             probes: Vec::new(),
@@ -1189,7 +1192,7 @@ impl PodWorker {
         let startup_done = self.ctrs[idx]
             .running
             .as_ref()
-            .is_some_and(|r| r.counts.contains_key("StartupDone"));
+            .is_some_and(|r| r.startup_passed);
         let kinds: Vec<(probe::Kind, Probe)> = if let Some(p) = &kc.startup_probe
             && !startup_done
         {
@@ -1207,7 +1210,7 @@ impl PodWorker {
         let Some(r) = self.ctrs[idx].running.as_mut() else {
             return;
         };
-        if kc.startup_probe.is_some() && !r.counts.contains_key("StartupDone") {
+        if kc.startup_probe.is_some() && !r.startup_passed {
             r.started = false;
         }
         if kc.readiness_probe.is_some() {
@@ -1274,7 +1277,7 @@ impl PodWorker {
         match (kind, &result) {
             (probe::Kind::Startup, Ok(())) => {
                 r.started = true;
-                r.counts.insert("StartupDone", (1, 0));
+                r.startup_passed = true;
                 for p in r.probes.drain(..) {
                     p.abort();
                 }
@@ -1992,6 +1995,7 @@ impl PodWorker {
                 started_at,
                 exec,
                 started: true,
+                startup_passed: true,
                 ready: true,
                 counts: HashMap::new(),
                 probes: Vec::new(),

@@ -3,7 +3,7 @@
 //! cgroups, pod directories. For `skiff down`, benchmarks and tests that must leave
 //! nothing behind even when an agent was killed in the middle of its work.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::runtime::cgroup::{self, Hierarchy};
@@ -94,16 +94,21 @@ fn is_spawner(pid: i32, data_dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Unmounts every mount point under `dir` (deepest first); returns how many.
-pub fn unmount_under(dir: &Path) -> std::io::Result<usize> {
-    let prefix: PathBuf = dir.to_path_buf();
+/// The mount points at or under `dir`, one entry per mount (a point with two mounts
+/// stacked is listed twice).
+pub fn mounts_under(dir: &Path) -> std::io::Result<Vec<String>> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut points: Vec<String> = mounts
+    Ok(mounts
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| Path::new(p).starts_with(&prefix))
+        .filter(|p| Path::new(p).starts_with(dir))
         .map(str::to_string)
-        .collect();
+        .collect())
+}
+
+/// Unmounts every mount point under `dir` (deepest first); returns how many.
+pub fn unmount_under(dir: &Path) -> std::io::Result<usize> {
+    let mut points = mounts_under(dir)?;
     // Deepest first; a point listed twice has two mounts stacked and is unmounted twice.
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in &points {
