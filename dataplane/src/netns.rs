@@ -32,6 +32,19 @@ impl Netns {
         .map_err(|_| std::io::Error::other("namespace thread panicked"))?
     }
 
+    /// Creates a namespace for a node without an uplink: loopback up, with `ip`/32 on it as
+    /// the node's own address.
+    pub fn create_with_loopback_address(ip: std::net::Ipv4Addr) -> std::io::Result<Netns> {
+        let ns = Self::create()?;
+        ns.block_on(async {
+            let nl = crate::netlink::Netlink::open()?;
+            nl.set_up("lo").await?;
+            nl.add_address("lo", ip, 32).await
+        })?
+        .map_err(std::io::Error::other)?;
+        Ok(ns)
+    }
+
     /// Opens an existing namespace (`/proc/PID/ns/net`, `/run/netns/NAME`, ...).
     pub fn open(path: &Path) -> std::io::Result<Netns> {
         Ok(Netns {

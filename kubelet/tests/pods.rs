@@ -221,14 +221,8 @@ impl TestNode {
     fn new(tune: impl FnOnce(&mut AgentConfig)) -> Result<TestNode, Failed> {
         let f = fx();
         let name = unique("node");
-        let netns = Netns::create()?;
-        // The node's own address (on lo: this test node has no uplink).
-        netns.block_on(async {
-            let nl = skiff_dataplane::netlink::Netlink::open()?;
-            nl.set_up("lo").await?;
-            nl.add_address("lo", std::net::Ipv4Addr::new(198, 18, 0, 10), 32)
-                .await
-        })??;
+        // The node's own address (on lo: this node has no uplink).
+        let netns = Netns::create_with_loopback_address(std::net::Ipv4Addr::new(198, 18, 0, 10))?;
         let data = f.root.join(&name);
         let store = ImageStore::open(&data.join("images"))?;
         store.import(&f.layout)?;

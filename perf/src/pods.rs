@@ -306,13 +306,8 @@ pub fn pod_start(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
     // busy freeing namespaces for a while).
     let (crun50, crun99) = crun_alone(&dir.0.join("crun"), 20)?;
     let containerd = containerd_idle_rss(&dir.0)?;
-    let netns = Netns::create()?;
-    netns.block_on(async {
-        let nl = skiff_dataplane::netlink::Netlink::open()?;
-        nl.set_up("lo").await?;
-        nl.add_address("lo", std::net::Ipv4Addr::new(198, 18, 0, 10), 32)
-            .await
-    })??;
+    // The node's own address (on lo: this node has no uplink).
+    let netns = Netns::create_with_loopback_address(std::net::Ipv4Addr::new(198, 18, 0, 10))?;
     // The image, present on the node.
     let node_dir = dir.0.join("node");
     let layout = dir.0.join("layout");

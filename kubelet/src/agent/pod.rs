@@ -184,6 +184,8 @@ pub struct PodWorker {
     ctrs: Vec<Ctr>,
     start_time: DateTime<Utc>,
     last_status: Option<Value>,
+    /// The last `state.json` written.
+    persisted: Option<Vec<u8>>,
     transitions: HashMap<String, (String, String)>,
     terminating: bool,
 }
@@ -300,6 +302,7 @@ impl PodWorker {
             ctrs,
             start_time: Utc::now(),
             last_status: None,
+            persisted: None,
             transitions: HashMap::new(),
             terminating: false,
         }
@@ -1866,7 +1869,8 @@ impl PodWorker {
 
     // ---- persistence and adoption -------------------------------------------------
 
-    fn persist(&self) {
+    /// Writes `state.json` when what it holds changed (not on every probe result).
+    fn persist(&mut self) {
         let p = Persisted {
             ip: self.ip,
             init_done: self.init_done,
@@ -1890,11 +1894,17 @@ impl PodWorker {
         if !self.dir.exists() {
             return;
         }
-        if let Ok(body) = serde_json::to_vec(&p) {
-            let tmp = self.dir.join("state.json.tmp");
-            if std::fs::write(&tmp, body).is_ok() {
-                let _ = std::fs::rename(&tmp, self.dir.join("state.json"));
-            }
+        let Ok(body) = serde_json::to_vec(&p) else {
+            return;
+        };
+        if self.persisted.as_deref() == Some(body.as_slice()) {
+            return;
+        }
+        let tmp = self.dir.join("state.json.tmp");
+        if std::fs::write(&tmp, &body).is_ok()
+            && std::fs::rename(&tmp, self.dir.join("state.json")).is_ok()
+        {
+            self.persisted = Some(body);
         }
     }
 
