@@ -5,6 +5,7 @@
 //! Every error is a [`skiff_api::ApiError`], the Kubernetes Status the server sent (or one
 //! describing why the server could not be reached), so callers match on `reason`.
 
+pub mod events;
 pub mod informer;
 
 use std::marker::PhantomData;

@@ -1,0 +1,600 @@
+//! kube-scheduler's default filter and score plugins over the cache.
+//!
+//! `Cycle::new` is PreFilter: it compiles what the pod asks for and precomputes, once per
+//! pod, everything the per-node checks need (domains holding pods its anti-affinity
+//! rejects, domains where existing pods' anti-affinity rejects it, pod counts per spread
+//! domain). `Cycle::filter` then costs a few lookups per node, so filtering runs in
+//! parallel over a sample of nodes as kube-scheduler does.
+//!
+//! Filters, in kube-scheduler's order (the first failing one names the node's reason):
+//! NodeUnschedulable, NodeName, TaintToleration, NodeAffinity (nodeSelector and required
+//! affinity), NodePorts, NodeResourcesFit, PodTopologySpread, InterPodAffinity.
+//! Scores with the default weights: NodeResourcesFit (least allocated) 1,
+//! NodeResourcesBalancedAllocation 1, NodeAffinity (preferred) 2, TaintToleration
+//! (PreferNoSchedule) 3, InterPodAffinity (preferred) 2, PodTopologySpread (ScheduleAnyway)
+//! 2; each normalized to 0..=100 first.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use k8s_openapi::api::core::v1::{
+    NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
+};
+use skiff_api::selector::LabelSelector;
+
+use crate::cache::{Cache, NodeInfo, PodInfo, Term, host_ports};
+use crate::resources::{Resources, pod_requests};
+
+pub const MAX_NODE_SCORE: i64 = 100;
+
+/// Why a node does not fit (kube-scheduler's wording; counted per reason in the message).
+pub mod reason {
+    pub const UNSCHEDULABLE: &str = "node(s) were unschedulable";
+    pub const NODE_NAME: &str = "node(s) didn't match the requested node name";
+    pub const NODE_AFFINITY: &str = "node(s) didn't match Pod's node affinity/selector";
+    pub const NODE_PORTS: &str = "node(s) didn't have free ports for the requested pod ports";
+    pub const TOO_MANY_PODS: &str = "Too many pods";
+    pub const SPREAD: &str = "node(s) didn't match pod topology spread constraints";
+    pub const SPREAD_MISSING_LABEL: &str =
+        "node(s) didn't match pod topology spread constraints (missing required label)";
+    pub const ANTI_AFFINITY: &str = "node(s) didn't match pod anti-affinity rules";
+    pub const AFFINITY: &str = "node(s) didn't match pod affinity rules";
+    pub const EXISTING_ANTI_AFFINITY: &str =
+        "node(s) didn't satisfy existing pods anti-affinity rules";
+}
+
+/// A compiled required node selector term (ORed with its siblings).
+#[derive(Debug, Clone)]
+struct NodeTerm {
+    labels: Vec<NodeSelectorRequirement>,
+    fields: Vec<NodeSelectorRequirement>,
+}
+
+fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(v), Some(bound)) = (
+                value.and_then(|v| v.parse::<i64>().ok()),
+                values.first().and_then(|b| b.parse::<i64>().ok()),
+            ) else {
+                return false;
+            };
+            if r.operator == "Gt" {
+                v > bound
+            } else {
+                v < bound
+            }
+        }
+        _ => false,
+    }
+}
+
+impl NodeTerm {
+    fn compile(t: &NodeSelectorTerm) -> NodeTerm {
+        NodeTerm {
+            labels: t.match_expressions.clone().unwrap_or_default(),
+            fields: t.match_fields.clone().unwrap_or_default(),
+        }
+    }
+
+    fn matches(&self, node: &NodeInfo) -> bool {
+        // A term with no requirement matches no node (as in Kubernetes).
+        if self.labels.is_empty() && self.fields.is_empty() {
+            return false;
+        }
+        self.labels
+            .iter()
+            .all(|r| requirement_matches(r, node.labels.get(&r.key).map(String::as_str)))
+            && self.fields.iter().all(|r| {
+                r.key == "metadata.name" && requirement_matches(r, Some(node.name.as_str()))
+            })
+    }
+}
+
+/// A compiled topology spread constraint with its precomputed counts.
+#[derive(Debug)]
+struct Spread {
+    max_skew: i64,
+    key: String,
+    hard: bool,
+    self_match: i64,
+    /// Matching pods per domain, over the nodes that pass the pod's node affinity.
+    counts: HashMap<String, i64>,
+    /// The smallest count over those domains.
+    min: i64,
+}
+
+/// One pod's scheduling cycle: what it asks for, and the per-pod precomputation.
+pub struct Cycle {
+    pub key: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub requests: Resources,
+    pub non_zero: Resources,
+    node_name: Option<String>,
+    node_selector: BTreeMap<String, String>,
+    required_affinity: Option<Vec<NodeTerm>>,
+    preferred_affinity: Vec<(i64, NodeTerm)>,
+    tolerations: Vec<Toleration>,
+    host_ports: Vec<(String, i32)>,
+    /// Incoming pod's required anti-affinity: per term, the domains holding matching pods.
+    anti_domains: Vec<(String, HashSet<String>)>,
+    /// Domains (topology key -> values) where existing pods' anti-affinity rejects it.
+    existing_anti: HashMap<String, HashSet<String>>,
+    /// Required affinity: per term, the domains holding matching pods; `None` when no pod
+    /// matches anywhere and the pod matches its own term (the first pod of a group).
+    affinity_domains: Vec<(String, Option<HashSet<String>>)>,
+    /// Preferred (anti-)affinity: topology key -> domain -> summed weight.
+    preferred_pods: Vec<(String, HashMap<String, i64>)>,
+    spreads: Vec<Spread>,
+}
+
+fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
+    if let Some(e) = tol.effect.as_deref()
+        && !e.is_empty()
+        && e != taint.effect
+    {
+        return false;
+    }
+    let key = tol.key.as_deref().unwrap_or_default();
+    match tol.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => key.is_empty() || key == taint.key,
+        _ => {
+            key == taint.key
+                && tol.value.as_deref().unwrap_or_default()
+                    == taint.value.as_deref().unwrap_or_default()
+        }
+    }
+}
+
+/// Whether `tolerations` tolerate `taint`.
+pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| tolerates(t, taint))
+}
+
+impl Cycle {
+    /// PreFilter: compiles `pod` and precomputes against `cache`.
+    pub fn new(pod: &Pod, cache: &Cache) -> Cycle {
+        let spec: PodSpec = pod.spec.clone().unwrap_or_default();
+        let m = &pod.metadata;
+        let namespace = m.namespace.clone().unwrap_or_else(|| "default".into());
+        let labels = m.labels.clone().unwrap_or_default();
+        let node_affinity = spec
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref());
+        let required_affinity = node_affinity
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .map(|s| {
+                s.node_selector_terms
+                    .iter()
+                    .map(NodeTerm::compile)
+                    .collect()
+            });
+        let preferred_affinity = node_affinity
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .map(|p| {
+                p.iter()
+                    .map(|t| (t.weight as i64, NodeTerm::compile(&t.preference)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut cycle = Cycle {
+            key: format!("{namespace}/{}", m.name.as_deref().unwrap_or_default()),
+            namespace: namespace.clone(),
+            labels,
+            requests: pod_requests(&spec, false),
+            non_zero: pod_requests(&spec, true),
+            node_name: spec.node_name.clone().filter(|n| !n.is_empty()),
+            node_selector: spec.node_selector.clone().unwrap_or_default(),
+            required_affinity,
+            preferred_affinity,
+            tolerations: spec.tolerations.clone().unwrap_or_default(),
+            host_ports: host_ports(&spec),
+            anti_domains: Vec::new(),
+            existing_anti: HashMap::new(),
+            affinity_domains: Vec::new(),
+            preferred_pods: Vec::new(),
+            spreads: Vec::new(),
+        };
+        cycle.prefilter_affinity(&spec, cache);
+        cycle.prefilter_spread(&spec, cache);
+        cycle
+    }
+
+    fn domains_of(cache: &Cache, term: &Term) -> HashSet<String> {
+        cache
+            .matching_pods(term)
+            .filter_map(|p| cache.domain(&p.node, &term.topology_key))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn prefilter_affinity(&mut self, spec: &PodSpec, cache: &Cache) {
+        let ns = self.namespace.clone();
+        let affinity = spec.affinity.as_ref();
+        let anti = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
+        let aff = affinity.and_then(|a| a.pod_affinity.as_ref());
+        for t in anti
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .into_iter()
+            .flatten()
+        {
+            let term = Term::compile(t, &ns, 1);
+            let domains = Self::domains_of(cache, &term);
+            self.anti_domains.push((term.topology_key, domains));
+        }
+        for t in aff
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .into_iter()
+            .flatten()
+        {
+            let term = Term::compile(t, &ns, 1);
+            let domains = Self::domains_of(cache, &term);
+            let domains = if domains.is_empty() && term.matches(&ns, &self.labels) {
+                None
+            } else {
+                Some(domains)
+            };
+            self.affinity_domains.push((term.topology_key, domains));
+        }
+        // Existing pods whose required anti-affinity selects this pod.
+        let mut check = |pod_key: &str, idx: usize| {
+            let Some(p) = cache.pods.get(pod_key) else {
+                return;
+            };
+            let Some(term) = p.required_anti.get(idx) else {
+                return;
+            };
+            if term.matches(&ns, &self.labels)
+                && let Some(d) = cache.domain(&p.node, &term.topology_key)
+            {
+                self.existing_anti
+                    .entry(term.topology_key.clone())
+                    .or_default()
+                    .insert(d.to_string());
+            }
+        };
+        for (k, v) in &self.labels.clone() {
+            for (p, i) in cache
+                .anti_by_label
+                .get(&format!("{k}={v}"))
+                .into_iter()
+                .flatten()
+            {
+                check(p, *i);
+            }
+        }
+        for (p, i) in &cache.anti_any {
+            check(p, *i);
+        }
+        // Preferred terms: weights per domain (anti-affinity counts negative).
+        let preferred =
+            |list: Option<&Vec<k8s_openapi::api::core::v1::WeightedPodAffinityTerm>>, sign: i64| {
+                list.into_iter()
+                    .flatten()
+                    .map(|w| {
+                        let term = Term::compile(&w.pod_affinity_term, &ns, w.weight as i64 * sign);
+                        let mut by_domain: HashMap<String, i64> = HashMap::new();
+                        for p in cache.matching_pods(&term) {
+                            if let Some(d) = cache.domain(&p.node, &term.topology_key) {
+                                *by_domain.entry(d.to_string()).or_default() += term.weight;
+                            }
+                        }
+                        (term.topology_key, by_domain)
+                    })
+                    .collect::<Vec<_>>()
+            };
+        self.preferred_pods.extend(preferred(
+            aff.and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            }),
+            1,
+        ));
+        self.preferred_pods.extend(preferred(
+            anti.and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            }),
+            -1,
+        ));
+    }
+
+    fn prefilter_spread(&mut self, spec: &PodSpec, cache: &Cache) {
+        for c in spec.topology_spread_constraints.iter().flatten() {
+            let selector = c
+                .label_selector
+                .as_ref()
+                .and_then(|s| LabelSelector::from_k8s(s).ok())
+                .unwrap_or_default();
+            let term = Term {
+                selector,
+                namespaces: Some(vec![self.namespace.clone()]),
+                topology_key: c.topology_key.clone(),
+                weight: 1,
+            };
+            // Domains: every node that passes the pod's node affinity (nodeAffinityPolicy
+            // Honor) and has the key.
+            let mut counts: HashMap<String, i64> = HashMap::new();
+            for n in cache.nodes.values() {
+                if self.node_affinity_ok(n)
+                    && let Some(d) = n.labels.get(&c.topology_key)
+                {
+                    counts.entry(d.clone()).or_default();
+                }
+            }
+            if term.selector.is_empty() && c.label_selector.is_none() {
+                // No selector selects no pods.
+            } else {
+                for p in cache.matching_pods(&term) {
+                    if let Some(d) = cache.domain(&p.node, &c.topology_key)
+                        && let Some(n) = counts.get_mut(d)
+                    {
+                        *n += 1;
+                    }
+                }
+            }
+            let min = counts.values().copied().min().unwrap_or(0);
+            self.spreads.push(Spread {
+                max_skew: c.max_skew.max(1) as i64,
+                key: c.topology_key.clone(),
+                hard: c.when_unsatisfiable != "ScheduleAnyway",
+                self_match: i64::from(term.matches(&self.namespace, &self.labels)),
+                counts,
+                min,
+            });
+        }
+    }
+
+    fn node_affinity_ok(&self, node: &NodeInfo) -> bool {
+        self.node_selector
+            .iter()
+            .all(|(k, v)| node.labels.get(k) == Some(v))
+            && self
+                .required_affinity
+                .as_ref()
+                .is_none_or(|terms| terms.iter().any(|t| t.matches(node)))
+    }
+
+    /// The node's untolerated NoSchedule/NoExecute taint, if any.
+    fn untolerated<'a>(&self, node: &'a NodeInfo) -> Option<&'a Taint> {
+        node.taints.iter().find(|t| {
+            (t.effect == "NoSchedule" || t.effect == "NoExecute")
+                && !tolerated(&self.tolerations, t)
+        })
+    }
+
+    /// Runs the filters on `node`: `Ok` or the reasons it does not fit.
+    pub fn filter(&self, node: &NodeInfo) -> Result<(), Vec<String>> {
+        let fail = |r: &str| Err(vec![r.to_string()]);
+        if node.unschedulable {
+            let t = Taint {
+                key: "node.kubernetes.io/unschedulable".into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            };
+            if !tolerated(&self.tolerations, &t) {
+                return fail(reason::UNSCHEDULABLE);
+            }
+        }
+        if let Some(n) = &self.node_name
+            && *n != node.name
+        {
+            return fail(reason::NODE_NAME);
+        }
+        if let Some(t) = self.untolerated(node) {
+            return Err(vec![format!(
+                "node(s) had untolerated taint {{{}: {}}}",
+                t.key,
+                t.value.as_deref().unwrap_or_default()
+            )]);
+        }
+        if !self.node_affinity_ok(node) {
+            return fail(reason::NODE_AFFINITY);
+        }
+        if self
+            .host_ports
+            .iter()
+            .any(|hp| node.host_ports.contains(hp))
+        {
+            return fail(reason::NODE_PORTS);
+        }
+        let mut insufficient = Vec::new();
+        let (a, r, q) = (&node.allocatable, &node.requested, &self.requests);
+        if r.pods + 1 > a.pods {
+            insufficient.push(reason::TOO_MANY_PODS.to_string());
+        }
+        if q.milli_cpu > 0 && r.milli_cpu + q.milli_cpu > a.milli_cpu {
+            insufficient.push("Insufficient cpu".into());
+        }
+        if q.memory > 0 && r.memory + q.memory > a.memory {
+            insufficient.push("Insufficient memory".into());
+        }
+        if q.ephemeral_storage > 0
+            && r.ephemeral_storage + q.ephemeral_storage > a.ephemeral_storage
+        {
+            insufficient.push("Insufficient ephemeral-storage".into());
+        }
+        if !insufficient.is_empty() {
+            return Err(insufficient);
+        }
+        for s in self.spreads.iter().filter(|s| s.hard) {
+            let Some(d) = node.labels.get(&s.key) else {
+                return fail(reason::SPREAD_MISSING_LABEL);
+            };
+            let count = s.counts.get(d).copied().unwrap_or(0);
+            if count + s.self_match - s.min > s.max_skew {
+                return fail(reason::SPREAD);
+            }
+        }
+        for (key, domains) in &self.affinity_domains {
+            let Some(domains) = domains else { continue };
+            if !node.labels.get(key).is_some_and(|d| domains.contains(d)) {
+                return fail(reason::AFFINITY);
+            }
+        }
+        for (key, domains) in &self.anti_domains {
+            if node.labels.get(key).is_some_and(|d| domains.contains(d)) {
+                return fail(reason::ANTI_AFFINITY);
+            }
+        }
+        for (key, domains) in &self.existing_anti {
+            if node.labels.get(key).is_some_and(|d| domains.contains(d)) {
+                return fail(reason::EXISTING_ANTI_AFFINITY);
+            }
+        }
+        Ok(())
+    }
+
+    /// Raw scores before normalization: preferred node affinity weight, untolerated
+    /// PreferNoSchedule taints, preferred pod (anti-)affinity weight, soft-spread count.
+    fn raw_scores(&self, node: &NodeInfo) -> [i64; 4] {
+        let affinity: i64 = self
+            .preferred_affinity
+            .iter()
+            .filter(|(_, t)| t.matches(node))
+            .map(|(w, _)| *w)
+            .sum();
+        let taints = node
+            .taints
+            .iter()
+            .filter(|t| t.effect == "PreferNoSchedule" && !tolerated(&self.tolerations, t))
+            .count() as i64;
+        let pods: i64 = self
+            .preferred_pods
+            .iter()
+            .map(|(key, by)| {
+                node.labels
+                    .get(key)
+                    .and_then(|d| by.get(d))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum();
+        let spread: i64 = self
+            .spreads
+            .iter()
+            .filter(|s| !s.hard)
+            .map(|s| {
+                node.labels
+                    .get(&s.key)
+                    .and_then(|d| s.counts.get(d))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum();
+        [affinity, taints, pods, spread]
+    }
+
+    /// Scores the feasible `nodes`; returns their weighted totals in the same order.
+    pub fn score(&self, nodes: &[&NodeInfo]) -> Vec<i64> {
+        let raw: Vec<[i64; 4]> = nodes.iter().map(|n| self.raw_scores(n)).collect();
+        let col = |i: usize| raw.iter().map(move |r| r[i]);
+        let (aff_max, taint_max) = (col(0).max().unwrap_or(0), col(1).max().unwrap_or(0));
+        let (pod_min, pod_max) = (col(2).min().unwrap_or(0), col(2).max().unwrap_or(0));
+        let (spread_min, spread_max) = (col(3).min().unwrap_or(0), col(3).max().unwrap_or(0));
+        nodes
+            .iter()
+            .zip(&raw)
+            .map(|(n, r)| {
+                let least = least_allocated(n, &self.non_zero);
+                let balanced = balanced(n, &self.non_zero);
+                let affinity = if aff_max > 0 {
+                    r[0] * MAX_NODE_SCORE / aff_max
+                } else {
+                    0
+                };
+                let taint = if taint_max > 0 {
+                    MAX_NODE_SCORE - r[1] * MAX_NODE_SCORE / taint_max
+                } else {
+                    MAX_NODE_SCORE
+                };
+                let pods = if pod_max > pod_min {
+                    (r[2] - pod_min) * MAX_NODE_SCORE / (pod_max - pod_min)
+                } else {
+                    0
+                };
+                let spread = if spread_max > spread_min {
+                    MAX_NODE_SCORE
+                        - (r[3] - spread_min) * MAX_NODE_SCORE / (spread_max - spread_min)
+                } else {
+                    MAX_NODE_SCORE
+                };
+                least + balanced + 2 * affinity + 3 * taint + 2 * pods + 2 * spread
+            })
+            .collect()
+    }
+
+    /// The pod as the cache tracks it once assumed on `node`.
+    pub fn placed(&self, pod: &Pod, node: &str) -> PodInfo {
+        let mut info = PodInfo::new(pod, node);
+        info.assumed = true;
+        info
+    }
+}
+
+fn fraction(requested: i64, allocatable: i64) -> f64 {
+    if allocatable <= 0 {
+        1.0
+    } else {
+        (requested as f64 / allocatable as f64).min(1.0)
+    }
+}
+
+/// NodeResourcesFit's LeastAllocated: free share of CPU and memory after placing the pod.
+fn least_allocated(n: &NodeInfo, pod: &Resources) -> i64 {
+    let cpu = 1.0
+        - fraction(
+            n.non_zero_requested.milli_cpu + pod.milli_cpu,
+            n.allocatable.milli_cpu,
+        );
+    let mem = 1.0
+        - fraction(
+            n.non_zero_requested.memory + pod.memory,
+            n.allocatable.memory,
+        );
+    (((cpu + mem) / 2.0) * MAX_NODE_SCORE as f64) as i64
+}
+
+/// NodeResourcesBalancedAllocation: CPU and memory shares close to each other.
+fn balanced(n: &NodeInfo, pod: &Resources) -> i64 {
+    let cpu = fraction(
+        n.non_zero_requested.milli_cpu + pod.milli_cpu,
+        n.allocatable.milli_cpu,
+    );
+    let mem = fraction(
+        n.non_zero_requested.memory + pod.memory,
+        n.allocatable.memory,
+    );
+    let std = (cpu - mem).abs() / 2.0;
+    ((1.0 - std) * MAX_NODE_SCORE as f64) as i64
+}
+
+/// kube-scheduler's failure message: "0/5 nodes are available: 2 Insufficient cpu, 3
+/// node(s) had untolerated taint {k: v}." (reasons counted, sorted as strings).
+pub fn fit_error(total: usize, reasons: &HashMap<String, usize>) -> String {
+    let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    parts.sort();
+    if parts.is_empty() {
+        format!("0/{total} nodes are available.")
+    } else {
+        format!("0/{total} nodes are available: {}.", parts.join(", "))
+    }
+}
