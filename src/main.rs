@@ -35,8 +35,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the API server.
+    /// Run the API server (with the scheduler and the controller manager, unless told not to).
     Server(server::ServerArgs),
+    /// Run the scheduler against an API server.
+    Scheduler,
+    /// Run the controller manager against an API server (leader-elected).
+    ControllerManager(server::ControllerArgs),
     /// Start a local cluster and apply the demo.
     Up(up::UpArgs),
     /// Stop the local cluster.
@@ -133,6 +137,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let ns = cli.namespace.as_str();
     match cli.command {
         Command::Server(args) => server::run(args).await,
+        Command::Scheduler => server::scheduler(connect(server).await?).await,
+        Command::ControllerManager(args) => {
+            server::controller_manager(connect(server).await?, args).await
+        }
         Command::Up(args) => up::up(args).await,
         Command::Down(args) => up::down(args),
         Command::Image(cmd) => image::run(cmd).await,

@@ -32,6 +32,67 @@ pub struct ServerArgs {
     /// Do not write the client config file with this server's address.
     #[arg(long)]
     pub no_write_config: bool,
+    /// Do not run the scheduler in this process.
+    #[arg(long)]
+    pub no_scheduler: bool,
+    /// Do not run the controller manager in this process.
+    #[arg(long)]
+    pub no_controllers: bool,
+    /// How long pods tolerate a not-ready or unreachable node before eviction (the
+    /// tolerations the API server adds to pods without their own).
+    #[arg(long, default_value_t = 300)]
+    pub default_toleration_seconds: i64,
+    #[command(flatten)]
+    pub controllers: ControllerArgs,
+}
+
+/// The controller manager's settings (in `skiff server` and `skiff controller-manager`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// How often node heartbeats are checked.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub node_monitor_period: std::time::Duration,
+    /// How long a node may stay silent before it is marked NotReady (Unknown).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+    /// Workers per controller.
+    #[arg(long, default_value_t = 5)]
+    pub controller_workers: usize,
+}
+
+impl ControllerArgs {
+    pub fn manager_config(&self) -> skiff_controllers::ManagerConfig {
+        skiff_controllers::ManagerConfig {
+            workers: self.controller_workers.max(1),
+            node_lifecycle: skiff_controllers::nodelifecycle::NodeLifecycleConfig {
+                monitor_period: self.node_monitor_period,
+                grace_period: self.node_monitor_grace_period,
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// `500ms`, `5s`, `2m`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (num, unit) = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((t, "s"), |i| t.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 5s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("{text:?} must be positive"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
@@ -90,6 +151,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             max_events: args.watch_cache_size.max(16),
             ..Default::default()
         },
+        default_toleration_seconds: args.default_toleration_seconds.max(0),
     };
     let store = open_store(&args).await?;
     let backend = store.backend();
@@ -107,6 +169,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     tracing::info!(%address, store = backend, "skiff server is serving");
     eprintln!("skiff server listening on {address} (store: {backend})");
+    // The scheduler and the controller manager are API clients like any other, over the
+    // loopback connection to this server.
+    let own = skiff_client::Client::connect_lazy(&address).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _scheduler = (!args.no_scheduler).then(|| {
+        skiff_scheduler::Scheduler::start(own.clone(), skiff_scheduler::SchedulerConfig::default())
+    });
+    let _controllers = (!args.no_controllers).then(|| {
+        skiff_controllers::ControllerManager::start(own.clone(), args.controllers.manager_config())
+    });
     let shutdown = crate::signal::shutdown();
     // Watches never finish on their own, so a graceful drain would wait forever: on a
     // signal, stop serving at once (every acknowledged write is already durable).
@@ -114,5 +185,28 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         served = skiff_apiserver::serve(registry, listener, std::future::pending()) => served?,
         _ = shutdown => tracing::info!("shutting down"),
     }
+    Ok(())
+}
+
+/// `skiff scheduler`: the scheduler on its own, against a running API server.
+pub async fn scheduler(client: skiff_client::Client) -> anyhow::Result<()> {
+    let _s = skiff_scheduler::Scheduler::start(client, skiff_scheduler::SchedulerConfig::default());
+    eprintln!("skiff scheduler running");
+    crate::signal::shutdown().await;
+    Ok(())
+}
+
+/// `skiff controller-manager`: the controllers on their own (leader-elected).
+pub async fn controller_manager(
+    client: skiff_client::Client,
+    args: ControllerArgs,
+) -> anyhow::Result<()> {
+    let cfg = args.manager_config();
+    eprintln!(
+        "skiff controller-manager {} waiting for the leader lease",
+        cfg.identity
+    );
+    let _m = skiff_controllers::ControllerManager::start(client, cfg);
+    crate::signal::shutdown().await;
     Ok(())
 }

@@ -356,6 +356,29 @@ pub fn field_value(object: &serde_json::Value, field: &str) -> String {
     }
 }
 
+/// Whether a toleration tolerates a taint (an empty key with `Exists` tolerates every
+/// taint; an empty effect matches every effect; `Equal` is the default operator).
+pub fn tolerates(
+    tol: &k8s_openapi::api::core::v1::Toleration,
+    taint: &k8s_openapi::api::core::v1::Taint,
+) -> bool {
+    if let Some(e) = tol.effect.as_deref()
+        && !e.is_empty()
+        && e != taint.effect
+    {
+        return false;
+    }
+    let key = tol.key.as_deref().unwrap_or_default();
+    match tol.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => key.is_empty() || key == taint.key,
+        _ => {
+            key == taint.key
+                && tol.value.as_deref().unwrap_or_default()
+                    == taint.value.as_deref().unwrap_or_default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

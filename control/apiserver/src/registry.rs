@@ -32,6 +32,10 @@ pub struct Config {
     /// NodePorts come from here (inclusive).
     pub node_port_range: (u16, u16),
     pub cache: CacheOptions,
+    /// The DefaultTolerationSeconds admission step: pods that do not tolerate the
+    /// `not-ready` / `unreachable` NoExecute taints get tolerations for this long
+    /// (kube-apiserver's --default-not-ready/unreachable-toleration-seconds, 300).
+    pub default_toleration_seconds: i64,
 }
 
 impl Default for Config {
@@ -40,6 +44,7 @@ impl Default for Config {
             service_cidr: "198.19.0.0/16".parse().expect("valid default CIDR"),
             node_port_range: (30000, 32767),
             cache: CacheOptions::default(),
+            default_toleration_seconds: 300,
         }
     }
 }
@@ -72,6 +77,7 @@ pub struct Registry {
     caches: HashMap<&'static str, Arc<WatchCache>>,
     cluster_ips: Mutex<IpAllocator>,
     node_ports: Mutex<PortAllocator>,
+    default_toleration_seconds: i64,
 }
 
 fn now() -> String {
@@ -230,6 +236,7 @@ impl Registry {
                 config.node_port_range.0,
                 config.node_port_range.1,
             )),
+            default_toleration_seconds: config.default_toleration_seconds,
         });
         registry.rebuild_allocations()?;
         for ns in SYSTEM_NAMESPACES {
@@ -245,15 +252,6 @@ impl Registry {
                 Ok(_) => {}
                 Err(e) if e.reason == Reason::AlreadyExists => {}
                 Err(e) => return Err(e),
-            }
-        }
-        // Namespaces left Terminating by a previous run finish now.
-        let (namespaces, _) = registry.cache("namespaces")?.list(&Filter::default());
-        for ns in namespaces {
-            if let Ok(v) = serde_json::from_slice::<Value>(&ns.json)
-                && v.pointer("/metadata/deletionTimestamp").is_some()
-            {
-                registry.clone().finish_namespace(ns.name.clone());
             }
         }
         Ok(registry)
@@ -456,6 +454,9 @@ impl Registry {
             obj.as_object_mut().map(|o| o.remove("status"));
         }
         let mut obj = admit(info, obj)?;
+        if info.kind == "Pod" {
+            self.default_tolerations(&mut obj);
+        }
         let name = object_name(&obj);
         if info.namespaced {
             self.ensure_namespace_active(&ns).await?;
@@ -1043,6 +1044,13 @@ impl Registry {
             self.settle(alloc, false);
             return Self::respond(cur);
         }
+        // A Namespace goes once the namespace controller removed its `kubernetes`
+        // finalizer (spec.finalizers) after emptying it.
+        let namespace_done = info.kind != "Namespace"
+            || next
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_none_or(|f| f.is_empty());
         let deleting = next.pointer("/metadata/deletionTimestamp").is_some()
             && finalizers(&next).is_empty()
             && next
@@ -1050,7 +1058,7 @@ impl Registry {
                 .and_then(Value::as_i64)
                 .unwrap_or(0)
                 == 0
-            && info.kind != "Namespace";
+            && namespace_done;
         if deleting {
             self.settle(alloc, false);
             let removed = self
@@ -1278,10 +1286,7 @@ impl Registry {
                     .update(&key, Bytes::from(bytes), cur.mod_revision)
                     .await
                 {
-                    Ok(kv) => {
-                        self.clone().finish_namespace(name.to_string());
-                        return Ok((Self::respond_value(&next, kv.mod_revision)?, false));
-                    }
+                    Ok(kv) => return Ok((Self::respond_value(&next, kv.mod_revision)?, false)),
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(e) => return Err(store_error(e, info, name)),
                 }
@@ -1356,50 +1361,34 @@ impl Registry {
             .max(0)
     }
 
-    /// Deletes everything in a Terminating namespace, then the namespace itself (the work of
-    /// kube-controller-manager's namespace controller, done here until Skiff has one).
-    fn finish_namespace(self: Arc<Self>, ns: String) {
-        tokio::spawn(async move {
-            loop {
-                let mut remaining = 0;
-                for info in RESOURCES.iter().filter(|r| r.namespaced) {
-                    let Ok(cache) = self.cache(info.plural) else {
-                        continue;
-                    };
-                    let (objects, _) = cache.list(&Filter {
-                        namespace: ns.clone(),
-                        ..Filter::default()
-                    });
-                    remaining += objects.len();
-                    for o in objects {
-                        let _ = self
-                            .delete(
-                                info.plural,
-                                &ns,
-                                &o.name,
-                                DeleteOptions {
-                                    grace_period_seconds: Some(0),
-                                    ..Default::default()
-                                },
-                            )
-                            .await;
-                    }
-                }
-                if remaining == 0 {
-                    let info = RESOURCES
-                        .iter()
-                        .find(|r| r.kind == "Namespace")
-                        .expect("namespaces are served");
-                    match self.store.delete(&info.key("", &ns), 0).await {
-                        Ok(_) | Err(StoreError::NotFound(_)) => return,
-                        Err(e) => {
-                            tracing::warn!(namespace = ns, error = %e, "cannot remove namespace")
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    /// DefaultTolerationSeconds: tolerations of the node-failure taints, unless the pod
+    /// has its own.
+    fn default_tolerations(&self, pod: &mut Value) {
+        let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+            return;
+        };
+        let list = spec.entry("tolerations").or_insert_with(|| json!([]));
+        let Some(list) = list.as_array_mut() else {
+            return;
+        };
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            let covered = list.iter().any(|t| {
+                let k = t.get("key").and_then(Value::as_str).unwrap_or_default();
+                let effect = t.get("effect").and_then(Value::as_str).unwrap_or_default();
+                let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+                (k == key || (k.is_empty() && exists))
+                    && (effect.is_empty() || effect == "NoExecute")
+            });
+            if !covered {
+                list.push(
+                    json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                    "tolerationSeconds": self.default_toleration_seconds}),
+                );
             }
-        });
+        }
     }
 
     // ---- binding ------------------------------------------------------------------------

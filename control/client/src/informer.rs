@@ -162,7 +162,7 @@ impl<K> Reader<K> {
 pub struct Informer<K> {
     api: Api<K>,
     params: ListParams,
-    indexes: Vec<(String, IndexFn<K>)>,
+    shared: Arc<Shared<K>>,
     handlers: Vec<Handler<K>>,
 }
 
@@ -183,21 +183,45 @@ where
     K: ApiObject,
 {
     pub fn new(api: Api<K>, params: ListParams) -> Self {
+        let (synced, _) = watch::channel(false);
         Informer {
             api,
             params,
-            indexes: Vec::new(),
+            shared: Arc::new(Shared {
+                objects: RwLock::new(Cache {
+                    objects: BTreeMap::new(),
+                    indexes: HashMap::new(),
+                    resource_version: String::new(),
+                }),
+                synced,
+            }),
             handlers: Vec::new(),
         }
     }
 
+    /// A reader of the cache, usable before the informer starts (empty and not synced
+    /// until then), so handlers and the components they feed can be wired up first.
+    pub fn reader(&self) -> Reader<K> {
+        Reader {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Adds an indexer: `f` gives the index values of an object.
-    pub fn index(
-        mut self,
-        name: &str,
-        f: impl Fn(&K) -> Vec<String> + Send + Sync + 'static,
-    ) -> Self {
-        self.indexes.push((name.to_string(), Arc::new(f)));
+    pub fn index(self, name: &str, f: impl Fn(&K) -> Vec<String> + Send + Sync + 'static) -> Self {
+        let f: IndexFn<K> = Arc::new(f);
+        let mut cache = self.shared.objects.write();
+        let mut index = HashMap::new();
+        for (key, obj) in &cache.objects {
+            for value in f(obj) {
+                index
+                    .entry(value)
+                    .or_insert_with(BTreeSet::new)
+                    .insert(key.clone());
+            }
+        }
+        cache.indexes.insert(name.to_string(), (f, index));
+        drop(cache);
         self
     }
 
@@ -209,19 +233,7 @@ where
 
     /// Starts listing and watching.
     pub fn start(self) -> InformerHandle<K> {
-        let (synced, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            objects: RwLock::new(Cache {
-                objects: BTreeMap::new(),
-                indexes: self
-                    .indexes
-                    .into_iter()
-                    .map(|(n, f)| (n, (f, HashMap::new())))
-                    .collect(),
-                resource_version: String::new(),
-            }),
-            synced,
-        });
+        let shared = self.shared;
         let reader = Reader {
             shared: shared.clone(),
         };

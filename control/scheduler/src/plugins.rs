@@ -133,27 +133,11 @@ pub struct Cycle {
     spreads: Vec<Spread>,
 }
 
-fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
-    if let Some(e) = tol.effect.as_deref()
-        && !e.is_empty()
-        && e != taint.effect
-    {
-        return false;
-    }
-    let key = tol.key.as_deref().unwrap_or_default();
-    match tol.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => key.is_empty() || key == taint.key,
-        _ => {
-            key == taint.key
-                && tol.value.as_deref().unwrap_or_default()
-                    == taint.value.as_deref().unwrap_or_default()
-        }
-    }
-}
-
 /// Whether `tolerations` tolerate `taint`.
 pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| tolerates(t, taint))
+    tolerations
+        .iter()
+        .any(|t| skiff_api::selector::tolerates(t, taint))
 }
 
 impl Cycle {

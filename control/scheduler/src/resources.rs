@@ -30,10 +30,10 @@ impl Resources {
                 continue;
             };
             match name.as_str() {
-                "cpu" => r.milli_cpu = (v * 1000.0).ceil() as i64,
-                "memory" => r.memory = v.ceil() as i64,
-                "ephemeral-storage" => r.ephemeral_storage = v.ceil() as i64,
-                "pods" => r.pods = v as i64,
+                "cpu" => r.milli_cpu = round_up(v * 1000.0),
+                "memory" => r.memory = round_up(v),
+                "ephemeral-storage" => r.ephemeral_storage = round_up(v),
+                "pods" => r.pods = round_up(v),
                 _ => {}
             }
         }
@@ -58,6 +58,17 @@ impl Resources {
         self.milli_cpu = self.milli_cpu.max(o.milli_cpu);
         self.memory = self.memory.max(o.memory);
         self.ephemeral_storage = self.ephemeral_storage.max(o.ephemeral_storage);
+    }
+}
+
+/// Rounds a parsed quantity up to a whole unit (as Kubernetes does with fractions of a
+/// millicore), without letting float error turn "776m" into 777.
+fn round_up(x: f64) -> i64 {
+    let r = x.round();
+    if (x - r).abs() < 1e-6 {
+        r as i64
+    } else {
+        x.ceil() as i64
     }
 }
 
@@ -145,6 +156,24 @@ mod tests {
         assert_eq!(r.milli_cpu, 2000);
         assert_eq!(r.memory, 64 << 20);
         assert_eq!(r.pods, 1);
+    }
+
+    #[test]
+    fn quantities_are_exact() {
+        let spec = PodSpec {
+            containers: vec![ctr(&[("cpu", "776m"), ("memory", "798Mi")], &[])],
+            ..Default::default()
+        };
+        let r = pod_requests(&spec, false);
+        assert_eq!((r.milli_cpu, r.memory), (776, 798 << 20));
+        let tiny = pod_requests(
+            &PodSpec {
+                containers: vec![ctr(&[("cpu", "0.0001")], &[])],
+                ..Default::default()
+            },
+            false,
+        );
+        assert_eq!(tiny.milli_cpu, 1, "a fraction of a millicore counts as one");
     }
 
     #[test]
