@@ -56,6 +56,30 @@ pub struct NodeArgs {
     /// First CrashLoopBackOff delay in seconds (Kubernetes: 10).
     #[arg(long, default_value_t = 10.0)]
     crash_backoff: f64,
+    /// The node's network namespace (a bind-mounted nsfs file, as `ip netns` makes);
+    /// default: the agent's own.
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// Run the node's eBPF data plane in this process (socket load balancing on
+    /// --cgroup2, NodePort on --uplink, the pod program on pod veths).
+    #[arg(long)]
+    dataplane: bool,
+    /// The node's uplink, in its namespace: XDP NodePort attaches there.
+    #[arg(long, requires = "dataplane")]
+    uplink: Option<String>,
+    /// How XDP attaches to the uplink: native (physical NICs) or generic (veth uplinks).
+    #[arg(long, value_parser = ["native", "generic"], default_value = "native")]
+    xdp_mode: String,
+    /// The Node's Hostname address (default: the node name), as kubelet's flag.
+    #[arg(long)]
+    hostname_override: Option<String>,
+    /// How long the node's Lease lasts; the agent renews it every quarter of that
+    /// (kubelet: 40 s, renewed every 10 s).
+    #[arg(long, default_value = "40s", value_parser = crate::server::parse_duration)]
+    node_lease_duration: Duration,
+    /// Parent of the pods' cgroups in every hierarchy (default: skiff/<node name>).
+    #[arg(long)]
+    cgroup_parent: Option<String>,
 }
 
 fn hostname() -> String {
@@ -103,6 +127,29 @@ pub fn main(args: NodeArgs, server: &str) -> anyhow::Result<()> {
             args.serve
                 .unwrap_or_else(|| std::net::SocketAddr::from((args.node_ip, 10250))),
         );
+    }
+    if let Some(ns) = &args.netns
+        && !ns.exists()
+    {
+        anyhow::bail!("--netns: {} does not exist", ns.display());
+    }
+    cfg.node_netns = args.netns.clone();
+    cfg.hostname = args.hostname_override.clone();
+    cfg.lease_period = args.node_lease_duration / 4;
+    if let Some(p) = &args.cgroup_parent {
+        if p.trim_matches('/').is_empty() {
+            anyhow::bail!("--cgroup-parent must name a directory below the cgroup roots");
+        }
+        cfg.cgroup_parent = p.trim_matches('/').to_string();
+    }
+    if args.dataplane {
+        if cfg.cgroup2.is_none() {
+            anyhow::bail!("--dataplane needs --cgroup2 (the node's cgroup2 directory)");
+        }
+        cfg.dataplane = Some(skiff_kubelet::agent::dataplane::DataplaneOptions {
+            uplink: args.uplink.clone(),
+            xdp_generic: args.xdp_mode == "generic",
+        });
     }
     let agent = Agent::start(cfg, spawner.socket())?;
     tracing::info!(node = %name, data_dir = %data_dir.display(), "node agent running");

@@ -42,6 +42,13 @@ pub struct ServerArgs {
     /// tolerations the API server adds to pods without their own).
     #[arg(long, default_value_t = 300)]
     pub default_toleration_seconds: i64,
+    /// Node address types to reach node agents at (logs, exec), in order.
+    #[arg(
+        long,
+        default_value = "InternalIP,Hostname,ExternalIP",
+        value_delimiter = ','
+    )]
+    pub kubelet_preferred_address_types: Vec<String>,
     #[command(flatten)]
     pub controllers: ControllerArgs,
 }
@@ -152,6 +159,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         default_toleration_seconds: args.default_toleration_seconds.max(0),
+        kubelet_address_types: args.kubelet_preferred_address_types.clone(),
     };
     let store = open_store(&args).await?;
     let backend = store.backend();

@@ -22,6 +22,6 @@ pub mod stats;
 pub mod sync;
 
 pub use lb::{Endpoint, Frontend, LbError, LbService, LoadBalancer, ServiceCounters};
-pub use loader::{DataPlane, DataPlaneError, PacketVerdict, XdpAttach};
+pub use loader::{DataPlane, DataPlaneError, PacketVerdict, TcLink, XdpAttach};
 pub use maps::Proto;
 pub use sync::ServiceSync;

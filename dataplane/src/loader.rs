@@ -93,6 +93,9 @@ pub enum DataPlaneError {
     Lb(#[from] LbError),
 }
 
+/// A pod program's attachment (see `DataPlane::attach_tc`).
+pub type TcLink = aya::programs::tc::SchedClassifierLinkId;
+
 /// One node's BPF programs and maps.
 pub struct DataPlane {
     ebpf: Ebpf,
@@ -149,14 +152,19 @@ impl DataPlane {
 
     /// Attaches the pod program to the ingress of a pod veth's host side (packets leaving
     /// the pod). The interface is looked up in the calling thread's network namespace.
-    pub fn attach_tc(&mut self, interface: &str) -> Result<(), DataPlaneError> {
+    pub fn attach_tc(&mut self, interface: &str) -> Result<TcLink, DataPlaneError> {
         // Kernels before 6.6 need a clsact qdisc; with TCX (aya's default since) this
         // reports that it already exists or is not needed.
         let _ = tc::qdisc_add_clsact(interface);
         let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_POD)?;
         tc.attach(interface, TcAttachType::Ingress)
-            .map_err(|e| program_err(TC_POD, e))?;
-        Ok(())
+            .map_err(|e| program_err(TC_POD, e))
+    }
+
+    /// Detaches a pod program attached by `attach_tc` (its interface may be gone already).
+    pub fn detach_tc(&mut self, link: TcLink) -> Result<(), DataPlaneError> {
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_POD)?;
+        tc.detach(link).map_err(|e| program_err(TC_POD, e))
     }
 
     /// Runs the NodePort program on one packet (BPF_PROG_TEST_RUN), against this node's

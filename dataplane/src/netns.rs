@@ -100,6 +100,58 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Keeps this namespace alive beyond its descriptors by bind-mounting it on `path` (an
+    /// empty file is created), as `ip netns add` does; `Netns::open(path)` finds it again.
+    pub fn persist(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        File::create(path)?;
+        let source = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        let c = |s: &str| {
+            std::ffi::CString::new(s).map_err(|_| std::io::Error::other("path with a NUL byte"))
+        };
+        let (src, dst) = (c(&source)?, c(&path.to_string_lossy())?);
+        // SAFETY: both arguments are valid NUL-terminated strings; a bind mount of our own
+        // namespace descriptor onto a file we just created.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Undoes `persist`: the namespace goes once nothing else holds it. A path that is not
+    /// mounted (or gone) is not an error.
+    pub fn forget(path: &Path) -> std::io::Result<()> {
+        let c = std::ffi::CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| std::io::Error::other("path with a NUL byte"))?;
+        // SAFETY: a valid NUL-terminated path; MNT_DETACH unmounts lazily.
+        let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) {
+                return Err(e);
+            }
+        }
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl AsFd for Netns {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -796,7 +796,8 @@ fn purge_removes_what_a_stopped_agent_left() -> Result<(), Failed> {
     check(mounted() >= 4, || {
         format!("{} mounts before the purge", mounted())
     })?;
-    let purged = skiff_kubelet::agent::purge::purge(&data, &n.cfg.cgroup_parent)?;
+    let purged =
+        skiff_kubelet::agent::purge::purge(&data, &n.cfg.cgroup_parent, n.cfg.cgroup2.as_deref())?;
     check(purged.processes >= 1 && purged.pods == 1, || {
         format!("{purged:?}")
     })?;

@@ -409,7 +409,7 @@ pub fn pod_start(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
     });
     // Whatever happened, nothing of the node may stay: stop it, then purge what it left.
     drop(node);
-    let purged = skiff_kubelet::agent::purge::purge(&node_dir, "skiff/bench");
+    let purged = skiff_kubelet::agent::purge::purge(&node_dir, "skiff/bench", None);
     let (s, b, idle_rss, busy_rss) = result??;
     purged?;
     let mut out = vec![

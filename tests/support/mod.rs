@@ -17,11 +17,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `skiff server` on `dir` and waits for it to listen.
+    /// Starts `skiff server` on `dir` (the API alone: no scheduler or controllers, so
+    /// what the CLI prints does not race them) and waits for it to listen.
     pub fn start(dir: &Path) -> Server {
         let mut child = Command::new(SKIFF)
             .args([
                 "server",
+                "--no-scheduler",
+                "--no-controllers",
                 "--no-write-config",
                 "--listen",
                 "127.0.0.1:0",

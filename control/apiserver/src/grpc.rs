@@ -67,15 +67,26 @@ impl ApiService {
         let obj = self.registry.get("nodes", "", &node).await?;
         let obj: serde_json::Value =
             serde_json::from_slice(&obj).map_err(|e| Status::internal(e.to_string()))?;
-        let ip = obj
+        let addresses = obj
             .pointer("/status/addresses")
             .and_then(serde_json::Value::as_array)
-            .and_then(|a| {
-                a.iter()
-                    .find(|x| x["type"] == "InternalIP")
+            .cloned()
+            .unwrap_or_default();
+        let types = self.registry.kubelet_address_types();
+        let ip = types
+            .iter()
+            .find_map(|t| {
+                addresses
+                    .iter()
+                    .find(|x| x["type"] == t.as_str())
                     .and_then(|x| x["address"].as_str())
             })
-            .ok_or_else(|| unavailable(format!("node {node} has no InternalIP")))?
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "node {node} has no address of the types {}",
+                    types.join(", ")
+                ))
+            })?
             .to_string();
         let port = obj
             .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")

@@ -36,6 +36,9 @@ pub struct Config {
     /// `not-ready` / `unreachable` NoExecute taints get tolerations for this long
     /// (kube-apiserver's --default-not-ready/unreachable-toleration-seconds, 300).
     pub default_toleration_seconds: i64,
+    /// Which Node address to dial a node agent at (logs, exec), in order of preference
+    /// (kube-apiserver's --kubelet-preferred-address-types).
+    pub kubelet_address_types: Vec<String>,
 }
 
 impl Default for Config {
@@ -45,6 +48,11 @@ impl Default for Config {
             node_port_range: (30000, 32767),
             cache: CacheOptions::default(),
             default_toleration_seconds: 300,
+            kubelet_address_types: vec![
+                "InternalIP".into(),
+                "Hostname".into(),
+                "ExternalIP".into(),
+            ],
         }
     }
 }
@@ -78,6 +86,7 @@ pub struct Registry {
     cluster_ips: Mutex<IpAllocator>,
     node_ports: Mutex<PortAllocator>,
     default_toleration_seconds: i64,
+    kubelet_address_types: Vec<String>,
 }
 
 fn now() -> String {
@@ -237,6 +246,7 @@ impl Registry {
                 config.node_port_range.1,
             )),
             default_toleration_seconds: config.default_toleration_seconds,
+            kubelet_address_types: config.kubelet_address_types.clone(),
         });
         registry.rebuild_allocations()?;
         for ns in SYSTEM_NAMESPACES {
@@ -255,6 +265,11 @@ impl Registry {
             }
         }
         Ok(registry)
+    }
+
+    /// Node address types to dial node agents at, in order of preference.
+    pub fn kubelet_address_types(&self) -> &[String] {
+        &self.kubelet_address_types
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -192,7 +192,12 @@ impl Cycle {
             spreads: Vec::new(),
         };
         cycle.prefilter_affinity(&spec, cache);
-        cycle.prefilter_spread(&spec, cache);
+        let owned = m
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true));
+        cycle.prefilter_spread(&spec, owned, cache);
         cycle
     }
 
@@ -301,8 +306,36 @@ impl Cycle {
         ));
     }
 
-    fn prefilter_spread(&mut self, spec: &PodSpec, cache: &Cache) {
-        for c in spec.topology_spread_constraints.iter().flatten() {
+    fn prefilter_spread(&mut self, spec: &PodSpec, owned: bool, cache: &Cache) {
+        let defaults;
+        let constraints = match &spec.topology_spread_constraints {
+            Some(c) if !c.is_empty() => c,
+            // kube-scheduler's system defaults for pods a controller owns: spread softly
+            // over hosts (maxSkew 3) and zones (maxSkew 5), selecting the pod's siblings
+            // (Skiff approximates the owners' selectors with the pod's own labels).
+            _ if owned && !self.labels.is_empty() => {
+                let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                    match_labels: Some(self.labels.clone()),
+                    ..Default::default()
+                };
+                defaults = [
+                    ("kubernetes.io/hostname", 3),
+                    ("topology.kubernetes.io/zone", 5),
+                ]
+                .map(|(key, skew)| {
+                    k8s_openapi::api::core::v1::TopologySpreadConstraint {
+                        max_skew: skew,
+                        topology_key: key.into(),
+                        when_unsatisfiable: "ScheduleAnyway".into(),
+                        label_selector: Some(selector.clone()),
+                        ..Default::default()
+                    }
+                });
+                &defaults.to_vec()
+            }
+            _ => return,
+        };
+        for c in constraints {
             let selector = c
                 .label_selector
                 .as_ref()

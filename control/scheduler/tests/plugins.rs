@@ -447,3 +447,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn replicas_of_a_controller_spread_over_hosts_by_default() {
+    // Requests too small to move the resource scores: only the default spreading decides.
+    let mut c = Cache::default();
+    for n in ["a", "b", "c"] {
+        c.upsert_node(&node(n, "64", "256Gi", 110, json!({})));
+    }
+    let mut start = 0;
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for i in 0..9 {
+        let p = pod(
+            &format!("web-{i}"),
+            "1m",
+            "1Ki",
+            json!({"metadata": {"labels": {"app": "web"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "u", "controller": true}]}}),
+        );
+        *count
+            .entry(place(&mut c, &p, &mut start).expect("fits"))
+            .or_default() += 1;
+    }
+    assert!(count.values().all(|n| *n == 3), "{count:?}");
+}

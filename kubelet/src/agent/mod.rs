@@ -9,6 +9,7 @@
 //! Stopping the agent leaves containers running: the spawner keeps them (and their log
 //! pipes), and the next agent on the same data dir adopts them.
 
+pub mod dataplane;
 pub mod events;
 pub mod logs;
 pub mod node;
@@ -75,6 +76,11 @@ pub struct AgentConfig {
     pub serve_port: u16,
     /// Run containers through this OCI runtime (crun, runc) instead of Skiff's own.
     pub oci_runtime: Option<PathBuf>,
+    /// Run the node's eBPF data plane in this process (needs `cgroup2`).
+    pub dataplane: Option<dataplane::DataplaneOptions>,
+    /// The Node's `Hostname` address (default: the node name), as kubelet's
+    /// --hostname-override.
+    pub hostname: Option<String>,
 }
 
 impl AgentConfig {
@@ -103,6 +109,8 @@ impl AgentConfig {
             serve_addr: None,
             serve_port: 0,
             oci_runtime: None,
+            dataplane: None,
+            hostname: None,
         }
     }
 }
@@ -111,7 +119,8 @@ impl AgentConfig {
 pub struct Shared {
     pub cfg: AgentConfig,
     pub images: ImageStore,
-    pub podnet: Option<PodNetwork>,
+    pub podnet: Option<Arc<PodNetwork>>,
+    pub dataplane: Option<dataplane::NodeDataplane>,
     pub hierarchy: Hierarchy,
 }
 
@@ -168,14 +177,39 @@ impl Agent {
                 Some(p) => Netns::open(p)?,
                 None => Netns::current()?,
             };
-            Some(PodNetwork::new(node, cfg.pod_cidr, &cfg.data_dir)?)
+            Some(Arc::new(PodNetwork::new(
+                node,
+                cfg.pod_cidr,
+                &cfg.data_dir,
+            )?))
         } else {
             None
+        };
+        let dataplane = match &cfg.dataplane {
+            Some(opts) => {
+                let cgroup2 = cfg.cgroup2.clone().ok_or_else(|| {
+                    anyhow::anyhow!("the data plane needs the node's cgroup2 directory")
+                })?;
+                Some(dataplane::NodeDataplane::start(
+                    dataplane::NodeInfo {
+                        name: cfg.node_name.clone(),
+                        ip: cfg.node_ip,
+                        pod_cidr: cfg.pod_cidr,
+                        netns: cfg.node_netns.clone(),
+                        cgroup2,
+                        api_server: cfg.api_server.clone(),
+                    },
+                    opts.clone(),
+                    podnet.clone(),
+                )?)
+            }
+            None => None,
         };
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             images,
             podnet,
+            dataplane,
             hierarchy,
         });
         let n = cfg.cores.max(1);
@@ -366,6 +400,18 @@ async fn control(
             _ = lease.tick() => {
                 if let Err(e) = node::renew_lease(&core.client, cfg).await {
                     tracing::warn!(error = %e, "cannot renew the node lease");
+                }
+                // The node controller marks a node it has not heard from Unknown; once
+                // heard again, the agent posts its own view at once (as the kubelet does
+                // when the API's node status differs from its own).
+                match node::reported_ready(&core.client, cfg).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if let Err(e) = node::heartbeat(&core.client, cfg).await {
+                            tracing::warn!(error = %e, "cannot report node status");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot read the node's status"),
                 }
             }
             _ = status.tick() => {

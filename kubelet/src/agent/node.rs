@@ -139,7 +139,10 @@ pub fn node_object(cfg: &AgentConfig) -> Node {
                 },
                 NodeAddress {
                     type_: "Hostname".into(),
-                    address: cfg.node_name.clone(),
+                    address: cfg
+                        .hostname
+                        .clone()
+                        .unwrap_or_else(|| cfg.node_name.clone()),
                 },
             ]),
             conditions: Some(vec![
@@ -256,12 +259,21 @@ pub async fn heartbeat(client: &Client, cfg: &AgentConfig) -> Result<(), ApiErro
     nodes.update_status(&n).await.map(|_| ())
 }
 
+/// Whether the API shows this node Ready=True.
+pub async fn reported_ready(client: &Client, cfg: &AgentConfig) -> Result<bool, ApiError> {
+    let n = client.api::<Node>("").get(&cfg.node_name).await?;
+    Ok(n.status
+        .and_then(|s| s.conditions)
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+}
+
 /// Renews (or creates) the node's Lease.
 pub async fn renew_lease(client: &Client, cfg: &AgentConfig) -> Result<(), ApiError> {
     let leases = client.api::<Lease>("kube-node-lease");
     let spec = LeaseSpec {
         holder_identity: Some(cfg.node_name.clone()),
-        lease_duration_seconds: Some(40),
+        // Renewed every quarter of its duration, as the kubelet does (10 s of 40 s).
+        lease_duration_seconds: Some((cfg.lease_period.as_secs_f64() * 4.0).ceil().max(1.0) as i32),
         renew_time: Some(MicroTime(timestamp_now())),
         ..Default::default()
     };

@@ -425,10 +425,14 @@ impl PodWorker {
                     skiff_dataplane::netns::Netns::open(&path).map_err(|e| e.to_string())?;
                 match (&shared.podnet, host_network) {
                     (_, true) => Ok(Some(shared.cfg.node_ip)),
-                    (Some(pn), false) => pn
-                        .add(&uid, &netns)
-                        .map(|i| Some(i.ip))
-                        .map_err(|e| e.to_string()),
+                    (Some(pn), false) => {
+                        let iface = pn.add(&uid, &netns).map_err(|e| e.to_string())?;
+                        if let Some(dp) = &shared.dataplane {
+                            dp.attach_pod(&uid, &iface.host_veth)
+                                .map_err(|e| format!("pod program on {}: {e}", iface.host_veth))?;
+                        }
+                        Ok(Some(iface.ip))
+                    }
                     (None, false) => {
                         // No pod network on this node: loopback only.
                         netns
@@ -1836,6 +1840,9 @@ impl PodWorker {
             // OCI runtime rootfs mounts of containers that never reported an exit.
             let _ = super::purge::unmount_under(&dir.join("containers"));
             if let (Some(pn), Some(_), false) = (&shared.podnet, ip, host_network) {
+                if let Some(dp) = &shared.dataplane {
+                    dp.detach_pod(&uid);
+                }
                 pn.remove(&uid).map_err(|e| format!("pod network: {e}"))?;
             }
             if let Some(sb) = sandbox {
@@ -1922,6 +1929,15 @@ impl PodWorker {
         if self.sandbox.is_some() {
             self.ip = p.ip;
             self.net_ready = p.ip.is_some() || self.core.shared.podnet.is_none();
+            // The previous agent's pod program went with its process: attach it again.
+            if let (Some(dp), Some(_), false) =
+                (&self.core.shared.dataplane, p.ip, self.host_network())
+            {
+                let veth = skiff_dataplane::podnet::host_veth_name(&self.uid);
+                if let Err(e) = dp.attach_pod(&self.uid, &veth) {
+                    tracing::warn!(pod = %self.name, error = %e, "cannot re-attach the pod program");
+                }
+            }
         }
         let mut ids = Vec::new();
         for pc in &p.containers {

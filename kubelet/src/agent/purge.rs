@@ -31,8 +31,13 @@ fn cgroup_pids(dir: &Path, out: &mut Vec<i32>) {
 
 /// Kills every process in the cgroup tree `parent` (every pod of the node), stops the
 /// spawner of `data_dir`, unmounts everything under `data_dir` and removes the cgroups and
-/// pod directories. Safe to run on a node that is already clean.
-pub fn purge(data_dir: &Path, cgroup_parent: &str) -> std::io::Result<Purged> {
+/// pod directories; with `cgroup2` (the node's cgroup2 directory the data plane watches),
+/// the pods' cgroups there too. Safe to run on a node that is already clean.
+pub fn purge(
+    data_dir: &Path,
+    cgroup_parent: &str,
+    cgroup2: Option<&Path>,
+) -> std::io::Result<Purged> {
     let mut purged = Purged::default();
     if cgroup_parent.trim_matches('/').is_empty() {
         return Err(std::io::Error::other("refusing to purge the root cgroup"));
@@ -52,6 +57,7 @@ pub fn purge(data_dir: &Path, cgroup_parent: &str) -> std::io::Result<Purged> {
         unsafe { libc::kill(pid, libc::SIGKILL) };
         purged.processes += 1;
     }
+    let mut killed = std::collections::HashSet::new();
     for _ in 0..50 {
         let mut pids = Vec::new();
         cgroup_pids(&tree, &mut pids);
@@ -61,14 +67,25 @@ pub fn purge(data_dir: &Path, cgroup_parent: &str) -> std::io::Result<Purged> {
         for pid in &pids {
             // SAFETY: kill with pids read from this node's own cgroup tree.
             unsafe { libc::kill(*pid, libc::SIGKILL) };
+            killed.insert(*pid);
         }
-        purged.processes += pids.len();
         std::thread::sleep(Duration::from_millis(20));
     }
+    purged.processes += killed.len();
     purged.mounts = unmount_under(data_dir)?;
     let rel = Path::new(cgroup_parent.trim_matches('/'));
-    cgroup::remove_tree(&hierarchy, rel, None);
+    cgroup::remove_tree(&hierarchy, rel, cgroup2);
     cgroup::remove_empty_parents(&hierarchy, rel);
+    if let Some(base) = cgroup2 {
+        // The parent's own directories below the node's cgroup2 directory.
+        let mut dir = base.join(rel);
+        while dir != base && dir.starts_with(base) {
+            let _ = std::fs::remove_dir(&dir);
+            if !dir.pop() {
+                break;
+            }
+        }
+    }
     let pods = data_dir.join("pods");
     if let Ok(rd) = std::fs::read_dir(&pods) {
         purged.pods = rd.count();
