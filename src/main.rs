@@ -119,10 +119,56 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Set the number of replicas of a Deployment or ReplicaSet.
+    Scale {
+        /// TYPE NAME or TYPE/NAME.
+        args: Vec<String>,
+        #[arg(long)]
+        replicas: i32,
+    },
+    /// Manage the rollout of a Deployment.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCmd,
+    },
+    /// Run hollow nodes (KWOK-like): Nodes with Leases whose pods are reported Running
+    /// without containers, for scale tests of the control plane.
+    HollowNodes {
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Node names are <prefix><i>.
+        #[arg(long, default_value = "hollow-")]
+        prefix: String,
+        #[arg(long, default_value = "10s", value_parser = server::parse_duration)]
+        lease_period: std::time::Duration,
+        #[arg(long, default_value_t = 110)]
+        max_pods: u32,
+    },
     /// List the resource types the server serves.
     ApiResources,
     /// Client and server versions.
     Version,
+}
+
+#[derive(Subcommand)]
+enum RolloutCmd {
+    /// Watch a rollout until it completes.
+    Status {
+        args: Vec<String>,
+        /// Give up after this long (e.g. 2m).
+        #[arg(long, value_parser = server::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
+    /// The revisions of a Deployment.
+    History { args: Vec<String> },
+    /// Roll back to the previous revision (or --to-revision).
+    Undo {
+        args: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        to_revision: i64,
+    },
+    /// Restart every pod of a Deployment through a rollout.
+    Restart { args: Vec<String> },
 }
 
 async fn connect(flag: Option<&str>) -> anyhow::Result<Client> {
@@ -140,6 +186,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler => server::scheduler(connect(server).await?).await,
         Command::ControllerManager(args) => {
             server::controller_manager(connect(server).await?, args).await
+        }
+        Command::Scale { args, replicas } => {
+            cli::rollout::scale(&connect(server).await?, &args, ns, replicas).await
+        }
+        Command::Rollout { command } => {
+            let client = connect(server).await?;
+            match command {
+                RolloutCmd::Status { args, timeout } => {
+                    cli::rollout::status(&client, &args, ns, timeout).await
+                }
+                RolloutCmd::History { args } => cli::rollout::history(&client, &args, ns).await,
+                RolloutCmd::Undo { args, to_revision } => {
+                    cli::rollout::undo(&client, &args, ns, to_revision).await
+                }
+                RolloutCmd::Restart { args } => cli::rollout::restart(&client, &args, ns).await,
+            }
+        }
+        Command::HollowNodes {
+            count,
+            prefix,
+            lease_period,
+            max_pods,
+        } => {
+            let client = connect(server).await?;
+            let nodes = skiff_hollow::HollowNodes::start(
+                &client,
+                skiff_hollow::HollowConfig {
+                    prefix,
+                    count,
+                    pods: max_pods,
+                    lease_period,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(cli::server_error(&e)))?;
+            eprintln!(
+                "{} hollow node(s) registered; renewing their leases every {lease_period:?}; Ctrl-C stops them",
+                nodes.names.len()
+            );
+            signal::shutdown().await;
+            Ok(())
         }
         Command::Up(args) => up::up(args).await,
         Command::Down(args) => up::down(args),

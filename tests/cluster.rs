@@ -401,6 +401,46 @@ async fn scenario(cluster: &LocalCluster) {
         ok + failed
     );
 
+    // The rollout verbs: history, undo back to revision 1's template, status.
+    let out = cluster.skiff(&["rollout", "history", "deployment/who"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let hist = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        hist.contains("REVISION") && hist.lines().any(|l| l.starts_with('2')),
+        "{hist}"
+    );
+    let out = cluster.skiff(&["rollout", "undo", "deployment", "who"]);
+    assert_eq!(text(&out).trim(), "deployment.apps/who rolled back");
+    let out = cluster.skiff(&["rollout", "status", "deployment/who", "--timeout", "90s"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("deployment \"who\" successfully rolled out"),
+        "{}",
+        text(&out)
+    );
+    let out = cluster.skiff(&["scale", "deployment/who", "--replicas", "3"]);
+    assert_eq!(text(&out).trim(), "deployment.apps/who scaled");
+    let out = cluster.skiff(&["scale", "service/who", "--replicas", "3"]);
+    assert!(
+        !out.status.success() && text(&out).contains("cannot scale services"),
+        "{}",
+        text(&out)
+    );
+    available(&c, "who", 3).await;
+    eventually(
+        "undo's old pods gone",
+        Duration::from_secs(30),
+        async || {
+            let all = c
+                .api::<Pod>("default")
+                .list(&ListParams::default().labels("app=who"))
+                .await
+                .ok()?;
+            (all.items.len() == 3).then_some(())
+        },
+    )
+    .await;
+
     // Kill node-1's agent: the Node goes NotReady, its pods come back on node-0, and the
     // endpoints follow.
     let pid: i32 = std::fs::read_to_string(cluster.data.join("node-1.pid"))

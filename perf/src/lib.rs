@@ -11,6 +11,7 @@ pub mod control;
 pub mod dataplane;
 pub mod pods;
 pub mod report;
+pub mod scheduling;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

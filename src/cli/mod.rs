@@ -2,6 +2,7 @@
 //! Output and error wording follow kubectl's, so users' scripts and habits carry over.
 
 pub mod describe;
+pub mod rollout;
 pub mod table;
 
 use std::io::Read;
@@ -317,7 +318,7 @@ impl std::str::FromStr for Output {
     }
 }
 
-fn resolve(kind: &str) -> anyhow::Result<&'static ResourceInfo> {
+pub(crate) fn resolve(kind: &str) -> anyhow::Result<&'static ResourceInfo> {
     resource::by_name(kind)
         .ok_or_else(|| anyhow::anyhow!("the server doesn't have a resource type \"{kind}\""))
 }

@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use skiff_api::proto::api_server::Api;
 use skiff_api::proto::node_client::NodeClient;
 use skiff_api::proto::{
-    BindRequest, CreateRequest, DeleteRequest, DeleteResponse, ExecOutput, GetRequest, ListRequest,
+    BindBatchRequest, BindBatchResponse, BindRequest, BindResult, CreateRequest, DeleteRequest, DeleteResponse, ExecOutput, GetRequest, ListRequest,
     ListResponse, LogChunk, ObjectResponse, PatchRequest, PodExecRequest, PodLogsRequest,
     UpdateRequest, VersionRequest, VersionResponse, WatchRequest,
 };
@@ -200,6 +200,25 @@ impl Api for ApiService {
             .bind(&r.namespace, &r.name, &r.binding)
             .await?;
         Ok(Response::new(ObjectResponse { object }))
+    }
+
+    async fn bind_batch(
+        &self,
+        req: Request<BindBatchRequest>,
+    ) -> Result<Response<BindBatchResponse>, Status> {
+        // All at once: the store's group commit writes them together.
+        let results = futures::future::join_all(req.into_inner().bindings.into_iter().map(
+            |b| async move {
+                match self.registry.bind(&b.namespace, &b.name, &b.binding).await {
+                    Ok(_) => BindResult::default(),
+                    Err(e) => BindResult {
+                        status: bytes::Bytes::from(e.to_status_json().to_string()),
+                    },
+                }
+            },
+        ))
+        .await;
+        Ok(Response::new(BindBatchResponse { results }))
     }
 
     type WatchStream = WatchStream;

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use skiff_api::proto::api_client::ApiClient;
 use skiff_api::proto::{
-    BindRequest, CreateRequest, DeleteRequest, EventType, GetRequest, ListRequest, PatchRequest,
+    BindBatchRequest, BindRequest, CreateRequest, DeleteRequest, EventType, GetRequest, ListRequest, PatchRequest,
     UpdateRequest, VersionRequest, WatchRequest,
 };
 use skiff_api::{ApiError, INITIAL_EVENTS_END, Reason};
@@ -312,6 +312,45 @@ impl Client {
             binding: Bytes::from(serde_json::to_vec(&binding).map_err(decode_error)?),
         };
         Ok(self.answer(self.inner.clone().bind(req).await)?.object)
+    }
+
+    /// Binds many pods in one call: `(namespace, pod, node)` each; one result per binding,
+    /// in order.
+    pub async fn bind_batch(
+        &self,
+        bindings: &[(String, String, String)],
+    ) -> Result<Vec<Result<(), ApiError>>, ApiError> {
+        let mut reqs = Vec::with_capacity(bindings.len());
+        for (ns, pod, node) in bindings {
+            let binding = serde_json::json!({
+                "apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": pod, "namespace": ns},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+            });
+            reqs.push(BindRequest {
+                namespace: ns.clone(),
+                name: pod.clone(),
+                binding: Bytes::from(serde_json::to_vec(&binding).map_err(decode_error)?),
+            });
+        }
+        let resp = self.answer(
+            self.inner
+                .clone()
+                .bind_batch(BindBatchRequest { bindings: reqs })
+                .await,
+        )?;
+        Ok(resp
+            .results
+            .into_iter()
+            .map(|r| {
+                if r.status.is_empty() {
+                    return Ok(());
+                }
+                let v: serde_json::Value = serde_json::from_slice(&r.status).map_err(decode_error)?;
+                Err(ApiError::from_status_json(&v)
+                    .unwrap_or_else(|| ApiError::internal("binding failed")))
+            })
+            .collect())
     }
 
     /// Watches `resource`. An empty `resource_version` starts with the current state as

@@ -39,6 +39,11 @@ pub struct HollowConfig {
     pub zones: usize,
     /// Status writes and deletions in flight at once.
     pub concurrency: usize,
+    /// Report bound pods Running (false: leave them as the scheduler bound them, as
+    /// scheduler benchmarks do).
+    pub run_pods: bool,
+    /// Label nodes `hollow.skiff.dev/group=g<i % groups>`.
+    pub groups: usize,
 }
 
 impl Default for HollowConfig {
@@ -52,6 +57,8 @@ impl Default for HollowConfig {
             lease_period: Duration::from_secs(10),
             zones: 3,
             concurrency: 64,
+            run_pods: true,
+            groups: 2,
         }
     }
 }
@@ -70,7 +77,7 @@ pub struct HollowNodes {
     pub stats: Arc<HollowStats>,
     stopped: Arc<RwLock<HashSet<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _pods: InformerHandle<Pod>,
+    _pods: Option<InformerHandle<Pod>>,
 }
 
 impl Drop for HollowNodes {
@@ -97,6 +104,7 @@ fn node_object(cfg: &HollowConfig, name: &str, i: usize) -> Node {
             "kubernetes.io/os": "linux",
             "topology.kubernetes.io/zone": format!("zone-{}", i % cfg.zones.max(1)),
             "type": "hollow",
+            "hollow.skiff.dev/group": format!("g{}", i % cfg.groups.max(1)),
         }},
         "spec": {},
         "status": {
@@ -227,7 +235,7 @@ impl HollowNodes {
         }
         let mine: Arc<HashSet<String>> = Arc::new(names.iter().cloned().collect());
         let next_ip = Arc::new(AtomicU32::new(1 << 10));
-        let pods = {
+        let pods = cfg.run_pods.then(|| {
             let (client, stats, stopped, sem) =
                 (client.clone(), stats.clone(), stopped.clone(), sem.clone());
             Informer::new(client.api::<Pod>(""), ListParams::default())
@@ -300,7 +308,7 @@ impl HollowNodes {
                     });
                 })
                 .start()
-        };
+        });
         Ok(HollowNodes {
             names,
             stats,

@@ -6,8 +6,10 @@
 //! binding in flight can never let a second pod take the same room; the informer's view of
 //! the bound pod replaces the assumption, a failed binding forgets it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodAffinityTerm, Taint};
 use skiff_api::selector::{LabelSelector, Requirement};
@@ -86,6 +88,8 @@ pub struct PodInfo {
     pub required_anti: Vec<Term>,
     pub host_ports: Vec<(String, i32)>,
     pub assumed: bool,
+    /// Position of its node in the cache (None while the node is unknown).
+    pub node_idx: Option<usize>,
 }
 
 impl PodInfo {
@@ -119,6 +123,7 @@ impl PodInfo {
             required_anti,
             host_ports: host_ports(&spec),
             assumed: false,
+            node_idx: None,
         }
     }
 }
@@ -146,7 +151,8 @@ pub struct NodeInfo {
     pub allocatable: Resources,
     pub requested: Resources,
     pub non_zero_requested: Resources,
-    pub pods: HashSet<String>,
+    /// Slots of the pods on it.
+    pub pods: FxHashSet<usize>,
     pub host_ports: Vec<(String, i32)>,
 }
 
@@ -160,7 +166,7 @@ impl NodeInfo {
             allocatable: Resources::default(),
             requested: Resources::default(),
             non_zero_requested: Resources::default(),
-            pods: HashSet::new(),
+            pods: FxHashSet::default(),
             host_ports: Vec::new(),
         };
         n.update(node);
@@ -181,81 +187,170 @@ impl NodeInfo {
     }
 }
 
-/// Nodes, placed pods and indexes. Guarded by one lock in the scheduler.
+/// Nodes, placed pods and indexes. Guarded by one lock in the scheduler. Pods live in
+/// slots and nodes in a vector, so the per-pod precomputation walks integers and fast
+/// hashes instead of string keys.
 #[derive(Default)]
 pub struct Cache {
-    pub nodes: HashMap<String, NodeInfo>,
-    /// Node names in a stable order for sampling.
-    pub order: Vec<String>,
-    pub pods: HashMap<String, PodInfo>,
-    /// `key=value` -> pods carrying that label.
-    pub by_label: HashMap<String, HashSet<String>>,
-    /// Existing pods' required anti-affinity terms: by a `key=value` their selector
-    /// requires, or (no such requirement) in `anti_any`. Values are (pod key, term index).
-    pub anti_by_label: HashMap<String, Vec<(String, usize)>>,
-    pub anti_any: Vec<(String, usize)>,
+    /// Nodes in a stable order (sampling walks it from a rotating start).
+    nodes: Vec<NodeInfo>,
+    /// Node name -> position in `nodes`.
+    index: FxHashMap<String, usize>,
+    /// Label key -> value -> how many nodes carry it (topology domains).
+    domains: FxHashMap<String, FxHashMap<String, usize>>,
+    /// Placed pods by slot; `slots` maps `namespace/name` to its slot.
+    pods: Vec<Option<PodInfo>>,
+    slots: FxHashMap<String, usize>,
+    free: Vec<usize>,
+    /// `key=value` -> slots of pods carrying that label.
+    by_label: FxHashMap<String, FxHashSet<usize>>,
+    /// Existing pods' required anti-affinity terms, as (slot, term index): by a
+    /// `key=value` their selector requires, or (no such requirement) in `anti_any`.
+    anti_by_label: FxHashMap<String, Vec<(usize, usize)>>,
+    anti_any: Vec<(usize, usize)>,
     /// Bumped on every change (lets tests and callers notice progress).
     pub generation: u64,
 }
 
 impl Cache {
-    pub fn upsert_node(&mut self, node: &Node) {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        self.generation += 1;
-        match self.nodes.get_mut(&name) {
-            Some(n) => n.update(node),
-            None => {
-                self.order.push(name.clone());
-                self.nodes.insert(name, NodeInfo::new(node));
+    /// Every node, in sampling order.
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    /// The values of the node label `key` (the domains of that topology key).
+    pub fn domains(&self, key: &str) -> impl Iterator<Item = &str> {
+        self.domains
+            .get(key)
+            .into_iter()
+            .flat_map(|m| m.keys().map(String::as_str))
+    }
+
+    fn count_labels(&mut self, labels: &BTreeMap<String, String>, add: bool) {
+        for (k, v) in labels {
+            let per = self.domains.entry(k.clone()).or_default();
+            if add {
+                *per.entry(v.clone()).or_default() += 1;
+            } else if let Some(n) = per.get_mut(v) {
+                *n -= 1;
+                if *n == 0 {
+                    per.remove(v);
+                }
             }
         }
     }
 
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.index.get(name).map(|i| &self.nodes[*i])
+    }
+
+    pub fn upsert_node(&mut self, node: &Node) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        self.generation += 1;
+        if let Some(&i) = self.index.get(&name) {
+            let old = std::mem::take(&mut self.nodes[i].labels);
+            self.count_labels(&old, false);
+            self.nodes[i].update(node);
+            let labels = self.nodes[i].labels.clone();
+            self.count_labels(&labels, true);
+            return;
+        }
+        let i = self.nodes.len();
+        let mut info = NodeInfo::new(node);
+        // Pods seen before their node count from the start.
+        for (slot, p) in self.pods.iter_mut().enumerate() {
+            if let Some(p) = p.as_mut().filter(|p| p.node == name) {
+                info.requested.add(&p.requests);
+                info.non_zero_requested.add(&p.non_zero);
+                info.pods.insert(slot);
+                info.host_ports.extend(p.host_ports.iter().cloned());
+                p.node_idx = Some(i);
+            }
+        }
+        let labels = info.labels.clone();
+        self.index.insert(name, i);
+        self.nodes.push(info);
+        self.count_labels(&labels, true);
+    }
+
     pub fn remove_node(&mut self, name: &str) {
         self.generation += 1;
-        if self.nodes.remove(name).is_some() {
-            self.order.retain(|n| n != name);
+        let Some(i) = self.index.remove(name) else {
+            return;
+        };
+        let gone = self.nodes.swap_remove(i);
+        self.count_labels(&gone.labels, false);
+        // Its pods stay accounted until their deletion shows up, against no node.
+        for slot in &gone.pods {
+            if let Some(p) = self.pods[*slot].as_mut() {
+                p.node_idx = None;
+            }
         }
-        // Its pods stay accounted until their deletion shows up; they no longer match a
-        // node, so nothing is scheduled against them.
+        if let Some(moved) = self.nodes.get(i) {
+            self.index.insert(moved.name.clone(), i);
+            let slots: Vec<usize> = moved.pods.iter().copied().collect();
+            for slot in slots {
+                if let Some(p) = self.pods[slot].as_mut() {
+                    p.node_idx = Some(i);
+                }
+            }
+        }
+    }
+
+    /// The placed (or assumed) pod `namespace/name`.
+    pub fn pod(&self, key: &str) -> Option<&PodInfo> {
+        self.slots.get(key).and_then(|s| self.pods[*s].as_ref())
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.slots.len()
     }
 
     /// Adds or replaces a placed pod (an assumed one included).
-    pub fn add_pod(&mut self, info: PodInfo) {
+    pub fn add_pod(&mut self, mut info: PodInfo) {
         self.remove_pod(&info.key.clone());
         self.generation += 1;
-        if let Some(n) = self.nodes.get_mut(&info.node) {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.pods.push(None);
+                self.pods.len() - 1
+            }
+        };
+        info.node_idx = self.index.get(&info.node).copied();
+        if let Some(i) = info.node_idx {
+            let n = &mut self.nodes[i];
             n.requested.add(&info.requests);
             n.non_zero_requested.add(&info.non_zero);
-            n.pods.insert(info.key.clone());
+            n.pods.insert(slot);
             n.host_ports.extend(info.host_ports.iter().cloned());
         }
         for (k, v) in &info.labels {
             self.by_label
                 .entry(format!("{k}={v}"))
                 .or_default()
-                .insert(info.key.clone());
+                .insert(slot);
         }
         for (i, t) in info.required_anti.iter().enumerate() {
             match t.index_key() {
-                Some(k) => self
-                    .anti_by_label
-                    .entry(k)
-                    .or_default()
-                    .push((info.key.clone(), i)),
-                None => self.anti_any.push((info.key.clone(), i)),
+                Some(k) => self.anti_by_label.entry(k).or_default().push((slot, i)),
+                None => self.anti_any.push((slot, i)),
             }
         }
-        self.pods.insert(info.key.clone(), info);
+        self.slots.insert(info.key.clone(), slot);
+        self.pods[slot] = Some(info);
     }
 
     pub fn remove_pod(&mut self, key: &str) -> Option<PodInfo> {
-        let info = self.pods.remove(key)?;
+        let slot = self.slots.remove(key)?;
+        let info = self.pods[slot].take()?;
+        self.free.push(slot);
         self.generation += 1;
-        if let Some(n) = self.nodes.get_mut(&info.node) {
+        if let Some(i) = info.node_idx {
+            let n = &mut self.nodes[i];
             n.requested.sub(&info.requests);
             n.non_zero_requested.sub(&info.non_zero);
-            n.pods.remove(key);
+            n.pods.remove(&slot);
             for hp in &info.host_ports {
                 if let Some(i) = n.host_ports.iter().position(|x| x == hp) {
                     n.host_ports.swap_remove(i);
@@ -265,7 +360,7 @@ impl Cache {
         for (k, v) in &info.labels {
             let lk = format!("{k}={v}");
             if let Some(set) = self.by_label.get_mut(&lk) {
-                set.remove(key);
+                set.remove(&slot);
                 if set.is_empty() {
                     self.by_label.remove(&lk);
                 }
@@ -275,13 +370,13 @@ impl Cache {
             match t.index_key() {
                 Some(k) => {
                     if let Some(v) = self.anti_by_label.get_mut(&k) {
-                        v.retain(|(p, _)| p != key);
+                        v.retain(|(p, _)| *p != slot);
                         if v.is_empty() {
                             self.anti_by_label.remove(&k);
                         }
                     }
                 }
-                None => self.anti_any.retain(|(p, _)| p != key),
+                None => self.anti_any.retain(|(p, _)| *p != slot),
             }
         }
         Some(info)
@@ -298,21 +393,49 @@ impl Cache {
                     .get(&k)
                     .into_iter()
                     .flatten()
-                    .filter_map(|p| self.pods.get(p))
+                    .filter_map(|s| self.pods[*s].as_ref())
                     .filter(move |p| term.matches(&p.namespace, &p.labels)),
             ),
             None => Box::new(
                 self.pods
-                    .values()
+                    .iter()
+                    .flatten()
                     .filter(move |p| term.matches(&p.namespace, &p.labels)),
             ),
         }
     }
 
+    /// Existing pods' required anti-affinity terms that may select a pod with `labels`:
+    /// (pod, term).
+    pub fn anti_terms_for<'a, 'l>(
+        &'a self,
+        labels: &'l BTreeMap<String, String>,
+    ) -> impl Iterator<Item = (&'a PodInfo, &'a Term)> + use<'a, 'l> {
+        labels
+            .iter()
+            .flat_map(move |(k, v)| {
+                self.anti_by_label
+                    .get(&format!("{k}={v}"))
+                    .into_iter()
+                    .flatten()
+            })
+            .chain(self.anti_any.iter())
+            .filter_map(move |(slot, i)| {
+                let p = self.pods[*slot].as_ref()?;
+                Some((p, p.required_anti.get(*i)?))
+            })
+    }
+
+    /// The topology value of the node a pod is on, for `key`.
+    pub fn domain_of(&self, pod: &PodInfo, key: &str) -> Option<&str> {
+        pod.node_idx
+            .and_then(|i| self.nodes[i].labels.get(key))
+            .map(String::as_str)
+    }
+
     /// The topology value of `node` for `key`.
     pub fn domain(&self, node: &str, key: &str) -> Option<&str> {
-        self.nodes
-            .get(node)
+        self.node(node)
             .and_then(|n| n.labels.get(key))
             .map(String::as_str)
     }

@@ -15,7 +15,7 @@ pub mod resources;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -41,10 +41,17 @@ pub struct SchedulerConfig {
     /// Share of nodes to look at per pod; `None`: kube-scheduler's adaptive default
     /// (50% minus 1% per 125 nodes, at least 5%, at least 100 nodes).
     pub percentage_of_nodes_to_score: Option<u32>,
-    /// Bindings in flight at once.
+    /// Bindings waiting or in flight at once (the scheduling thread waits beyond that).
     pub bind_concurrency: usize,
+    /// Most bindings per BindBatch call.
+    pub bind_batch: usize,
     /// Record a `Scheduled` event per bound pod (kube-scheduler does).
     pub scheduled_events: bool,
+    /// Threads filtering nodes in parallel (1: the scheduling thread alone). The default
+    /// leaves half the cores to the API server the scheduler shares the machine with:
+    /// on 2 cores, fanning ~500 cheap node checks out to another thread costs more in
+    /// wake-ups than it saves (measured: 26 us per pod alone, ~80 us with rayon).
+    pub parallelism: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -52,7 +59,9 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             name: DEFAULT_SCHEDULER.into(),
             percentage_of_nodes_to_score: None,
-            bind_concurrency: 256,
+            bind_concurrency: 2048,
+            bind_batch: 256,
+            parallelism: (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).clamp(1, 16),
             scheduled_events: true,
         }
     }
@@ -73,6 +82,7 @@ pub struct Scheduler {
     pub stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    binder: tokio::task::JoinHandle<()>,
     _nodes: InformerHandle<Node>,
     _pods: InformerHandle<Pod>,
 }
@@ -127,23 +137,10 @@ impl std::fmt::Display for FitError {
     }
 }
 
-#[derive(Default)]
-struct Found {
-    feasible: Vec<usize>,
-    reasons: HashMap<String, usize>,
-    looked: usize,
-}
-
-impl Found {
-    fn merge(mut self, o: Found) -> Found {
-        self.feasible.extend(o.feasible);
-        for (r, n) in o.reasons {
-            *self.reasons.entry(r).or_default() += n;
-        }
-        self.looked += o.looked;
-        self
-    }
-}
+/// Nodes filtered per parallel step: kube-scheduler checks nodes in parallel and stops once
+/// it found enough; Skiff walks the sample in chunks, each filtered in parallel, and stops
+/// after the chunk that completes the count.
+const CHUNK: usize = 256;
 
 /// One scheduling decision for `pod` against `cache`: the node, or why none fits.
 /// `start` rotates where sampling begins, so every node gets its turn.
@@ -153,7 +150,19 @@ pub fn schedule_one(
     start: &mut usize,
     percentage: Option<u32>,
 ) -> Result<String, FitError> {
-    let total = cache.order.len();
+    schedule_with(cache, pod, start, percentage, None)
+}
+
+/// `schedule_one`, filtering chunks of nodes in parallel on `pool` when given.
+pub fn schedule_with(
+    cache: &Cache,
+    pod: &Pod,
+    start: &mut usize,
+    percentage: Option<u32>,
+    pool: Option<&rayon::ThreadPool>,
+) -> Result<String, FitError> {
+    let nodes = cache.nodes();
+    let total = nodes.len();
     if total == 0 {
         return Err(FitError {
             total,
@@ -162,72 +171,69 @@ pub fn schedule_one(
     }
     let cycle = Cycle::new(pod, cache);
     let want = nodes_to_find(total, percentage);
-    let found_count = AtomicUsize::new(0);
     let first = *start % total;
-    let check = |mut acc: Found, i: usize| {
-        if found_count.load(Ordering::Relaxed) >= want {
-            return acc;
-        }
-        let idx = (first + i) % total;
-        let Some(node) = cache.nodes.get(&cache.order[idx]) else {
-            return acc;
-        };
-        acc.looked += 1;
-        match cycle.filter(node) {
-            Ok(()) => {
-                found_count.fetch_add(1, Ordering::Relaxed);
-                acc.feasible.push(i);
+    let mut feasible: Vec<usize> = Vec::with_capacity(want.min(total));
+    let mut reasons: HashMap<String, usize> = HashMap::new();
+    let mut looked = 0usize;
+    let check = |i: usize| -> Result<usize, Vec<String>> {
+        let idx = if first + i < total { first + i } else { first + i - total };
+        cycle.filter(&nodes[idx]).map(|()| idx)
+    };
+    let mut take = |r: Result<usize, Vec<String>>, feasible: &mut Vec<usize>| match r {
+        Ok(idx) => feasible.push(idx),
+        Err(rs) => {
+            for r in rs {
+                *reasons.entry(r).or_default() += 1;
             }
-            Err(rs) => {
-                for r in rs {
-                    *acc.reasons.entry(r).or_default() += 1;
+        }
+    };
+    match pool {
+        Some(pool) if total >= PARALLEL_FROM => {
+            while looked < total && feasible.len() < want {
+                let end = (looked + CHUNK).min(total);
+                let results: Vec<Result<usize, Vec<String>>> =
+                    pool.install(|| (looked..end).into_par_iter().map(check).collect());
+                for r in results {
+                    looked += 1;
+                    take(r, &mut feasible);
+                    if feasible.len() >= want {
+                        break;
+                    }
                 }
             }
         }
-        acc
-    };
-    let mut found = if total >= PARALLEL_FROM {
-        (0..total)
-            .into_par_iter()
-            .with_min_len(64)
-            .fold(Found::default, check)
-            .reduce(Found::default, Found::merge)
-    } else {
-        (0..total).fold(Found::default(), check)
-    };
-    *start = (first + found.looked) % total;
-    if found.feasible.is_empty() {
-        return Err(FitError {
-            total,
-            reasons: found.reasons,
-        });
+        _ => {
+            while looked < total && feasible.len() < want {
+                take(check(looked), &mut feasible);
+                looked += 1;
+            }
+        }
     }
-    found.feasible.sort_unstable();
-    found.feasible.truncate(want);
-    let nodes: Vec<_> = found
-        .feasible
-        .iter()
-        .filter_map(|i| cache.nodes.get(&cache.order[(first + i) % total]))
-        .collect();
-    if nodes.len() == 1 {
-        return Ok(nodes[0].name.clone());
+    *start = (first + looked) % total;
+    if feasible.is_empty() {
+        return Err(FitError { total, reasons });
     }
-    let scores = cycle.score(&nodes);
+    let candidates: Vec<&cache::NodeInfo> = feasible.iter().map(|i| &nodes[*i]).collect();
+    if candidates.len() == 1 {
+        return Ok(candidates[0].name.clone());
+    }
+    let scores = cycle.score(&candidates);
     // Highest score; ties broken uniformly at random (reservoir sampling).
     let mut best = 0;
-    let mut ties = 0u32;
-    for (i, s) in scores.iter().enumerate() {
+    let mut ties = 1u32;
+    let mut rng = rand::rng();
+    for (i, s) in scores.iter().enumerate().skip(1) {
         if *s > scores[best] {
             best = i;
             ties = 1;
         } else if *s == scores[best] {
             ties += 1;
-            if rand::random_range(0..ties) == 0 {
+            if rand::Rng::random_range(&mut rng, 0..ties) == 0 {
                 best = i;
             }
         }
     }
-    Ok(nodes[best].name.clone())
+    Ok(candidates[best].name.clone())
 }
 
 impl Scheduler {
@@ -273,7 +279,7 @@ impl Scheduler {
                             None if p.metadata.deletion_timestamp.is_some() => queue.remove(&key),
                             None if responsible(p, &name) => {
                                 let assumed =
-                                    cache.read().pods.get(&key).is_some_and(|i| i.assumed);
+                                    cache.read().pod(&key).is_some_and(|i| i.assumed);
                                 if !assumed {
                                     queue.add(&key, p.clone());
                                 }
@@ -292,6 +298,19 @@ impl Scheduler {
                 .start()
         };
         let stop = Arc::new(AtomicBool::new(false));
+        let (bind_tx, bind_rx) = tokio::sync::mpsc::channel(cfg.bind_concurrency.max(1));
+        let binder = tokio::spawn(binder(
+            bind_rx,
+            Binder {
+                client: client.clone(),
+                recorder: Recorder::new(client.clone(), &cfg.name, None),
+                cache: cache.clone(),
+                queue: queue.clone(),
+                stats: stats.clone(),
+                events: cfg.scheduled_events,
+            },
+            cfg.bind_batch.max(1),
+        ));
         let thread = {
             let ctx = Context {
                 client: client.clone(),
@@ -301,7 +320,7 @@ impl Scheduler {
                 stats: stats.clone(),
                 stop: stop.clone(),
                 rt: tokio::runtime::Handle::current(),
-                binds: Arc::new(tokio::sync::Semaphore::new(cfg.bind_concurrency.max(1))),
+                binds: bind_tx,
                 cfg,
                 node_reader: nodes.reader.clone(),
                 pod_reader: pods.reader.clone(),
@@ -320,6 +339,7 @@ impl Scheduler {
             stats,
             stop,
             thread,
+            binder,
             _nodes: nodes,
             _pods: pods,
         }
@@ -333,6 +353,7 @@ impl Drop for Scheduler {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.binder.abort();
     }
 }
 
@@ -344,7 +365,7 @@ struct Context {
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     rt: tokio::runtime::Handle,
-    binds: Arc<tokio::sync::Semaphore>,
+    binds: tokio::sync::mpsc::Sender<BindJob>,
     cfg: SchedulerConfig,
     node_reader: skiff_client::informer::Reader<Node>,
     pod_reader: skiff_client::informer::Reader<Pod>,
@@ -360,43 +381,43 @@ impl Context {
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut start = 0usize;
+        let pool = (self.cfg.parallelism > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(self.cfg.parallelism)
+                    .thread_name(|i| format!("skiff-filter-{i}"))
+                    .build()
+                    .ok()
+            })
+            .flatten();
         while !self.stop.load(Ordering::Relaxed) {
             let Some((key, pod)) = self.queue.pop(Duration::from_millis(500)) else {
                 continue;
             };
-            if self.cache.read().pods.contains_key(&key) {
+            if self.cache.read().pod(&key).is_some() {
                 // Already placed (bound meanwhile, or assumed).
                 self.queue.done(&key, Outcome::Done);
                 continue;
             }
             let decision = {
                 let cache = self.cache.read();
-                schedule_one(
+                schedule_with(
                     &cache,
                     &pod,
                     &mut start,
                     self.cfg.percentage_of_nodes_to_score,
+                    pool.as_ref(),
                 )
             };
             match decision {
                 Ok(node) => {
-                    let info = Cycle::new(&pod, &Cache::default()).placed(&pod, &node);
+                    let mut info = PodInfo::new(&pod, &node);
+                    info.assumed = true;
                     self.cache.write().add_pod(info);
-                    let Ok(permit) = self.rt.block_on(self.binds.clone().acquire_owned()) else {
+                    // Waits when too many bindings are pending (backpressure).
+                    if self.binds.blocking_send(BindJob { key, pod, node }).is_err() {
                         return;
-                    };
-                    self.rt.spawn(bind(
-                        self.client.clone(),
-                        self.recorder.clone(),
-                        self.cache.clone(),
-                        self.queue.clone(),
-                        self.stats.clone(),
-                        self.cfg.scheduled_events,
-                        key,
-                        pod,
-                        node,
-                        permit,
-                    ));
+                    }
                 }
                 Err(fit) => {
                     self.stats.unschedulable.fetch_add(1, Ordering::Relaxed);
@@ -413,55 +434,105 @@ impl Context {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn bind(
+/// A binding the scheduling thread decided.
+struct BindJob {
+    key: String,
+    pod: Arc<Pod>,
+    node: String,
+}
+
+struct Binder {
     client: Client,
     recorder: Recorder,
     cache: SharedCache,
     queue: Arc<Queue>,
     stats: Arc<Stats>,
     events: bool,
-    key: String,
-    pod: Arc<Pod>,
-    node: String,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let name = pod.metadata.name.as_deref().unwrap_or_default();
-    match client.bind(ns, name, &node).await {
-        Ok(_) => {
-            stats.scheduled.fetch_add(1, Ordering::Relaxed);
-            queue.done(&key, Outcome::Done);
-            if events {
-                recorder.record(
-                    reference(&*pod),
-                    "Normal",
-                    "Scheduled",
-                    &format!("Successfully assigned {ns}/{name} to {node}"),
-                );
+}
+
+/// Sends bindings in batches: whatever waits is taken at once (up to `max`), so under
+/// load each call carries many bindings and at low load none waits for company.
+async fn binder(mut rx: tokio::sync::mpsc::Receiver<BindJob>, b: Binder, max: usize) {
+    let b = Arc::new(b);
+    // A few batches in flight keep the API server's group commit busy.
+    let inflight = Arc::new(tokio::sync::Semaphore::new(4));
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < max {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
             }
         }
-        Err(e) => {
-            stats.bind_errors.fetch_add(1, Ordering::Relaxed);
-            {
-                let mut c = cache.write();
-                if c.pods.get(&key).is_some_and(|p| p.assumed) {
-                    c.remove_pod(&key);
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let b = b.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            b.bind(jobs).await;
+        });
+    }
+}
+
+impl Binder {
+    async fn bind(&self, jobs: Vec<BindJob>) {
+        let req: Vec<(String, String, String)> = jobs
+            .iter()
+            .map(|j| {
+                (
+                    j.pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                    j.pod.metadata.name.clone().unwrap_or_default(),
+                    j.node.clone(),
+                )
+            })
+            .collect();
+        let results = match self.client.bind_batch(&req).await {
+            Ok(r) => r,
+            Err(e) => vec![Err(e); jobs.len()],
+        };
+        for ((job, (ns, name, node)), result) in jobs.into_iter().zip(req).zip(results) {
+            self.done(job, &ns, &name, &node, result);
+        }
+    }
+
+    fn done(&self, job: BindJob, ns: &str, name: &str, node: &str, result: Result<(), skiff_api::ApiError>) {
+        let BindJob { key, pod, .. } = job;
+        match result {
+            Ok(()) => {
+                self.stats.scheduled.fetch_add(1, Ordering::Relaxed);
+                self.queue.done(&key, Outcome::Done);
+                if self.events {
+                    self.recorder.record(
+                        reference(&*pod),
+                        "Normal",
+                        "Scheduled",
+                        &format!("Successfully assigned {ns}/{name} to {node}"),
+                    );
                 }
             }
-            let gone = e.reason == Reason::NotFound
-                || (e.reason == Reason::Conflict && e.message.contains("already assigned"));
-            if gone {
-                queue.done(&key, Outcome::Done);
-            } else {
-                tracing::info!(pod = %key, %node, error = %e, "binding failed; retrying");
-                recorder.record(
-                    reference(&*pod),
-                    "Warning",
-                    "FailedScheduling",
-                    &format!("Binding rejected: {e}"),
-                );
-                queue.done(&key, Outcome::Retry);
+            Err(e) => {
+                self.stats.bind_errors.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut c = self.cache.write();
+                    if c.pod(&key).is_some_and(|p| p.assumed) {
+                        c.remove_pod(&key);
+                    }
+                }
+                let gone = e.reason == Reason::NotFound
+                    || (e.reason == Reason::Conflict && e.message.contains("already assigned"));
+                if gone {
+                    self.queue.done(&key, Outcome::Done);
+                } else {
+                    tracing::info!(pod = %key, %node, error = %e, "binding failed; retrying");
+                    self.recorder.record(
+                        reference(&*pod),
+                        "Warning",
+                        "FailedScheduling",
+                        &format!("Binding rejected: {e}"),
+                    );
+                    self.queue.done(&key, Outcome::Retry);
+                }
             }
         }
     }

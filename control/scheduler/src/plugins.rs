@@ -14,14 +14,16 @@
 //! (PreferNoSchedule) 3, InterPodAffinity (preferred) 2, PodTopologySpread (ScheduleAnyway)
 //! 2; each normalized to 0..=100 first.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+
+use rustc_hash::{FxHashMap as FastMap, FxHashSet as HashSet};
 
 use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
 };
 use skiff_api::selector::LabelSelector;
 
-use crate::cache::{Cache, NodeInfo, PodInfo, Term, host_ports};
+use crate::cache::{Cache, NodeInfo, Term, host_ports};
 use crate::resources::{Resources, pod_requests};
 
 pub const MAX_NODE_SCORE: i64 = 100;
@@ -97,19 +99,19 @@ impl NodeTerm {
 
 /// A compiled topology spread constraint with its precomputed counts.
 #[derive(Debug)]
-struct Spread {
+struct Spread<'c> {
     max_skew: i64,
     key: String,
     hard: bool,
     self_match: i64,
     /// Matching pods per domain, over the nodes that pass the pod's node affinity.
-    counts: HashMap<String, i64>,
+    counts: FastMap<&'c str, i64>,
     /// The smallest count over those domains.
     min: i64,
 }
 
 /// One pod's scheduling cycle: what it asks for, and the per-pod precomputation.
-pub struct Cycle {
+pub struct Cycle<'c> {
     pub key: String,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
@@ -122,15 +124,15 @@ pub struct Cycle {
     tolerations: Vec<Toleration>,
     host_ports: Vec<(String, i32)>,
     /// Incoming pod's required anti-affinity: per term, the domains holding matching pods.
-    anti_domains: Vec<(String, HashSet<String>)>,
+    anti_domains: Vec<(String, HashSet<&'c str>)>,
     /// Domains (topology key -> values) where existing pods' anti-affinity rejects it.
-    existing_anti: HashMap<String, HashSet<String>>,
+    existing_anti: FastMap<&'c str, HashSet<&'c str>>,
     /// Required affinity: per term, the domains holding matching pods; `None` when no pod
     /// matches anywhere and the pod matches its own term (the first pod of a group).
-    affinity_domains: Vec<(String, Option<HashSet<String>>)>,
+    affinity_domains: Vec<(String, Option<HashSet<&'c str>>)>,
     /// Preferred (anti-)affinity: topology key -> domain -> summed weight.
-    preferred_pods: Vec<(String, HashMap<String, i64>)>,
-    spreads: Vec<Spread>,
+    preferred_pods: Vec<(String, FastMap<&'c str, i64>)>,
+    spreads: Vec<Spread<'c>>,
 }
 
 /// Whether `tolerations` tolerate `taint`.
@@ -140,9 +142,9 @@ pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
         .any(|t| skiff_api::selector::tolerates(t, taint))
 }
 
-impl Cycle {
+impl<'c> Cycle<'c> {
     /// PreFilter: compiles `pod` and precomputes against `cache`.
-    pub fn new(pod: &Pod, cache: &Cache) -> Cycle {
+    pub fn new(pod: &Pod, cache: &'c Cache) -> Cycle<'c> {
         let spec: PodSpec = pod.spec.clone().unwrap_or_default();
         let m = &pod.metadata;
         let namespace = m.namespace.clone().unwrap_or_else(|| "default".into());
@@ -186,7 +188,7 @@ impl Cycle {
             tolerations: spec.tolerations.clone().unwrap_or_default(),
             host_ports: host_ports(&spec),
             anti_domains: Vec::new(),
-            existing_anti: HashMap::new(),
+            existing_anti: FastMap::default(),
             affinity_domains: Vec::new(),
             preferred_pods: Vec::new(),
             spreads: Vec::new(),
@@ -201,15 +203,14 @@ impl Cycle {
         cycle
     }
 
-    fn domains_of(cache: &Cache, term: &Term) -> HashSet<String> {
+    fn domains_of(cache: &'c Cache, term: &Term) -> HashSet<&'c str> {
         cache
             .matching_pods(term)
-            .filter_map(|p| cache.domain(&p.node, &term.topology_key))
-            .map(str::to_string)
+            .filter_map(|p| cache.domain_of(p, &term.topology_key))
             .collect()
     }
 
-    fn prefilter_affinity(&mut self, spec: &PodSpec, cache: &Cache) {
+    fn prefilter_affinity(&mut self, spec: &PodSpec, cache: &'c Cache) {
         let ns = self.namespace.clone();
         let affinity = spec.affinity.as_ref();
         let anti = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
@@ -244,34 +245,15 @@ impl Cycle {
             self.affinity_domains.push((term.topology_key, domains));
         }
         // Existing pods whose required anti-affinity selects this pod.
-        let mut check = |pod_key: &str, idx: usize| {
-            let Some(p) = cache.pods.get(pod_key) else {
-                return;
-            };
-            let Some(term) = p.required_anti.get(idx) else {
-                return;
-            };
+        for (p, term) in cache.anti_terms_for(&self.labels) {
             if term.matches(&ns, &self.labels)
-                && let Some(d) = cache.domain(&p.node, &term.topology_key)
+                && let Some(d) = cache.domain_of(p, &term.topology_key)
             {
                 self.existing_anti
-                    .entry(term.topology_key.clone())
+                    .entry(term.topology_key.as_str())
                     .or_default()
-                    .insert(d.to_string());
+                    .insert(d);
             }
-        };
-        for (k, v) in &self.labels.clone() {
-            for (p, i) in cache
-                .anti_by_label
-                .get(&format!("{k}={v}"))
-                .into_iter()
-                .flatten()
-            {
-                check(p, *i);
-            }
-        }
-        for (p, i) in &cache.anti_any {
-            check(p, *i);
         }
         // Preferred terms: weights per domain (anti-affinity counts negative).
         let preferred =
@@ -280,10 +262,10 @@ impl Cycle {
                     .flatten()
                     .map(|w| {
                         let term = Term::compile(&w.pod_affinity_term, &ns, w.weight as i64 * sign);
-                        let mut by_domain: HashMap<String, i64> = HashMap::new();
+                        let mut by_domain: FastMap<&'c str, i64> = FastMap::default();
                         for p in cache.matching_pods(&term) {
-                            if let Some(d) = cache.domain(&p.node, &term.topology_key) {
-                                *by_domain.entry(d.to_string()).or_default() += term.weight;
+                            if let Some(d) = cache.domain_of(p, &term.topology_key) {
+                                *by_domain.entry(d).or_default() += term.weight;
                             }
                         }
                         (term.topology_key, by_domain)
@@ -306,7 +288,7 @@ impl Cycle {
         ));
     }
 
-    fn prefilter_spread(&mut self, spec: &PodSpec, owned: bool, cache: &Cache) {
+    fn prefilter_spread(&mut self, spec: &PodSpec, owned: bool, cache: &'c Cache) {
         let defaults;
         let constraints = match &spec.topology_spread_constraints {
             Some(c) if !c.is_empty() => c,
@@ -349,19 +331,26 @@ impl Cycle {
             };
             // Domains: every node that passes the pod's node affinity (nodeAffinityPolicy
             // Honor) and has the key.
-            let mut counts: HashMap<String, i64> = HashMap::new();
-            for n in cache.nodes.values() {
-                if self.node_affinity_ok(n)
-                    && let Some(d) = n.labels.get(&c.topology_key)
-                {
-                    counts.entry(d.clone()).or_default();
+            let mut counts: FastMap<&'c str, i64> = FastMap::default();
+            if self.node_selector.is_empty() && self.required_affinity.is_none() {
+                // Every node qualifies: the cache knows the key's domains.
+                for d in cache.domains(&c.topology_key) {
+                    counts.insert(d, 0);
+                }
+            } else {
+                for n in cache.nodes() {
+                    if self.node_affinity_ok(n)
+                        && let Some(d) = n.labels.get(&c.topology_key)
+                    {
+                        counts.entry(d.as_str()).or_default();
+                    }
                 }
             }
             if term.selector.is_empty() && c.label_selector.is_none() {
                 // No selector selects no pods.
             } else {
                 for p in cache.matching_pods(&term) {
-                    if let Some(d) = cache.domain(&p.node, &c.topology_key)
+                    if let Some(d) = cache.domain_of(p, &c.topology_key)
                         && let Some(n) = counts.get_mut(d)
                     {
                         *n += 1;
@@ -456,24 +445,36 @@ impl Cycle {
             let Some(d) = node.labels.get(&s.key) else {
                 return fail(reason::SPREAD_MISSING_LABEL);
             };
-            let count = s.counts.get(d).copied().unwrap_or(0);
+            let count = s.counts.get(d.as_str()).copied().unwrap_or(0);
             if count + s.self_match - s.min > s.max_skew {
                 return fail(reason::SPREAD);
             }
         }
         for (key, domains) in &self.affinity_domains {
             let Some(domains) = domains else { continue };
-            if !node.labels.get(key).is_some_and(|d| domains.contains(d)) {
+            if !node
+                .labels
+                .get(key)
+                .is_some_and(|d| domains.contains(d.as_str()))
+            {
                 return fail(reason::AFFINITY);
             }
         }
         for (key, domains) in &self.anti_domains {
-            if node.labels.get(key).is_some_and(|d| domains.contains(d)) {
+            if node
+                .labels
+                .get(key)
+                .is_some_and(|d| domains.contains(d.as_str()))
+            {
                 return fail(reason::ANTI_AFFINITY);
             }
         }
         for (key, domains) in &self.existing_anti {
-            if node.labels.get(key).is_some_and(|d| domains.contains(d)) {
+            if node
+                .labels
+                .get(*key)
+                .is_some_and(|d| domains.contains(d.as_str()))
+            {
                 return fail(reason::EXISTING_ANTI_AFFINITY);
             }
         }
@@ -500,7 +501,7 @@ impl Cycle {
             .map(|(key, by)| {
                 node.labels
                     .get(key)
-                    .and_then(|d| by.get(d))
+                    .and_then(|d| by.get(d.as_str()))
                     .copied()
                     .unwrap_or(0)
             })
@@ -512,7 +513,7 @@ impl Cycle {
             .map(|s| {
                 node.labels
                     .get(&s.key)
-                    .and_then(|d| s.counts.get(d))
+                    .and_then(|d| s.counts.get(d.as_str()))
                     .copied()
                     .unwrap_or(0)
             })
@@ -557,13 +558,6 @@ impl Cycle {
                 least + balanced + 2 * affinity + 3 * taint + 2 * pods + 2 * spread
             })
             .collect()
-    }
-
-    /// The pod as the cache tracks it once assumed on `node`.
-    pub fn placed(&self, pod: &Pod, node: &str) -> PodInfo {
-        let mut info = PodInfo::new(pod, node);
-        info.assumed = true;
-        info
     }
 }
 

@@ -275,10 +275,10 @@ fn pod_affinity_co_locates_and_the_first_pod_of_a_group_may_go_anywhere() {
         )
     };
     let first = place(&mut c, &member("db-0"), &mut start).expect("first of its group");
-    let zone = c.nodes[&first].labels["zone"].clone();
+    let zone = c.node(&first).expect("node").labels["zone"].clone();
     for i in 1..10 {
         let n = place(&mut c, &member(&format!("db-{i}")), &mut start).expect("fits");
-        assert_eq!(c.nodes[&n].labels["zone"], zone);
+        assert_eq!(c.node(&n).expect("node").labels["zone"], zone);
     }
     // A pod that needs a group which does not exist (and is not itself in it) fits nowhere.
     let lonely = pod(
@@ -341,8 +341,8 @@ fn sampling_looks_at_a_share_of_large_clusters() {
         .expect("fits");
     }
     assert!(
-        c.nodes
-            .values()
+        c.nodes()
+            .iter()
             .all(|n| n.requested.milli_cpu <= n.allocatable.milli_cpu)
     );
 }
@@ -364,7 +364,7 @@ proptest! {
         let mut start = 0;
         for (i, (cpu, mem)) in pods.iter().enumerate() {
             let p = pod(&format!("p{i}"), &format!("{cpu}m"), &format!("{mem}Mi"), json!({}));
-            let fits_somewhere = c.nodes.values().any(|n| {
+            let fits_somewhere = c.nodes().iter().any(|n| {
                 n.requested.pods < n.allocatable.pods
                     && n.requested.milli_cpu + *cpu as i64 <= n.allocatable.milli_cpu
                     && n.requested.memory + ((*mem as i64) << 20) <= n.allocatable.memory
@@ -372,7 +372,7 @@ proptest! {
             let placed = place(&mut c, &p, &mut start);
             prop_assert_eq!(placed.is_ok(), fits_somewhere, "{:?}", placed);
         }
-        for n in c.nodes.values() {
+        for n in c.nodes().iter() {
             prop_assert!(n.requested.milli_cpu <= n.allocatable.milli_cpu);
             prop_assert!(n.requested.memory <= n.allocatable.memory);
             prop_assert!(n.requested.pods <= n.allocatable.pods);
@@ -440,7 +440,7 @@ proptest! {
                 "spec": {"topologySpreadConstraints": [{"maxSkew": max_skew, "topologyKey": "zone",
                     "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}]}}));
             let n = place(&mut c, &p, &mut start).expect("always fits somewhere");
-            let z: usize = c.nodes[&n].labels["zone"][1..].parse().expect("zone");
+            let z: usize = c.node(&n).expect("node").labels["zone"][1..].parse().expect("zone");
             counts[z] += 1;
             let (min, max) = (counts.iter().min().copied().unwrap_or(0), counts.iter().max().copied().unwrap_or(0));
             prop_assert!(max - min <= max_skew, "{:?}", counts);
@@ -470,4 +470,34 @@ fn replicas_of_a_controller_spread_over_hosts_by_default() {
             .or_default() += 1;
     }
     assert!(count.values().all(|n| *n == 3), "{count:?}");
+}
+
+#[test]
+fn parallel_filtering_finds_the_same_feasible_nodes() {
+    let mut c = Cache::default();
+    for i in 0..1200 {
+        let extra = if i % 3 == 0 {
+            json!({"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}})
+        } else {
+            json!({})
+        };
+        c.upsert_node(&node(&format!("n{i:04}"), "4", "8Gi", 110, extra));
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+    let (mut a, mut b) = (0, 0);
+    for i in 0..50 {
+        let p = pod(&format!("p{i}"), "100m", "1Mi", json!({}));
+        let seq = skiff_scheduler::schedule_with(&c, &p, &mut a, None, None).expect("fits");
+        let par = skiff_scheduler::schedule_with(&c, &p, &mut b, None, Some(&pool)).expect("fits");
+        for n in [&seq, &par] {
+            let idx: usize = n[1..].parse().expect("index");
+            assert!(idx % 3 != 0, "a tainted node was chosen: {n}");
+        }
+        assert_eq!(a, b, "both walk the same sample");
+    }
+    let none = pod("big", "64", "1Mi", json!({}));
+    let e1 = skiff_scheduler::schedule_with(&c, &none, &mut a, None, None).expect_err("too big");
+    let e2 = skiff_scheduler::schedule_with(&c, &none, &mut b, None, Some(&pool)).expect_err("too big");
+    assert_eq!(e1, e2);
+    assert_eq!(e1.to_string(), "0/1200 nodes are available: 400 node(s) had untolerated taint {k: }, 800 Insufficient cpu.");
 }

@@ -65,6 +65,12 @@ fn main() -> anyhow::Result<()> {
                 results.push(m);
             }
         }
+        if wanted("scheduling") {
+            for m in skiff_perf::scheduling::throughput(mode).await? {
+                eprintln!("{}: {:.0} vs {:.0} pods/s ({:.1}x)", m.name, m.skiff, m.peer, m.ratio());
+                results.push(m);
+            }
+        }
         anyhow::Ok(())
     })?;
     let mut shown = |ms: Vec<skiff_perf::report::Measurement>| {
