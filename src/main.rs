@@ -230,7 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up(args) => up::up(args).await,
-        Command::Down(args) => up::down(args),
+        Command::Down(_) => anyhow::bail!("down runs outside the async runtime"),
         Command::Image(cmd) => image::run(cmd).await,
         Command::Dataplane(args) => dataplane::run(args, connect(server).await?).await,
         Command::Node(_) => anyhow::bail!("the node agent runs outside the async runtime"),
@@ -394,6 +394,14 @@ fn main() {
     // The node agent forks its container spawner before any thread exists.
     if let Command::Node(args) = cli.command {
         if let Err(e) = node::main(args, &config::server(cli.server.as_deref())) {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    // `down` needs no runtime of ours (namespace work runs on threads of its own).
+    if let Command::Down(args) = cli.command {
+        if let Err(e) = up::down(args) {
             eprintln!("error: {e:#}");
             std::process::exit(1);
         }

@@ -6,6 +6,7 @@
 //! The data-plane benchmarks (`dataplane`) run Skiff's eBPF programs and kube-proxy's
 //! iptables rules in the same network namespaces, one after the other.
 
+pub mod cluster;
 pub mod containers;
 pub mod control;
 pub mod dataplane;

@@ -166,7 +166,13 @@ pub async fn run(mode: Mode, w: Workload) -> anyhow::Result<Measurement> {
     // Raw events, read only as far as name and node (the measurement should not cost the
     // machine a full decode of every pod).
     let mut watch = client
-        .watch("pods", "default", &ListParams::default(), &list.resource_version, false)
+        .watch(
+            "pods",
+            "default",
+            &ListParams::default(),
+            &list.resource_version,
+            false,
+        )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let scheduler = Scheduler::start(client.clone(), SchedulerConfig::default());
@@ -243,7 +249,10 @@ fn check(w: Workload, bound: &HashMap<String, String>, nodes: usize) -> anyhow::
             let mut seen: HashSet<(usize, &str)> = HashSet::new();
             for (p, n) in bound {
                 if !seen.insert((group(p), n.as_str())) {
-                    anyhow::bail!("anti-affinity broken: two pods of group {} on {n}", group(p));
+                    anyhow::bail!(
+                        "anti-affinity broken: two pods of group {} on {n}",
+                        group(p)
+                    );
                 }
             }
         }

@@ -8,9 +8,10 @@ use futures::{Stream, StreamExt};
 use skiff_api::proto::api_server::Api;
 use skiff_api::proto::node_client::NodeClient;
 use skiff_api::proto::{
-    BindBatchRequest, BindBatchResponse, BindRequest, BindResult, CreateRequest, DeleteRequest, DeleteResponse, ExecOutput, GetRequest, ListRequest,
-    ListResponse, LogChunk, ObjectResponse, PatchRequest, PodExecRequest, PodLogsRequest,
-    UpdateRequest, VersionRequest, VersionResponse, WatchRequest,
+    BindBatchRequest, BindBatchResponse, BindRequest, BindResult, CreateRequest, DeleteRequest,
+    DeleteResponse, ExecOutput, GetRequest, ListRequest, ListResponse, LogChunk, ObjectResponse,
+    PatchRequest, PodExecRequest, PodLogsRequest, UpdateRequest, VersionRequest, VersionResponse,
+    WatchRequest,
 };
 use skiff_api::watch_batch::WatchBatch;
 use tonic::{Request, Response, Status};
@@ -207,17 +208,16 @@ impl Api for ApiService {
         req: Request<BindBatchRequest>,
     ) -> Result<Response<BindBatchResponse>, Status> {
         // All at once: the store's group commit writes them together.
-        let results = futures::future::join_all(req.into_inner().bindings.into_iter().map(
-            |b| async move {
+        let results =
+            futures::future::join_all(req.into_inner().bindings.into_iter().map(|b| async move {
                 match self.registry.bind(&b.namespace, &b.name, &b.binding).await {
                     Ok(_) => BindResult::default(),
                     Err(e) => BindResult {
                         status: bytes::Bytes::from(e.to_status_json().to_string()),
                     },
                 }
-            },
-        ))
-        .await;
+            }))
+            .await;
         Ok(Response::new(BindBatchResponse { results }))
     }
 

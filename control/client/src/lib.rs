@@ -20,8 +20,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use skiff_api::proto::api_client::ApiClient;
 use skiff_api::proto::{
-    BindBatchRequest, BindRequest, CreateRequest, DeleteRequest, EventType, GetRequest, ListRequest, PatchRequest,
-    UpdateRequest, VersionRequest, WatchRequest,
+    BindBatchRequest, BindRequest, CreateRequest, DeleteRequest, EventType, GetRequest,
+    ListRequest, PatchRequest, UpdateRequest, VersionRequest, WatchRequest,
 };
 use skiff_api::{ApiError, INITIAL_EVENTS_END, Reason};
 use tonic::transport::{Channel, Endpoint};
@@ -346,7 +346,8 @@ impl Client {
                 if r.status.is_empty() {
                     return Ok(());
                 }
-                let v: serde_json::Value = serde_json::from_slice(&r.status).map_err(decode_error)?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(&r.status).map_err(decode_error)?;
                 Err(ApiError::from_status_json(&v)
                     .unwrap_or_else(|| ApiError::internal("binding failed")))
             })

@@ -217,7 +217,7 @@ impl DeploymentController {
             .into_iter()
             .map(|s| (*s).clone())
             .collect();
-        for rs in in_namespace(&self.sets, ns) {
+        for rs in crate::util::candidates(&self.sets, ns, &selector) {
             if controller_of(&rs.metadata).is_none()
                 && rs.metadata.deletion_timestamp.is_none()
                 && selector.matches(&rs.metadata.labels.clone().unwrap_or_default())

@@ -19,7 +19,7 @@ use skiff_api::{ApiError, Reason};
 use skiff_client::informer::{Event, Reader};
 use skiff_client::{Client, DeleteParams};
 
-use crate::util::{in_namespace, is_ready, is_terminal, key, owner_ref, split_key};
+use crate::util::{is_ready, is_terminal, key, owner_ref, split_key};
 use crate::workqueue::WorkQueue;
 
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -28,6 +28,17 @@ pub const CONTROLLER_NAME: &str = "endpointslice-controller.k8s.io";
 pub const MAX_ENDPOINTS: usize = 100;
 /// The index of slices by `namespace/service`.
 pub const BY_SERVICE: &str = "service";
+/// The index of services by each `namespace/key=value` of their selector.
+pub const BY_SELECTOR: &str = "selector";
+
+pub fn selector_index(s: &Service) -> Vec<String> {
+    let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+    s.spec
+        .as_ref()
+        .and_then(|sp| sp.selector.as_ref())
+        .map(|sel| sel.iter().map(|(k, v)| format!("{ns}/{k}={v}")).collect())
+        .unwrap_or_default()
+}
 
 pub struct EndpointSliceController {
     pub client: Client,
@@ -167,14 +178,24 @@ impl EndpointSliceController {
         self.queue.add(&key(&**s));
     }
 
+    /// The services whose selector matches `pod`: candidates from the selector index (a
+    /// service is indexed under each of its `namespace/key=value` pairs, so only services
+    /// sharing a label with the pod are looked at), then matched in full.
     fn services_selecting(&self, pod: &Pod) -> Vec<String> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
         let labels = pod.metadata.labels.clone().unwrap_or_default();
-        in_namespace(&self.services, ns)
-            .into_iter()
+        let mut out: Vec<String> = labels
+            .iter()
+            .flat_map(|(k, v)| {
+                self.services
+                    .by_index(BY_SELECTOR, &format!("{ns}/{k}={v}"))
+            })
             .filter(|s| selector(s).is_some_and(|sel| sel.matches(&labels)))
             .map(|s| key(&*s))
-            .collect()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     pub fn on_pod(&self, e: &Event<Pod>) {
@@ -234,7 +255,16 @@ impl EndpointSliceController {
         let ports = spec.ports.clone().unwrap_or_default();
         // Group endpoints by their resolved port list.
         let mut groups: BTreeMap<PortList, Vec<Endpoint>> = BTreeMap::new();
-        let mut pods: Vec<Arc<Pod>> = in_namespace(&self.pods, ns)
+        // Candidates: the pods carrying one of the selector's labels (index), then matched.
+        let first = spec
+            .selector
+            .as_ref()
+            .and_then(|s| s.iter().next())
+            .map(|(k, v)| format!("{ns}/{k}={v}"))
+            .unwrap_or_default();
+        let mut pods: Vec<Arc<Pod>> = self
+            .pods
+            .by_index(crate::util::BY_LABEL, &first)
             .into_iter()
             .filter(|p| {
                 !is_terminal(p) && sel.matches(&p.metadata.labels.clone().unwrap_or_default())

@@ -87,14 +87,17 @@ pub async fn run_controllers(client: &Client, cfg: &ManagerConfig) -> Running {
     let pods = Informer::new(client.api::<Pod>(""), all.clone())
         .index(BY_NAMESPACE, namespace_index)
         .index(BY_CONTROLLER, controller_index)
+        .index(util::BY_LABEL, util::label_index)
         .index(nodelifecycle::BY_NODE, nodelifecycle::node_index);
     let sets = Informer::new(client.api::<ReplicaSet>(""), all.clone())
         .index(BY_NAMESPACE, namespace_index)
-        .index(BY_CONTROLLER, controller_index);
+        .index(BY_CONTROLLER, controller_index)
+        .index(util::BY_LABEL, util::label_index);
     let deployments = Informer::new(client.api::<Deployment>(""), all.clone())
         .index(BY_NAMESPACE, namespace_index);
-    let services =
-        Informer::new(client.api::<Service>(""), all.clone()).index(BY_NAMESPACE, namespace_index);
+    let services = Informer::new(client.api::<Service>(""), all.clone())
+        .index(BY_NAMESPACE, namespace_index)
+        .index(endpointslice::BY_SELECTOR, endpointslice::selector_index);
     let slices = Informer::new(client.api::<EndpointSlice>(""), all.clone())
         .index(endpointslice::BY_SERVICE, endpointslice::service_index);
     let configmaps = Informer::new(client.api::<ConfigMap>(""), all.clone());

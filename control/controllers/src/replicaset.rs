@@ -23,8 +23,8 @@ use skiff_client::informer::{Event, Reader};
 use skiff_client::{Client, DeleteParams};
 
 use crate::util::{
-    BY_CONTROLLER, controller_of, in_namespace, is_active, is_available, is_ready, key, owner_ref,
-    owners_patch, split_key,
+    BY_CONTROLLER, candidates, controller_of, in_namespace, is_active, is_available, is_ready, key,
+    owner_ref, owners_patch, split_key,
 };
 use crate::workqueue::WorkQueue;
 
@@ -279,7 +279,7 @@ impl ReplicaSetController {
             }
         }
         if !deleting {
-            for p in in_namespace(&self.pods, ns) {
+            for p in candidates(&self.pods, ns, &selector) {
                 if controller_of(&p.metadata).is_some()
                     || !is_active(&p)
                     || !selector.matches(&labels(&p.metadata))

@@ -11,6 +11,18 @@ use skiff_client::informer::Reader;
 pub const BY_NAMESPACE: &str = "namespace";
 /// The index of objects by the uid of their controlling owner.
 pub const BY_CONTROLLER: &str = "controller";
+/// The index of objects by each of their labels, as `namespace/key=value`.
+pub const BY_LABEL: &str = "label";
+
+pub fn label_index<K: Metadata<Ty = ObjectMeta>>(o: &K) -> Vec<String> {
+    let m = o.metadata();
+    let ns = m.namespace.as_deref().unwrap_or_default();
+    m.labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{ns}/{k}={v}"))
+        .collect()
+}
 
 pub fn namespace_index<K: Metadata<Ty = ObjectMeta>>(o: &K) -> Vec<String> {
     vec![o.metadata().namespace.clone().unwrap_or_default()]
@@ -111,4 +123,21 @@ pub fn owners_patch(refs: &[OwnerReference], resource_version: Option<&str>) -> 
         meta["resourceVersion"] = rv.into();
     }
     serde_json::json!({ "metadata": meta })
+}
+
+/// Objects of `ns` a selector may select: those carrying one of its required labels (from
+/// the `BY_LABEL` index), or the whole namespace when it requires none.
+pub fn candidates<K>(
+    reader: &Reader<K>,
+    ns: &str,
+    selector: &skiff_api::selector::LabelSelector,
+) -> Vec<Arc<K>> {
+    let pair = selector.requirements.iter().find_map(|r| match r {
+        skiff_api::selector::Requirement::Equals(k, v) => Some(format!("{ns}/{k}={v}")),
+        _ => None,
+    });
+    match pair {
+        Some(p) => reader.by_index(BY_LABEL, &p),
+        None => in_namespace(reader, ns),
+    }
 }

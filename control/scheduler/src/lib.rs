@@ -61,7 +61,8 @@ impl Default for SchedulerConfig {
             percentage_of_nodes_to_score: None,
             bind_concurrency: 2048,
             bind_batch: 256,
-            parallelism: (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).clamp(1, 16),
+            parallelism: (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2)
+                .clamp(1, 16),
             scheduled_events: true,
         }
     }
@@ -176,7 +177,11 @@ pub fn schedule_with(
     let mut reasons: HashMap<String, usize> = HashMap::new();
     let mut looked = 0usize;
     let check = |i: usize| -> Result<usize, Vec<String>> {
-        let idx = if first + i < total { first + i } else { first + i - total };
+        let idx = if first + i < total {
+            first + i
+        } else {
+            first + i - total
+        };
         cycle.filter(&nodes[idx]).map(|()| idx)
     };
     let mut take = |r: Result<usize, Vec<String>>, feasible: &mut Vec<usize>| match r {
@@ -278,8 +283,7 @@ impl Scheduler {
                             }
                             None if p.metadata.deletion_timestamp.is_some() => queue.remove(&key),
                             None if responsible(p, &name) => {
-                                let assumed =
-                                    cache.read().pod(&key).is_some_and(|i| i.assumed);
+                                let assumed = cache.read().pod(&key).is_some_and(|i| i.assumed);
                                 if !assumed {
                                     queue.add(&key, p.clone());
                                 }
@@ -415,7 +419,11 @@ impl Context {
                     info.assumed = true;
                     self.cache.write().add_pod(info);
                     // Waits when too many bindings are pending (backpressure).
-                    if self.binds.blocking_send(BindJob { key, pod, node }).is_err() {
+                    if self
+                        .binds
+                        .blocking_send(BindJob { key, pod, node })
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -481,7 +489,11 @@ impl Binder {
             .iter()
             .map(|j| {
                 (
-                    j.pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                    j.pod
+                        .metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
                     j.pod.metadata.name.clone().unwrap_or_default(),
                     j.node.clone(),
                 )
@@ -496,7 +508,14 @@ impl Binder {
         }
     }
 
-    fn done(&self, job: BindJob, ns: &str, name: &str, node: &str, result: Result<(), skiff_api::ApiError>) {
+    fn done(
+        &self,
+        job: BindJob,
+        ns: &str,
+        name: &str,
+        node: &str,
+        result: Result<(), skiff_api::ApiError>,
+    ) {
         let BindJob { key, pod, .. } = job;
         match result {
             Ok(()) => {

@@ -483,7 +483,10 @@ fn parallel_filtering_finds_the_same_feasible_nodes() {
         };
         c.upsert_node(&node(&format!("n{i:04}"), "4", "8Gi", 110, extra));
     }
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("pool");
     let (mut a, mut b) = (0, 0);
     for i in 0..50 {
         let p = pod(&format!("p{i}"), "100m", "1Mi", json!({}));
@@ -497,7 +500,11 @@ fn parallel_filtering_finds_the_same_feasible_nodes() {
     }
     let none = pod("big", "64", "1Mi", json!({}));
     let e1 = skiff_scheduler::schedule_with(&c, &none, &mut a, None, None).expect_err("too big");
-    let e2 = skiff_scheduler::schedule_with(&c, &none, &mut b, None, Some(&pool)).expect_err("too big");
+    let e2 =
+        skiff_scheduler::schedule_with(&c, &none, &mut b, None, Some(&pool)).expect_err("too big");
     assert_eq!(e1, e2);
-    assert_eq!(e1.to_string(), "0/1200 nodes are available: 400 node(s) had untolerated taint {k: }, 800 Insufficient cpu.");
+    assert_eq!(
+        e1.to_string(),
+        "0/1200 nodes are available: 400 node(s) had untolerated taint {k: }, 800 Insufficient cpu."
+    );
 }

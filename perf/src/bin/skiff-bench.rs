@@ -65,9 +65,42 @@ fn main() -> anyhow::Result<()> {
                 results.push(m);
             }
         }
+        if wanted("startup") {
+            for m in skiff_perf::cluster::pod_startup(mode).await? {
+                eprintln!(
+                    "{}: {:.1} vs {:.0} ms ({:.1}x) {}",
+                    m.name,
+                    m.skiff,
+                    m.peer,
+                    m.ratio(),
+                    m.note
+                );
+                results.push(m);
+            }
+        }
+        if wanted("scale") {
+            for m in skiff_perf::cluster::at_scale(mode).await? {
+                eprintln!(
+                    "{}: {:.2} vs {:.2} {} ({:.1}x) {}",
+                    m.name,
+                    m.skiff,
+                    m.peer,
+                    m.unit,
+                    m.ratio(),
+                    m.note
+                );
+                results.push(m);
+            }
+        }
         if wanted("scheduling") {
             for m in skiff_perf::scheduling::throughput(mode).await? {
-                eprintln!("{}: {:.0} vs {:.0} pods/s ({:.1}x)", m.name, m.skiff, m.peer, m.ratio());
+                eprintln!(
+                    "{}: {:.0} vs {:.0} pods/s ({:.1}x)",
+                    m.name,
+                    m.skiff,
+                    m.peer,
+                    m.ratio()
+                );
                 results.push(m);
             }
         }
