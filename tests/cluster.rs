@@ -186,6 +186,19 @@ fn names(pods: &[Pod]) -> BTreeSet<String> {
         .collect()
 }
 
+/// Waits until only the 3 current `who` pods exist (terminating ones finished).
+async fn old_pods_gone(c: &Client) {
+    eventually("old pods gone", Duration::from_secs(30), async || {
+        let all = c
+            .api::<Pod>("default")
+            .list(&ListParams::default().labels("app=who"))
+            .await
+            .ok()?;
+        (all.items.len() == 3).then_some(())
+    })
+    .await;
+}
+
 /// Answers of `n` requests through `to` from the client namespace; panics on a failure.
 fn answers(client: &Netns, to: SocketAddr, n: usize) -> BTreeSet<String> {
     (0..n)
@@ -381,15 +394,7 @@ async fn scenario(cluster: &LocalCluster) {
         Some("2")
     );
     // Let the old pods finish terminating under load too.
-    eventually("old pods gone", Duration::from_secs(30), async || {
-        let all = c
-            .api::<Pod>("default")
-            .list(&ListParams::default().labels("app=who"))
-            .await
-            .ok()?;
-        (all.items.len() == 3).then_some(())
-    })
-    .await;
+    old_pods_gone(&c).await;
     stop.store(true, Ordering::Relaxed);
     let errors = load.join().expect("load thread");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
@@ -427,19 +432,7 @@ async fn scenario(cluster: &LocalCluster) {
         text(&out)
     );
     available(&c, "who", 3).await;
-    eventually(
-        "undo's old pods gone",
-        Duration::from_secs(30),
-        async || {
-            let all = c
-                .api::<Pod>("default")
-                .list(&ListParams::default().labels("app=who"))
-                .await
-                .ok()?;
-            (all.items.len() == 3).then_some(())
-        },
-    )
-    .await;
+    old_pods_gone(&c).await;
 
     // Kill node-1's agent: the Node goes NotReady, its pods come back on node-0, and the
     // endpoints follow.

@@ -77,3 +77,29 @@ fn pod_start_and_agent_memory_quick() {
     assert_eq!(ms.len(), 6, "{ms:?}");
     assert!(ms.iter().all(|m| m.skiff > 0.0 && m.peer > 0.0), "{ms:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_throughput_quick() {
+    let ms = skiff_perf::scheduling::throughput(Mode::Quick)
+        .await
+        .expect("benchmark runs and every placement checks out");
+    assert_eq!(ms.len(), 4, "{ms:?}");
+    assert!(ms.iter().all(|m| m.skiff > 0.0), "{ms:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_startup_on_a_local_cluster_quick() {
+    let ms = skiff_perf::cluster::pod_startup(Mode::Quick)
+        .await
+        .expect("benchmark runs");
+    assert!(ms.iter().all(|m| m.skiff > 0.0), "{ms:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_at_scale_quick() {
+    let ms = skiff_perf::cluster::at_scale(Mode::Quick)
+        .await
+        .expect("benchmark runs");
+    assert_eq!(ms.len(), 3, "{ms:?}");
+    assert!(ms.iter().all(|m| m.skiff > 0.0), "{ms:?}");
+}

@@ -555,19 +555,12 @@ impl DeploymentController {
         }
         for s in &old[..old.len() - limit] {
             let rname = s.metadata.name.clone().unwrap_or_default();
-            match self
-                .client
-                .api::<ReplicaSet>(ns)
-                .delete(&rname, &DeleteParams::default())
-                .await
-            {
-                Ok(_)
-                | Err(ApiError {
-                    reason: Reason::NotFound,
-                    ..
-                }) => {}
-                Err(e) => return Err(e),
-            }
+            crate::util::unless_gone(
+                self.client
+                    .api::<ReplicaSet>(ns)
+                    .delete(&rname, &DeleteParams::default())
+                    .await,
+            )?;
         }
         Ok(())
     }
@@ -680,19 +673,12 @@ impl DeploymentController {
             "terminatingReplicas": terminating,
             "observedGeneration": generation, "conditions": conditions,
         }});
-        match self
-            .client
-            .api::<Deployment>(ns)
-            .patch_status(name, &patch)
-            .await
-        {
-            Ok(_)
-            | Err(ApiError {
-                reason: Reason::NotFound,
-                ..
-            }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        crate::util::unless_gone(
+            self.client
+                .api::<Deployment>(ns)
+                .patch_status(name, &patch)
+                .await,
+        )
     }
 }
 

@@ -239,24 +239,17 @@ impl GarbageCollector {
             for (_, d) in &dependents {
                 let refs: Vec<&OwnerReference> = d.owners.iter().filter(|o| o.uid != uid).collect();
                 let patch = json!({"metadata": {"ownerReferences": refs}});
-                match self
-                    .client
-                    .patch(
-                        d.plural,
-                        &d.namespace,
-                        &d.name,
-                        bytes::Bytes::from(patch.to_string()),
-                        "",
-                    )
-                    .await
-                {
-                    Ok(_)
-                    | Err(ApiError {
-                        reason: Reason::NotFound,
-                        ..
-                    }) => {}
-                    Err(e) => return Err(e),
-                }
+                crate::util::unless_gone(
+                    self.client
+                        .patch(
+                            d.plural,
+                            &d.namespace,
+                            &d.name,
+                            bytes::Bytes::from(patch.to_string()),
+                            "",
+                        )
+                        .await,
+                )?;
             }
             return self.remove_finalizer(&obj, "orphan").await;
         }

@@ -82,13 +82,6 @@ impl NamespaceController {
             .filter(|f| f != "kubernetes")
             .collect();
         let patch = serde_json::json!({"spec": {"finalizers": finalizers}});
-        match self.client.api::<Namespace>("").patch(&name, &patch).await {
-            Ok(_)
-            | Err(ApiError {
-                reason: Reason::NotFound,
-                ..
-            }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        crate::util::unless_gone(self.client.api::<Namespace>("").patch(&name, &patch).await)
     }
 }

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use parking_lot::Mutex;
 use serde_json::json;
 use skiff_api::selector::tolerates;
-use skiff_api::{ApiError, Reason};
+use skiff_api::ApiError;
 use skiff_client::events::{Recorder, now, reference};
 use skiff_client::informer::Reader;
 use skiff_client::{Client, DeleteParams};
@@ -213,14 +213,9 @@ impl NodeLifecycleController {
         if taints != before {
             let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version},
                 "spec": {"taints": taints}});
-            match self.client.api::<Node>("").patch(&name, &patch).await {
-                Ok(_)
-                | Err(ApiError {
-                    reason: Reason::Conflict | Reason::NotFound,
-                    ..
-                }) => {}
-                Err(e) => return Err(e),
-            }
+            crate::util::unless_gone_or_changed(
+                self.client.api::<Node>("").patch(&name, &patch).await,
+            )?;
         }
         Ok(())
     }
@@ -320,25 +315,18 @@ impl NodeLifecycleController {
                     "TaintManagerEviction",
                     &format!("Marking for deletion Pod {ns}/{pname}"),
                 );
-                match self
-                    .client
-                    .api::<Pod>(&ns)
-                    .delete(
-                        &pname,
-                        &DeleteParams {
-                            precondition_uid: p.metadata.uid.clone().unwrap_or_default(),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                {
-                    Ok(_)
-                    | Err(ApiError {
-                        reason: Reason::NotFound | Reason::Conflict,
-                        ..
-                    }) => {}
-                    Err(e) => return Err(e),
-                }
+                crate::util::unless_gone_or_changed(
+                    self.client
+                        .api::<Pod>(&ns)
+                        .delete(
+                            &pname,
+                            &DeleteParams {
+                                precondition_uid: p.metadata.uid.clone().unwrap_or_default(),
+                                ..Default::default()
+                            },
+                        )
+                        .await,
+                )?;
             }
         }
         Ok(())

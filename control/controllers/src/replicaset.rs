@@ -262,20 +262,14 @@ impl ReplicaSetController {
                     .cloned()
                     .collect();
                 let name = p.metadata.name.clone().unwrap_or_default();
-                match pods_api
-                    .patch(
-                        &name,
-                        &owners_patch(&refs, p.metadata.resource_version.as_deref()),
-                    )
-                    .await
-                {
-                    Ok(_)
-                    | Err(ApiError {
-                        reason: Reason::NotFound,
-                        ..
-                    }) => {}
-                    Err(e) => return Err(e),
-                }
+                crate::util::unless_gone(
+                    pods_api
+                        .patch(
+                            &name,
+                            &owners_patch(&refs, p.metadata.resource_version.as_deref()),
+                        )
+                        .await,
+                )?;
             }
         }
         if !deleting {
@@ -503,19 +497,12 @@ impl ReplicaSetController {
             "terminatingReplicas": terminating,
             "observedGeneration": generation,
         }});
-        match self
-            .client
-            .api::<ReplicaSet>(ns)
-            .patch_status(name, &patch)
-            .await
-        {
-            Ok(_)
-            | Err(ApiError {
-                reason: Reason::NotFound,
-                ..
-            }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        crate::util::unless_gone(
+            self.client
+                .api::<ReplicaSet>(ns)
+                .patch_status(name, &patch)
+                .await,
+        )
     }
 
     fn queue_after(&self, ns: &str, name: &str, d: Duration) {

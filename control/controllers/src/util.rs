@@ -141,3 +141,24 @@ pub fn candidates<K>(
         None => in_namespace(reader, ns),
     }
 }
+
+/// The result of a write that may find its object gone: NotFound is success (there is
+/// nothing left to do).
+pub fn unless_gone<T>(r: Result<T, skiff_api::ApiError>) -> Result<(), skiff_api::ApiError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == skiff_api::Reason::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// As `unless_gone`, and a Conflict (the object changed meanwhile; its next event brings
+/// it back) is success too.
+pub fn unless_gone_or_changed<T>(
+    r: Result<T, skiff_api::ApiError>,
+) -> Result<(), skiff_api::ApiError> {
+    match r {
+        Err(e) if e.reason == skiff_api::Reason::Conflict => Ok(()),
+        r => unless_gone(r),
+    }
+}

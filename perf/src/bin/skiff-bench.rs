@@ -5,6 +5,19 @@ use skiff_perf::{Mode, control, machine, report};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// One result as it comes, on stderr (the table comes at the end).
+fn progress(m: &skiff_perf::report::Measurement) {
+    eprintln!(
+        "{}: {:.2} vs {:.2} {} ({:.2}x) {}",
+        m.name,
+        m.skiff,
+        m.peer,
+        m.unit,
+        m.ratio(),
+        m.note
+    );
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = if args.iter().any(|a| a == "--quick") {
@@ -30,77 +43,37 @@ fn main() -> anyhow::Result<()> {
         if wanted("writes") {
             for clients in [1, 64] {
                 let m = control::durable_writes(mode, clients).await?;
-                eprintln!(
-                    "{}: {:.0} vs {:.0} ({:.2}x)",
-                    m.name,
-                    m.skiff,
-                    m.peer,
-                    m.ratio()
-                );
+                progress(&m);
                 results.push(m);
             }
         }
         if wanted("latency") {
             for m in control::api_latency(mode).await? {
-                eprintln!(
-                    "{}: {:.2} vs {:.2} ({:.2}x)",
-                    m.name,
-                    m.skiff,
-                    m.peer,
-                    m.ratio()
-                );
+                progress(&m);
                 results.push(m);
             }
         }
         if wanted("fanout") {
             for m in control::watch_fanout(mode).await? {
-                eprintln!(
-                    "{}: {:.0} vs {:.0} ({:.2}x) {}",
-                    m.name,
-                    m.skiff,
-                    m.peer,
-                    m.ratio(),
-                    m.note
-                );
+                progress(&m);
                 results.push(m);
             }
         }
         if wanted("startup") {
             for m in skiff_perf::cluster::pod_startup(mode).await? {
-                eprintln!(
-                    "{}: {:.1} vs {:.0} ms ({:.1}x) {}",
-                    m.name,
-                    m.skiff,
-                    m.peer,
-                    m.ratio(),
-                    m.note
-                );
+                progress(&m);
                 results.push(m);
             }
         }
         if wanted("scale") {
             for m in skiff_perf::cluster::at_scale(mode).await? {
-                eprintln!(
-                    "{}: {:.2} vs {:.2} {} ({:.1}x) {}",
-                    m.name,
-                    m.skiff,
-                    m.peer,
-                    m.unit,
-                    m.ratio(),
-                    m.note
-                );
+                progress(&m);
                 results.push(m);
             }
         }
         if wanted("scheduling") {
             for m in skiff_perf::scheduling::throughput(mode).await? {
-                eprintln!(
-                    "{}: {:.0} vs {:.0} pods/s ({:.1}x)",
-                    m.name,
-                    m.skiff,
-                    m.peer,
-                    m.ratio()
-                );
+                progress(&m);
                 results.push(m);
             }
         }
@@ -108,14 +81,7 @@ fn main() -> anyhow::Result<()> {
     })?;
     let mut shown = |ms: Vec<skiff_perf::report::Measurement>| {
         for m in ms {
-            eprintln!(
-                "{}: {:.2} vs {:.2} {} ({:.2}x)",
-                m.name,
-                m.skiff,
-                m.peer,
-                m.unit,
-                m.ratio()
-            );
+            progress(&m);
             results.push(m);
         }
     };
