@@ -18,6 +18,10 @@ use skiff_store::etcd_server::EtcdServer;
 use crate::report::Measurement;
 use crate::{Mode, SkiffServer, cpu_time, median, rss_bytes};
 
+/// The API server alone, as etcd runs alone: the scheduler and the controllers it hosts by
+/// default would share its cores and memory with what is measured.
+const API_ONLY: &[&str] = &["--no-scheduler", "--no-controllers"];
+
 fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -129,7 +133,7 @@ pub async fn durable_writes(mode: Mode, clients: usize) -> anyhow::Result<Measur
         Mode::Quick => (1, Duration::from_millis(500)),
         Mode::Full => (3, Duration::from_secs(5)),
     };
-    let skiff = SkiffServer::start(&[])?;
+    let skiff = SkiffServer::start(API_ONLY)?;
     let etcd_server = EtcdServer::start().context("starting etcd")?;
     let etcd = etcd_client(&etcd_server).await?;
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -196,7 +200,7 @@ pub async fn api_latency(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
         Mode::Quick => (1, Duration::from_millis(500)),
         Mode::Full => (3, Duration::from_secs(5)),
     };
-    let skiff = SkiffServer::start(&[])?;
+    let skiff = SkiffServer::start(API_ONLY)?;
     let etcd_server = EtcdServer::start().context("starting etcd")?;
     let etcd = etcd_client(&etcd_server).await?;
     let payload = "x".repeat(1024);
@@ -468,7 +472,7 @@ impl Tally {
 }
 
 async fn skiff_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
-    let server = SkiffServer::start(&["--watch-cache-size", "65536"])?;
+    let server = SkiffServer::start(&[API_ONLY, &["--watch-cache-size", "65536"]].concat())?;
     let writer = Client::connect(&server.address)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
