@@ -450,33 +450,22 @@ impl<'c> Cycle<'c> {
                 return fail(reason::SPREAD);
             }
         }
-        for (key, domains) in &self.affinity_domains {
-            let Some(domains) = domains else { continue };
-            if !node
-                .labels
+        // Whether the node's domain for `key` is in `domains`.
+        let within = |key: &str, domains: &HashSet<&str>| {
+            node.labels
                 .get(key)
                 .is_some_and(|d| domains.contains(d.as_str()))
-            {
+        };
+        for (key, domains) in &self.affinity_domains {
+            if domains.as_ref().is_some_and(|d| !within(key, d)) {
                 return fail(reason::AFFINITY);
             }
         }
-        for (key, domains) in &self.anti_domains {
-            if node
-                .labels
-                .get(key)
-                .is_some_and(|d| domains.contains(d.as_str()))
-            {
-                return fail(reason::ANTI_AFFINITY);
-            }
+        if self.anti_domains.iter().any(|(key, d)| within(key, d)) {
+            return fail(reason::ANTI_AFFINITY);
         }
-        for (key, domains) in &self.existing_anti {
-            if node
-                .labels
-                .get(*key)
-                .is_some_and(|d| domains.contains(d.as_str()))
-            {
-                return fail(reason::EXISTING_ANTI_AFFINITY);
-            }
+        if self.existing_anti.iter().any(|(key, d)| within(key, d)) {
+            return fail(reason::EXISTING_ANTI_AFFINITY);
         }
         Ok(())
     }
