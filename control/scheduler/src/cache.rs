@@ -202,6 +202,8 @@ pub struct Cache {
     pods: Vec<Option<PodInfo>>,
     slots: FxHashMap<String, usize>,
     free: Vec<usize>,
+    /// Slots of pods whose node the cache does not know (yet), by node name.
+    waiting: FxHashMap<String, FxHashSet<usize>>,
     /// `key=value` -> slots of pods carrying that label.
     by_label: FxHashMap<String, FxHashSet<usize>>,
     /// Existing pods' required anti-affinity terms, as (slot, term index): by a
@@ -258,8 +260,8 @@ impl Cache {
         let i = self.nodes.len();
         let mut info = NodeInfo::new(node);
         // Pods seen before their node count from the start.
-        for (slot, p) in self.pods.iter_mut().enumerate() {
-            if let Some(p) = p.as_mut().filter(|p| p.node == name) {
+        for slot in self.waiting.remove(&name).unwrap_or_default() {
+            if let Some(p) = self.pods[slot].as_mut() {
                 info.requested.add(&p.requests);
                 info.non_zero_requested.add(&p.non_zero);
                 info.pods.insert(slot);
@@ -285,6 +287,9 @@ impl Cache {
             if let Some(p) = self.pods[*slot].as_mut() {
                 p.node_idx = None;
             }
+        }
+        if !gone.pods.is_empty() {
+            self.waiting.insert(gone.name.clone(), gone.pods.clone());
         }
         if let Some(moved) = self.nodes.get(i) {
             self.index.insert(moved.name.clone(), i);
@@ -318,12 +323,20 @@ impl Cache {
             }
         };
         info.node_idx = self.index.get(&info.node).copied();
-        if let Some(i) = info.node_idx {
-            let n = &mut self.nodes[i];
-            n.requested.add(&info.requests);
-            n.non_zero_requested.add(&info.non_zero);
-            n.pods.insert(slot);
-            n.host_ports.extend(info.host_ports.iter().cloned());
+        match info.node_idx {
+            Some(i) => {
+                let n = &mut self.nodes[i];
+                n.requested.add(&info.requests);
+                n.non_zero_requested.add(&info.non_zero);
+                n.pods.insert(slot);
+                n.host_ports.extend(info.host_ports.iter().cloned());
+            }
+            None => {
+                self.waiting
+                    .entry(info.node.clone())
+                    .or_default()
+                    .insert(slot);
+            }
         }
         for (k, v) in &info.labels {
             self.by_label
@@ -346,6 +359,14 @@ impl Cache {
         let info = self.pods[slot].take()?;
         self.free.push(slot);
         self.generation += 1;
+        if info.node_idx.is_none()
+            && let Some(w) = self.waiting.get_mut(&info.node)
+        {
+            w.remove(&slot);
+            if w.is_empty() {
+                self.waiting.remove(&info.node);
+            }
+        }
         if let Some(i) = info.node_idx {
             let n = &mut self.nodes[i];
             n.requested.sub(&info.requests);

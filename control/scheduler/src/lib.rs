@@ -278,7 +278,19 @@ impl Scheduler {
                                 queue.remove(&key);
                             }
                             Some(node) => {
-                                cache.write().add_pod(PodInfo::new(p, node));
+                                // A bound pod's node, labels and requests do not change
+                                // with its status updates (the bulk of pod events): only
+                                // a new placement, or one that replaces an assumption,
+                                // touches the cache.
+                                let known = cache.read().pod(&key).is_some_and(|i| {
+                                    !i.assumed
+                                        && i.node == node
+                                        && i.uid == p.metadata.uid.as_deref().unwrap_or_default()
+                                        && Some(&i.labels) == p.metadata.labels.as_ref()
+                                });
+                                if !known {
+                                    cache.write().add_pod(PodInfo::new(p, node));
+                                }
                                 queue.remove(&key);
                             }
                             None if p.metadata.deletion_timestamp.is_some() => queue.remove(&key),

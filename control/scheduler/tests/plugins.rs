@@ -508,3 +508,21 @@ fn parallel_filtering_finds_the_same_feasible_nodes() {
         "0/1200 nodes are available: 400 node(s) had untolerated taint {k: }, 800 Insufficient cpu."
     );
 }
+
+#[test]
+fn pods_seen_before_their_node_count_once_it_comes_and_after_it_goes_and_returns() {
+    let mut c = Cache::default();
+    let p = pod("early", "3", "1Gi", json!({}));
+    c.add_pod(PodInfo::new(&p, "late"));
+    c.upsert_node(&node("late", "4", "8Gi", 110, json!({})));
+    assert_eq!(c.node("late").expect("node").requested.milli_cpu, 3000);
+    let mut start = 0;
+    let err = schedule_one(&c, &pod("x", "2", "1Mi", json!({})), &mut start, None)
+        .expect_err("the early pod holds the room");
+    assert!(err.to_string().contains("Insufficient cpu"), "{err}");
+    c.remove_node("late");
+    c.upsert_node(&node("late", "4", "8Gi", 110, json!({})));
+    assert_eq!(c.node("late").expect("node").requested.milli_cpu, 3000);
+    c.remove_pod("default/early");
+    assert_eq!(c.node("late").expect("node").requested.milli_cpu, 0);
+}
