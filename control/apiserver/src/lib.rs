@@ -51,3 +51,31 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
+
+/// An API server on a free loopback port over `store`, serving until dropped: for tests,
+/// benchmarks and anything that embeds a control plane.
+pub struct LocalServer {
+    pub address: String,
+    pub registry: Arc<Registry>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl LocalServer {
+    pub async fn start(
+        store: Arc<dyn skiff_store::Store>,
+        config: Config,
+    ) -> Result<LocalServer, Box<dyn std::error::Error + Send + Sync>> {
+        let registry = Registry::new(store, config).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(registry.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        Ok(LocalServer {
+            address,
+            registry,
+            _shutdown: tx,
+        })
+    }
+}

@@ -18,6 +18,11 @@ pub fn now() -> Time {
     )
 }
 
+/// The current time as a Kubernetes MicroTime (Lease renew and acquire times).
+pub fn micro_now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now().0)
+}
+
 /// Who reports an event: the component (`kubelet`, `default-scheduler`,
 /// `replicaset-controller`, ...) and, for node agents, its node.
 #[derive(Clone)]

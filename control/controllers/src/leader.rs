@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use skiff_api::Reason;
-use skiff_client::events::now;
+use skiff_client::events::micro_now;
 use skiff_client::{Api, Client};
 
 pub struct Elector {
@@ -16,10 +16,6 @@ pub struct Elector {
     name: String,
     identity: String,
     duration: Duration,
-}
-
-fn micro_now() -> MicroTime {
-    MicroTime(now().0)
 }
 
 fn millis(t: &MicroTime) -> i64 {

@@ -13,8 +13,8 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
-use skiff_apiserver::registry::{Config, Registry};
 use skiff_apiserver::watch_cache::CacheOptions;
+use skiff_apiserver::{Config, LocalServer};
 use skiff_client::informer::Informer;
 use skiff_client::{Client, DeleteParams, ListParams};
 use skiff_controllers::nodelifecycle::NodeLifecycleConfig;
@@ -28,19 +28,11 @@ struct Cluster {
     hollow: HollowNodes,
     _controllers: ControllerManager,
     _scheduler: Scheduler,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _server: LocalServer,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-async fn server() -> (Client, tokio::sync::oneshot::Sender<()>, tempfile::TempDir) {
+async fn server() -> (Client, LocalServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).expect("store");
     let config = Config {
@@ -50,22 +42,11 @@ async fn server() -> (Client, tokio::sync::oneshot::Sender<()>, tempfile::TempDi
         },
         ..Config::default()
     };
-    let registry = Registry::new(Arc::new(store), config)
+    let server = LocalServer::start(Arc::new(store), config)
         .await
-        .expect("registry");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("addr").to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = skiff_apiserver::serve(registry, listener, async {
-            let _ = rx.await;
-        })
-        .await;
-    });
-    let client = Client::connect(&address).await.expect("connect");
-    (client, tx, dir)
+        .expect("API server");
+    let client = Client::connect(&server.address).await.expect("connect");
+    (client, server, dir)
 }
 
 fn manager_config(identity: &str) -> ManagerConfig {
@@ -82,7 +63,7 @@ fn manager_config(identity: &str) -> ManagerConfig {
 }
 
 async fn cluster(nodes: usize, pods_per_node: u32) -> Cluster {
-    let (client, tx, dir) = server().await;
+    let (client, server, dir) = server().await;
     let hollow = HollowNodes::start(
         &client,
         HollowConfig {
@@ -103,7 +84,7 @@ async fn cluster(nodes: usize, pods_per_node: u32) -> Cluster {
         hollow,
         _controllers: controllers,
         _scheduler: scheduler,
-        shutdown: Some(tx),
+        _server: server,
         _dir: dir,
     }
 }
@@ -886,7 +867,7 @@ async fn scheduling_never_double_books_and_reports_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_controller_manager_leads_and_another_takes_over() {
-    let (client, _tx, _dir) = server().await;
+    let (client, _server, _dir) = server().await;
     let a = ControllerManager::start(client.clone(), manager_config("a"));
     let mut a_leads = a.leading.clone();
     tokio::time::timeout(Duration::from_secs(10), a_leads.wait_for(|l| *l))

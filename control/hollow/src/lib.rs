@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use parking_lot::RwLock;
 use serde_json::json;
 use skiff_api::ApiError;
 use skiff_api::Reason;
-use skiff_client::events::now;
+use skiff_client::events::{micro_now, now};
 use skiff_client::informer::{Event, Informer, InformerHandle};
 use skiff_client::{Api, Client, DeleteParams, ListParams};
 
@@ -139,10 +139,6 @@ async fn register(nodes: &Api<Node>, obj: &Node) -> Result<(), ApiError> {
         }
         Err(e) => Err(e),
     }
-}
-
-fn micro_now() -> MicroTime {
-    MicroTime(now().0)
 }
 
 async fn renew(leases: &Api<Lease>, name: &str) -> Result<(), ApiError> {

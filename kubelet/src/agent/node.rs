@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
     NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use skiff_api::{ApiError, Reason};
 use skiff_client::Client;
 
@@ -83,15 +83,7 @@ fn allocatable(cap: &BTreeMap<String, Quantity>) -> BTreeMap<String, Quantity> {
     a
 }
 
-fn timestamp_now() -> k8s_openapi::jiff::Timestamp {
-    let n = chrono::Utc::now();
-    k8s_openapi::jiff::Timestamp::new(n.timestamp(), n.timestamp_subsec_nanos() as i32)
-        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
-}
-
-fn now() -> Time {
-    Time(timestamp_now())
-}
+use skiff_client::events::{micro_now, now};
 
 fn condition(kind: &str, status: &str, reason: &str, message: &str) -> NodeCondition {
     NodeCondition {
@@ -274,7 +266,7 @@ pub async fn renew_lease(client: &Client, cfg: &AgentConfig) -> Result<(), ApiEr
         holder_identity: Some(cfg.node_name.clone()),
         // Renewed every quarter of its duration, as the kubelet does (10 s of 40 s).
         lease_duration_seconds: Some((cfg.lease_period.as_secs_f64() * 4.0).ceil().max(1.0) as i32),
-        renew_time: Some(MicroTime(timestamp_now())),
+        renew_time: Some(micro_now()),
         ..Default::default()
     };
     match leases.get_opt(&cfg.node_name).await? {

@@ -18,14 +18,13 @@ pub struct TestServer {
     pub registry: Arc<Registry>,
     _dir: tempfile::TempDir,
     _etcd: Option<skiff_store::etcd_server::EtcdServer>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Stops serving when dropped (before the store's directory and etcd go).
+    server: Option<skiff_apiserver::LocalServer>,
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.server.take();
     }
 }
 
@@ -60,27 +59,17 @@ async fn serve(
         cache,
         ..Config::default()
     };
-    let registry = Registry::new(store, config).await.expect("registry");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let server = skiff_apiserver::LocalServer::start(store, config)
         .await
-        .expect("bind");
-    let address = listener.local_addr().expect("addr").to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let r = registry.clone();
-    tokio::spawn(async move {
-        let _ = skiff_apiserver::serve(r, listener, async {
-            let _ = rx.await;
-        })
-        .await;
-    });
-    let client = Client::connect(&address).await.expect("connect");
+        .expect("API server");
+    let client = Client::connect(&server.address).await.expect("connect");
     TestServer {
         client,
-        address,
-        registry,
+        address: server.address.clone(),
+        registry: server.registry.clone(),
         _dir: dir,
         _etcd: etcd,
-        shutdown: Some(tx),
+        server: Some(server),
     }
 }
 
