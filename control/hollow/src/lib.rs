@@ -7,7 +7,7 @@
 //! A hollow pod's IP is a label, never routed: addresses are handed out from 198.18.0.0/15
 //! in order (they repeat past 131,072 pods).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -229,7 +229,14 @@ impl HollowNodes {
                 }
             }));
         }
-        let mine: Arc<HashSet<String>> = Arc::new(names.iter().cloned().collect());
+        // Node name -> its InternalIP (the hostIP of its pods), as registered.
+        let mine: Arc<HashMap<String, String>> = Arc::new(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), pod_ip(i as u32).to_string()))
+                .collect(),
+        );
         let next_ip = Arc::new(AtomicU32::new(1 << 10));
         let pods = cfg.run_pods.then(|| {
             let (client, stats, stopped, sem) =
@@ -243,7 +250,7 @@ impl HollowNodes {
                         .spec
                         .as_ref()
                         .and_then(|s| s.node_name.as_deref())
-                        .filter(|n| mine.contains(*n))
+                        .filter(|n| mine.contains_key(*n))
                     else {
                         return;
                     };
@@ -274,7 +281,7 @@ impl HollowNodes {
                         return;
                     }
                     let ip = pod_ip(next_ip.fetch_add(1, Ordering::Relaxed));
-                    let host_ip = node_host_ip(node);
+                    let host_ip = mine.get(node).cloned().unwrap_or_default();
                     let containers: Vec<serde_json::Value> = p
                         .spec
                         .as_ref()
@@ -324,14 +331,4 @@ impl HollowNodes {
     pub fn revive(&self, name: &str) {
         self.stopped.write().remove(name);
     }
-}
-
-fn node_host_ip(node: &str) -> String {
-    // The node's InternalIP is derived from its index the same way at registration.
-    let i: u32 = node
-        .rsplit(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(0);
-    pod_ip(i).to_string()
 }
