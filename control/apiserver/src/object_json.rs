@@ -61,24 +61,78 @@ fn metadata_object_start(raw: &[u8]) -> Option<usize> {
     None
 }
 
+/// Whether the JSON object whose body starts at `from` (just past its `{`) has `key` among
+/// its own keys (not in nested objects, not as a value).
+fn object_has_key(raw: &[u8], from: usize, key: &[u8]) -> bool {
+    let n = raw.len();
+    let mut depth = 0usize;
+    let mut expect_key = true;
+    let mut i = from;
+    while i < n {
+        match raw[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < n {
+                    match raw[i] {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                if depth == 0 && expect_key && raw.get(start..i) == Some(key) {
+                    return true;
+                }
+                if depth == 0 {
+                    expect_key = false;
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                if depth == 0 {
+                    return false;
+                }
+                depth -= 1;
+            }
+            b',' if depth == 0 => expect_key = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Where `metadata.resourceVersion` can be spliced into stored JSON: just inside the
+/// top-level `metadata` object. None when there is no metadata object or it already carries a
+/// resourceVersion (data written by others); [`with_resource_version`] then rewrites it.
+pub fn splice_point(raw: &[u8]) -> Option<usize> {
+    let at = metadata_object_start(raw)?;
+    let carries = memchr::memmem::find(raw, b"\"resourceVersion\"").is_some()
+        && object_has_key(raw, at, b"resourceVersion");
+    (!carries).then_some(at)
+}
+
+/// `raw` with `"resourceVersion":"<revision>"` inserted at `at` (from [`splice_point`]).
+pub fn splice_resource_version(raw: &[u8], at: usize, revision: Revision) -> Vec<u8> {
+    let rest = &raw[at..];
+    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let field = format!(
+        "\"resourceVersion\":\"{revision}\"{}",
+        if empty { "" } else { "," }
+    );
+    let mut out = Vec::with_capacity(raw.len() + field.len());
+    out.extend_from_slice(&raw[..at]);
+    out.extend_from_slice(field.as_bytes());
+    out.extend_from_slice(rest);
+    out
+}
+
 /// The stored JSON with `metadata.resourceVersion` set to `revision`.
 pub fn with_resource_version(raw: &[u8], revision: Revision) -> Result<Vec<u8>, String> {
-    // Spliced when the object carries no resourceVersion anywhere (objects Skiff stores);
-    // otherwise (an Event's involvedObject, data written by others) decoded and rewritten.
-    if memchr::memmem::find(raw, b"\"resourceVersion\"").is_none()
-        && let Some(at) = metadata_object_start(raw)
-    {
-        let rest = &raw[at..];
-        let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
-        let field = format!(
-            "\"resourceVersion\":\"{revision}\"{}",
-            if empty { "" } else { "," }
-        );
-        let mut out = Vec::with_capacity(raw.len() + field.len());
-        out.extend_from_slice(&raw[..at]);
-        out.extend_from_slice(field.as_bytes());
-        out.extend_from_slice(rest);
-        return Ok(out);
+    // Spliced when the object's metadata carries no resourceVersion (objects Skiff stores);
+    // otherwise (data written by others) decoded and rewritten.
+    if let Some(at) = splice_point(raw) {
+        return Ok(splice_resource_version(raw, at, revision));
     }
     let mut value: Value = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -211,6 +265,20 @@ mod tests {
             serde_json::from_slice(&with_resource_version(raw, 9).expect("ok")).expect("json");
         assert_eq!(out["metadata"]["resourceVersion"], "9");
         assert_eq!(out["involvedObject"]["resourceVersion"], "3");
+    }
+
+    #[test]
+    fn splice_point_looks_only_at_the_metadata_keys() {
+        // An Event: its involvedObject, an annotation key, a label value and a metadata
+        // value say "resourceVersion"; its metadata has none of its own.
+        let event = br#"{"involvedObject":{"resourceVersion":"3"},"metadata":{"generateName":"resourceVersion","annotations":{"resourceVersion":"x"},"labels":{"a":"resourceVersion"},"name":"e"}}"#;
+        assert!(splice_point(event).is_some());
+        let own = br#"{"metadata":{"name":"e", "resourceVersion" :"5"}}"#;
+        assert_eq!(splice_point(own), None);
+        let out: Value =
+            serde_json::from_slice(&with_resource_version(own, 9).expect("ok")).expect("json");
+        assert_eq!(out["metadata"]["resourceVersion"], "9");
+        assert_eq!(splice_point(br#"{"kind":"x"}"#), None);
     }
 
     proptest! {

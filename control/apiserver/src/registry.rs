@@ -281,7 +281,7 @@ impl Registry {
         let mut ips = self.cluster_ips.lock();
         let mut ports = self.node_ports.lock();
         for svc in services {
-            let Ok(v) = serde_json::from_slice::<Value>(&svc.json) else {
+            let Ok(v) = serde_json::from_slice::<Value>(&svc.json()) else {
                 continue;
             };
             if let Some(ip) = service_cluster_ip(&v) {
@@ -762,7 +762,7 @@ impl Registry {
         }
         let (objects, revision) = cache.list(&filter);
         Ok(ListResult {
-            items: objects.iter().map(|o| o.json.clone()).collect(),
+            items: objects.iter().map(|o| o.json()).collect(),
             resource_version: revision,
             continue_token: String::new(),
         })
@@ -823,7 +823,7 @@ impl Registry {
                     .decode_object(&kv.key, &kv.value, kv.mod_revision)
                     .map_err(ApiError::internal)?;
                 if filter.matches(info.plural, &object) {
-                    items.push(object.json.clone());
+                    items.push(object.json());
                 }
             }
             if items.len() >= limit || !more {

@@ -3,7 +3,9 @@
 //!
 //! Each change is decoded once, gets its `resourceVersion`, and is encoded once as a
 //! `WatchEvent` frame (`bytes::Bytes`); every watcher that wants the event sends those same
-//! bytes. The cache keeps a bounded window of recent events (by count and by bytes). A
+//! bytes. A cached object holds the store's own bytes (shared, not copied) and where its
+//! `resourceVersion` goes, so the current state costs one copy of each object in the
+//! process, not two; lists splice the version in as they answer. The cache keeps a bounded window of recent events (by count and by bytes). A
 //! watcher is only a cursor into that window: it holds no buffer of its own, so an idle
 //! watcher costs a few hundred bytes and a slow one costs nothing extra. A watcher whose
 //! cursor falls out of the window is closed with `Expired` (the client relists), so memory
@@ -26,7 +28,9 @@ use skiff_api::watch_batch::{WatchBatch, encode_frame};
 use skiff_api::{ApiError, INITIAL_EVENTS_END};
 use skiff_store::{EventKind, Revision, Store, StoreError};
 
-use crate::object_json::{Selectable, with_resource_version};
+use crate::object_json::{
+    Selectable, splice_point, splice_resource_version, with_resource_version,
+};
 use tokio::sync::Notify;
 
 /// Most events sent in one gRPC message.
@@ -44,12 +48,27 @@ pub struct CachedObject {
     /// Values of the resource's selectable fields, in `selectable_fields` order.
     fields: Vec<String>,
     pub revision: Revision,
-    pub json: Bytes,
+    /// The stored JSON (the store's bytes when `splice` is set), else the served JSON.
+    raw: Bytes,
+    /// Where `metadata.resourceVersion` is inserted into `raw` to serve it.
+    splice: Option<u32>,
     /// metadata.deletionTimestamp is set.
     pub terminating: bool,
 }
 
 impl CachedObject {
+    /// The object as served: its JSON with `metadata.resourceVersion`.
+    pub fn json(&self) -> Bytes {
+        match self.splice {
+            Some(at) => Bytes::from(splice_resource_version(
+                &self.raw,
+                at as usize,
+                self.revision,
+            )),
+            None => self.raw.clone(),
+        }
+    }
+
     /// A selectable field's value, borrowed: matching runs for every event and every
     /// field-selected watcher (each node agent watches pods by spec.nodeName).
     fn field(&self, plural: &str, field: &str) -> &str {
@@ -207,14 +226,17 @@ impl WatchCache {
     pub fn decode_object(
         &self,
         key: &str,
-        raw: &[u8],
+        raw: &Bytes,
         revision: Revision,
     ) -> Result<CachedObject, String> {
         self.decode(key, raw, revision)
     }
 
-    fn decode(&self, key: &str, raw: &[u8], revision: Revision) -> Result<CachedObject, String> {
-        let json = Bytes::from(with_resource_version(raw, revision)?);
+    fn decode(&self, key: &str, raw: &Bytes, revision: Revision) -> Result<CachedObject, String> {
+        let (json, splice) = match splice_point(raw).and_then(|at| u32::try_from(at).ok()) {
+            Some(at) => (raw.clone(), Some(at)),
+            None => (Bytes::from(with_resource_version(raw, revision)?), None),
+        };
         // Fast path: read only the indexed fields. Events keep the full decode (their
         // selectable fields live in nested objects).
         if self.info.plural != "events"
@@ -231,15 +253,23 @@ impl WatchCache {
                 labels: sel.metadata.labels.unwrap_or_default(),
                 fields,
                 revision,
-                json,
+                raw: json,
+                splice,
                 terminating: sel.metadata.deletion_timestamp.is_some(),
             });
         }
         let value: Value = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
-        Ok(self.cached(key, &value, json, revision))
+        Ok(self.cached(key, &value, json, splice, revision))
     }
 
-    fn cached(&self, key: &str, value: &Value, json: Bytes, revision: Revision) -> CachedObject {
+    fn cached(
+        &self,
+        key: &str,
+        value: &Value,
+        raw: Bytes,
+        splice: Option<u32>,
+        revision: Revision,
+    ) -> CachedObject {
         let meta = value.get("metadata");
         let text = |f: &str| {
             meta.and_then(|m| m.get(f))
@@ -261,7 +291,8 @@ impl WatchCache {
                 .map(|f| field_value(value, f))
                 .collect(),
             revision,
-            json,
+            raw,
+            splice,
             terminating: meta.and_then(|m| m.get("deletionTimestamp")).is_some(),
         }
     }
@@ -319,11 +350,9 @@ impl WatchCache {
                 };
                 let frame = encode_frame(&WatchEvent {
                     r#type: kind as i32,
-                    object: object.json.clone(),
+                    object: object.json(),
                 });
-                // The object's JSON is the tail of the frame: share it instead of copying.
-                let json = frame.slice(frame.len() - object.json.len()..);
-                let object = Arc::new(CachedObject { json, ..object });
+                let object = Arc::new(object);
                 built.push((kind, rev, object, frame));
             }
             self.apply(built, resp.revision);
@@ -510,7 +539,7 @@ impl Watcher {
             let events = self
                 .initial
                 .drain(..take)
-                .map(|o| event(EventType::Added, o.json.clone()))
+                .map(|o| event(EventType::Added, o.json()))
                 .collect();
             return Some(WatchBatch {
                 frames: Vec::new(),
@@ -567,12 +596,12 @@ impl Watcher {
                 (EventType::Modified, false, true) => {
                     batch
                         .events
-                        .push(event(EventType::Added, e.object.json.clone()));
+                        .push(event(EventType::Added, e.object.json()));
                 }
                 (EventType::Modified, true, false) => {
                     batch
                         .events
-                        .push(event(EventType::Deleted, e.object.json.clone()));
+                        .push(event(EventType::Deleted, e.object.json()));
                 }
                 (_, _, true) => {
                     bytes += e.frame.len();

@@ -42,6 +42,10 @@ pub struct EmbeddedOptions {
     pub history_limit: usize,
     /// Events older than this are compacted away (Kubernetes compacts every 5 minutes).
     pub history_age: Duration,
+    /// Most memory the history may hold beyond the current state (the values it alone
+    /// keeps alive: those superseded since, plus its bookkeeping); a burst of writes
+    /// compacts sooner rather than grow the server without bound.
+    pub history_bytes: usize,
     /// Most writes committed in one transaction.
     pub max_batch: usize,
     /// A checkpoint to redb starts when this much log was written since the last one...
@@ -55,6 +59,7 @@ impl Default for EmbeddedOptions {
         EmbeddedOptions {
             history_limit: 200_000,
             history_age: Duration::from_secs(300),
+            history_bytes: 128 << 20,
             max_batch: 4096,
             checkpoint_bytes: 32 << 20,
             checkpoint_every: Duration::from_secs(5),
@@ -66,6 +71,8 @@ struct State {
     kvs: BTreeMap<String, KeyValue>,
     /// Every event with a revision at or above `oldest`, in revision order.
     history: VecDeque<Arc<Event>>,
+    /// Sum of [`history_cost`] over `history`.
+    history_bytes: usize,
     /// The first revision still held (etcd's compaction revision): watches may start there
     /// and reads may be served there.
     oldest: Revision,
@@ -216,6 +223,7 @@ impl EmbeddedStore {
             state: RwLock::new(State {
                 kvs,
                 history: VecDeque::new(),
+                history_bytes: 0,
                 oldest: revision + 1,
                 revision,
                 checkpoints: VecDeque::new(),
@@ -537,6 +545,7 @@ impl Committer {
                     }
                 }
             }
+            state.history_bytes += events.iter().map(|e| history_cost(e)).sum::<usize>();
             state.history.extend(events.iter().cloned());
             state.revision = rev;
             drop(state);
@@ -603,7 +612,9 @@ impl Committer {
             .front()
             .is_some_and(|e| e.revision() < revision)
         {
-            state.history.pop_front();
+            if let Some(e) = state.history.pop_front() {
+                state.history_bytes -= history_cost(&e);
+            }
         }
         state.oldest = revision;
         Ok(())
@@ -639,6 +650,16 @@ impl Committer {
                 if len > self.options.history_limit {
                     target = target.max(state.history[len - self.options.history_limit].revision());
                 }
+                let mut excess = state
+                    .history_bytes
+                    .saturating_sub(self.options.history_bytes);
+                for e in &state.history {
+                    if excess == 0 {
+                        target = target.max(e.revision());
+                        break;
+                    }
+                    excess = excess.saturating_sub(history_cost(e));
+                }
                 target
             };
         let oldest = self.shared.state.read().oldest;
@@ -646,6 +667,12 @@ impl Committer {
             let _ = self.compact(target);
         }
     }
+}
+
+/// What one history event alone keeps in memory: the value it replaced (superseded, so held
+/// by nothing else once the next event is gone too), its keys and its bookkeeping.
+fn history_cost(e: &Event) -> usize {
+    e.prev.as_ref().map_or(0, |p| p.value.len() + p.key.len()) + e.kv.key.len() + 256
 }
 
 /// The compare of a guarded update or delete: the key must exist and, when `expected` is

@@ -413,6 +413,45 @@ async fn embedded_history_is_bounded() {
     ));
 }
 
+/// A burst of large writes compacts by memory, not only by count and age; the latest
+/// revisions stay readable and watchable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_history_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = EmbeddedOptions {
+        history_bytes: 1 << 20,
+        ..EmbeddedOptions::default()
+    };
+    let store = EmbeddedStore::open(dir.path(), options).expect("open");
+    let big = Bytes::from(vec![b'x'; 64 << 10]);
+    let mut cur = store.create("/h/a", big.clone()).await.expect("create");
+    let first = cur.mod_revision;
+    for _ in 0..100 {
+        cur = store
+            .update("/h/a", big.clone(), cur.mod_revision)
+            .await
+            .expect("update");
+    }
+    // 100 superseded values of 64 KiB are 6.4 MiB: at most ~16 fit in 1 MiB.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while store.history_len() > 16 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(store.history_len() <= 16, "history {}", store.history_len());
+    assert!(store.history_len() >= 1, "the latest change stays in the history");
+    assert!(matches!(
+        store.watch("/h/", first).await,
+        Err(StoreError::Compacted { .. })
+    ));
+    let mut w = store.watch("/h/", cur.mod_revision).await.expect("watch latest");
+    let got = tokio::time::timeout(Duration::from_secs(2), w.next())
+        .await
+        .expect("event")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(got.events[0].kv.mod_revision, cur.mod_revision);
+}
+
 /// Many concurrent writers share fsyncs: the batch count stays well below the write count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_group_commit_acknowledges_every_write() {
