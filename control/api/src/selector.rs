@@ -18,21 +18,32 @@ pub enum Requirement {
     LessThan(String, i64),
 }
 
+/// Labels a selector can be matched against: a map, or a more compact form.
+pub trait LabelSet {
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl LabelSet for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
 impl Requirement {
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    fn matches<L: LabelSet + ?Sized>(&self, labels: &L) -> bool {
         match self {
-            Requirement::Equals(k, v) => labels.get(k) == Some(v),
-            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
-            Requirement::In(k, vs) => labels.get(k).is_some_and(|l| vs.contains(l)),
-            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|l| !vs.contains(l)),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::DoesNotExist(k) => !labels.contains_key(k),
+            Requirement::Equals(k, v) => labels.label(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => labels.label(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => labels.label(k).is_some_and(|l| vs.iter().any(|v| v == l)),
+            Requirement::NotIn(k, vs) => labels.label(k).is_none_or(|l| !vs.iter().any(|v| v == l)),
+            Requirement::Exists(k) => labels.label(k).is_some(),
+            Requirement::DoesNotExist(k) => labels.label(k).is_none(),
             Requirement::GreaterThan(k, n) => labels
-                .get(k)
+                .label(k)
                 .and_then(|l| l.parse::<i64>().ok())
                 .is_some_and(|l| l > *n),
             Requirement::LessThan(k, n) => labels
-                .get(k)
+                .label(k)
                 .and_then(|l| l.parse::<i64>().ok())
                 .is_some_and(|l| l < *n),
         }
@@ -54,7 +65,7 @@ impl LabelSelector {
         self.requirements.is_empty()
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn matches<L: LabelSet + ?Sized>(&self, labels: &L) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
     }
 

@@ -12,6 +12,7 @@
 pub mod allocator;
 pub mod grpc;
 pub mod object_json;
+pub mod packed;
 pub mod registry;
 pub mod watch_cache;
 

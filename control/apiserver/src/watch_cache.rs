@@ -31,6 +31,7 @@ use skiff_store::{EventKind, Revision, Store, StoreError};
 use crate::object_json::{
     Selectable, splice_point, splice_resource_version, with_resource_version,
 };
+use crate::packed::{PackedLabels, PackedStrings};
 use tokio::sync::Notify;
 
 /// Most events sent in one gRPC message.
@@ -44,9 +45,9 @@ pub struct CachedObject {
     pub key: String,
     pub namespace: String,
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: PackedLabels,
     /// Values of the resource's selectable fields, in `selectable_fields` order.
-    fields: Vec<String>,
+    fields: PackedStrings,
     pub revision: Revision,
     /// The stored JSON (the store's bytes when `splice` is set), else the served JSON.
     raw: Bytes,
@@ -79,7 +80,7 @@ impl CachedObject {
                 .iter()
                 .position(|x| *x == f)
                 .and_then(|i| self.fields.get(i))
-                .map_or("", String::as_str),
+                .unwrap_or_default(),
         }
     }
 }
@@ -250,8 +251,8 @@ impl WatchCache {
                 key: key.to_string(),
                 namespace: sel.metadata.namespace,
                 name: sel.metadata.name,
-                labels: sel.metadata.labels.unwrap_or_default(),
-                fields,
+                labels: packed_labels(&sel.metadata.labels.unwrap_or_default())?,
+                fields: packed(fields.iter().map(String::as_str))?,
                 revision,
                 raw: json,
                 splice,
@@ -259,7 +260,7 @@ impl WatchCache {
             });
         }
         let value: Value = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
-        Ok(self.cached(key, &value, json, splice, revision))
+        self.cached(key, &value, json, splice, revision)
     }
 
     fn cached(
@@ -269,7 +270,7 @@ impl WatchCache {
         raw: Bytes,
         splice: Option<u32>,
         revision: Revision,
-    ) -> CachedObject {
+    ) -> Result<CachedObject, String> {
         let meta = value.get("metadata");
         let text = |f: &str| {
             meta.and_then(|m| m.get(f))
@@ -277,24 +278,25 @@ impl WatchCache {
                 .unwrap_or_default()
                 .to_string()
         };
-        let labels = meta
+        let labels: BTreeMap<String, String> = meta
             .and_then(|m| m.get("labels"))
             .and_then(|l| serde_json::from_value(l.clone()).ok())
             .unwrap_or_default();
-        CachedObject {
+        let fields: Vec<String> = selectable_fields(self.info.plural)
+            .iter()
+            .map(|f| field_value(value, f))
+            .collect();
+        Ok(CachedObject {
             key: key.to_string(),
             namespace: text("namespace"),
             name: text("name"),
-            labels,
-            fields: selectable_fields(self.info.plural)
-                .iter()
-                .map(|f| field_value(value, f))
-                .collect(),
+            labels: packed_labels(&labels)?,
+            fields: packed(fields.iter().map(String::as_str))?,
             revision,
             raw,
             splice,
             terminating: meta.and_then(|m| m.get("deletionTimestamp")).is_some(),
-        }
+        })
     }
 
     async fn relist(&self, store: &dyn Store) -> Result<Revision, StoreError> {
@@ -490,6 +492,14 @@ impl WatchCache {
     }
 }
 
+fn packed<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<PackedStrings, String> {
+    PackedStrings::new(items).ok_or_else(|| "object too large to cache".to_string())
+}
+
+fn packed_labels(labels: &BTreeMap<String, String>) -> Result<PackedLabels, String> {
+    PackedLabels::new(labels).ok_or_else(|| "labels too large to cache".to_string())
+}
+
 fn too_old(requested: Revision, oldest: Revision) -> ApiError {
     ApiError::expired(format!("too old resource version: {requested} ({oldest})"))
 }
@@ -594,9 +604,7 @@ impl Watcher {
                 .is_some_and(|p| self.filter.matches(plural, p));
             match (e.kind, before, now) {
                 (EventType::Modified, false, true) => {
-                    batch
-                        .events
-                        .push(event(EventType::Added, e.object.json()));
+                    batch.events.push(event(EventType::Added, e.object.json()));
                 }
                 (EventType::Modified, true, false) => {
                     batch

@@ -438,12 +438,18 @@ async fn embedded_history_is_bounded_in_bytes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(store.history_len() <= 16, "history {}", store.history_len());
-    assert!(store.history_len() >= 1, "the latest change stays in the history");
+    assert!(
+        store.history_len() >= 1,
+        "the latest change stays in the history"
+    );
     assert!(matches!(
         store.watch("/h/", first).await,
         Err(StoreError::Compacted { .. })
     ));
-    let mut w = store.watch("/h/", cur.mod_revision).await.expect("watch latest");
+    let mut w = store
+        .watch("/h/", cur.mod_revision)
+        .await
+        .expect("watch latest");
     let got = tokio::time::timeout(Duration::from_secs(2), w.next())
         .await
         .expect("event")
