@@ -180,11 +180,34 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // The scheduler and the controller manager are API clients like any other, over the
     // loopback connection to this server.
     let own = skiff_client::Client::connect_lazy(&address).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Both in this process: one pod cache and one node cache for the two (at 150,000 pods
+    // each cache is hundreds of megabytes).
+    let mut shared = skiff_client::informer::SharedInformers::default();
+    let mut _shared_handles = None;
+    if !args.no_scheduler && !args.no_controllers {
+        let pods = skiff_controllers::pod_informer(&own).start();
+        let nodes = skiff_client::informer::Informer::new(
+            own.api::<k8s_openapi::api::core::v1::Node>(""),
+            skiff_client::ListParams::default(),
+        )
+        .start();
+        shared.pods = Some(pods.reader.clone());
+        shared.nodes = Some(nodes.reader.clone());
+        _shared_handles = Some((pods, nodes));
+    }
     let _scheduler = (!args.no_scheduler).then(|| {
-        skiff_scheduler::Scheduler::start(own.clone(), skiff_scheduler::SchedulerConfig::default())
+        skiff_scheduler::Scheduler::start_shared(
+            own.clone(),
+            skiff_scheduler::SchedulerConfig::default(),
+            &shared,
+        )
     });
     let _controllers = (!args.no_controllers).then(|| {
-        skiff_controllers::ControllerManager::start(own.clone(), args.controllers.manager_config())
+        skiff_controllers::ControllerManager::start_shared(
+            own.clone(),
+            args.controllers.manager_config(),
+            shared.clone(),
+        )
     });
     let shutdown = crate::signal::shutdown();
     // Watches never finish on their own, so a graceful drain would wait forever: on a

@@ -76,6 +76,17 @@ async fn eventually(what: &str, f: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn informer_lists_watches_resumes_and_relists() {
+    lists_watches_resumes_and_relists(false).await;
+}
+
+/// The same with the cache holding JSON: every read decodes, every event still carries typed
+/// objects (old ones included), and the indexes follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_informer_lists_watches_resumes_and_relists() {
+    lists_watches_resumes_and_relists(true).await;
+}
+
+async fn lists_watches_resumes_and_relists(compact: bool) {
     let s = start_with(CacheOptions {
         max_events: 8,
         bookmark_interval: Duration::from_millis(100),
@@ -94,12 +105,20 @@ async fn informer_lists_watches_resumes_and_relists() {
     let client = Client::connect_lazy(&proxy.address).expect("client");
     let log: Arc<Mutex<Vec<String>>> = Arc::default();
     let l = log.clone();
-    let handle = Informer::new(client.api::<ConfigMap>("default"), ListParams::default())
+    let informer = Informer::new(client.api::<ConfigMap>("default"), ListParams::default());
+    let informer = if compact {
+        informer.compact()
+    } else {
+        informer
+    };
+    let handle = informer
         .index("app", label)
         .on_event(move |e| {
             let entry = match e {
                 Event::Added(o) => format!("add {}", o.metadata.name.as_deref().unwrap_or("")),
-                Event::Updated { new, .. } => {
+                Event::Updated { old, new } => {
+                    assert_eq!(old.metadata.name, new.metadata.name);
+                    assert_ne!(old.metadata.resource_version, new.metadata.resource_version);
                     format!("update {}", new.metadata.name.as_deref().unwrap_or(""))
                 }
                 Event::Deleted(o) => format!("delete {}", o.metadata.name.as_deref().unwrap_or("")),
@@ -194,4 +213,78 @@ async fn informer_lists_watches_resumes_and_relists() {
         Some("19")
     );
     let _ = Client::connect(&s.address).await.expect("server up");
+}
+
+/// A handler added to a running informer first gets the cache as Added, then every change,
+/// exactly once; once removed it gets nothing more, while the other handlers go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_join_and_leave_a_running_informer() {
+    let s = start_with(CacheOptions::default()).await;
+    for name in ["a", "b"] {
+        s.client
+            .create("configmaps", "default", body(&configmap(name, "0")))
+            .await
+            .expect("create");
+    }
+    let client = Client::connect(&s.address).await.expect("client");
+    let first: Arc<Mutex<Vec<String>>> = Arc::default();
+    let f = first.clone();
+    let handle = Informer::new(client.api::<ConfigMap>("default"), ListParams::default())
+        .compact()
+        .on_event(move |e| {
+            if let Event::Added(o) = e {
+                f.lock().push(o.metadata.name.clone().unwrap_or_default());
+            }
+        })
+        .start();
+    let reader = handle.reader.clone();
+    tokio::time::timeout(Duration::from_secs(10), reader.wait_synced())
+        .await
+        .expect("synced");
+    let late: Arc<Mutex<Vec<String>>> = Arc::default();
+    let l = late.clone();
+    // Writes race with the join: each object must be seen exactly once either way.
+    let writer = {
+        let c = s.client.clone();
+        tokio::spawn(async move {
+            for i in 0..50 {
+                c.create(
+                    "configmaps",
+                    "default",
+                    body(&configmap(&format!("w{i}"), "0")),
+                )
+                .await
+                .expect("create");
+            }
+        })
+    };
+    let id = reader.add_handler(move |e| {
+        if let Event::Added(o) = e {
+            l.lock().push(o.metadata.name.clone().unwrap_or_default());
+        }
+    });
+    writer.await.expect("writer");
+    eventually("every object reaches the late handler", || {
+        late.lock().len() >= 52
+    })
+    .await;
+    let mut got = late.lock().clone();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 52, "each object exactly once");
+    assert_eq!(late.lock().len(), 52, "no duplicates");
+
+    reader.remove_handler(id);
+    s.client
+        .create("configmaps", "default", body(&configmap("after", "0")))
+        .await
+        .expect("create");
+    eventually("the remaining handler sees the new object", || {
+        first.lock().iter().any(|n| n == "after")
+    })
+    .await;
+    assert!(!late.lock().iter().any(|n| n == "after"));
+    assert_eq!(reader.len(), 53);
+    let cm = reader.get("default/after").expect("cached");
+    assert_eq!(cm.metadata.name.as_deref(), Some("after"));
 }

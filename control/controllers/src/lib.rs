@@ -26,7 +26,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use skiff_client::events::Recorder;
-use skiff_client::informer::{Informer, InformerHandle};
+use skiff_client::informer::{
+    Event, Informer, InformerHandle, SharedInformers, Source, Subscription,
+};
 use skiff_client::{Client, ListParams};
 
 use nodelifecycle::NodeLifecycleConfig;
@@ -80,15 +82,41 @@ fn boxed<K: Send + Sync + 'static>(h: InformerHandle<K>) -> Box<dyn std::any::An
     Box::new(h)
 }
 
-/// Starts every controller (no leader election); returns once their informers synced.
-pub async fn run_controllers(client: &Client, cfg: &ManagerConfig) -> Running {
+/// The pod informer the controllers read (with their indexes; compact: at 150,000 pods a
+/// typed cache would take ~1.5 GB), for a process to share with its other components.
+pub fn pod_informer(client: &Client) -> Informer<Pod> {
     use util::{BY_CONTROLLER, BY_NAMESPACE, controller_index, namespace_index};
-    let all = ListParams::default();
-    let pods = Informer::new(client.api::<Pod>(""), all.clone())
+    Informer::new(client.api::<Pod>(""), ListParams::default())
+        .compact()
         .index(BY_NAMESPACE, namespace_index)
         .index(BY_CONTROLLER, controller_index)
         .index(util::BY_LABEL, util::label_index)
-        .index(nodelifecycle::BY_NODE, nodelifecycle::node_index);
+        .index(nodelifecycle::BY_NODE, nodelifecycle::node_index)
+}
+
+/// Starts every controller (no leader election); returns once their informers synced.
+pub async fn run_controllers(
+    client: &Client,
+    cfg: &ManagerConfig,
+    shared: &SharedInformers,
+) -> Running {
+    use util::{BY_CONTROLLER, BY_NAMESPACE, controller_index, namespace_index};
+    let all = ListParams::default();
+    // Readers first (controllers hold them), handlers once the controllers exist.
+    let (pods_reader, own_pods) = match &shared.pods {
+        Some(r) => (r.clone(), None),
+        None => {
+            let i = pod_informer(client);
+            (i.reader(), Some(i))
+        }
+    };
+    let (nodes_reader, own_nodes) = match &shared.nodes {
+        Some(r) => (r.clone(), None),
+        None => {
+            let i = Informer::new(client.api::<Node>(""), all.clone());
+            (i.reader(), Some(i))
+        }
+    };
     let sets = Informer::new(client.api::<ReplicaSet>(""), all.clone())
         .index(BY_NAMESPACE, namespace_index)
         .index(BY_CONTROLLER, controller_index)
@@ -102,7 +130,6 @@ pub async fn run_controllers(client: &Client, cfg: &ManagerConfig) -> Running {
         .index(endpointslice::BY_SERVICE, endpointslice::service_index);
     let configmaps = Informer::new(client.api::<ConfigMap>(""), all.clone());
     let secrets = Informer::new(client.api::<Secret>(""), all.clone());
-    let nodes = Informer::new(client.api::<Node>(""), all.clone());
     let leases = Informer::new(
         client.api::<Lease>(nodelifecycle::LEASE_NAMESPACE),
         all.clone(),
@@ -114,7 +141,7 @@ pub async fn run_controllers(client: &Client, cfg: &ManagerConfig) -> Running {
     let rs = Arc::new(replicaset::ReplicaSetController {
         client: client.clone(),
         sets: sets.reader(),
-        pods: pods.reader(),
+        pods: pods_reader.clone(),
         queue: rs_q.clone(),
         expectations: Default::default(),
         recorder: Recorder::new(client.clone(), "replicaset-controller", None),
@@ -123,14 +150,14 @@ pub async fn run_controllers(client: &Client, cfg: &ManagerConfig) -> Running {
         client: client.clone(),
         deployments: deployments.reader(),
         sets: sets.reader(),
-        pods: pods.reader(),
+        pods: pods_reader.clone(),
         queue: d_q.clone(),
         recorder: Recorder::new(client.clone(), "deployment-controller", None),
     });
     let es = Arc::new(endpointslice::EndpointSliceController {
         client: client.clone(),
         services: services.reader(),
-        pods: pods.reader(),
+        pods: pods_reader.clone(),
         slices: slices.reader(),
         queue: es_q.clone(),
         pending: Default::default(),
@@ -143,22 +170,27 @@ pub async fn run_controllers(client: &Client, cfg: &ManagerConfig) -> Running {
     });
     let nl = Arc::new(nodelifecycle::NodeLifecycleController::new(
         client.clone(),
-        nodes.reader(),
+        nodes_reader.clone(),
         leases.reader(),
-        pods.reader(),
+        pods_reader.clone(),
         cfg.node_lifecycle.clone(),
         Recorder::new(client.clone(), "node-controller", None),
     ));
 
-    let pods = {
+    let on_pod = {
         let (rs, dc, es, gc) = (rs.clone(), dc.clone(), es.clone(), gc.clone());
-        pods.on_event(move |e| {
+        move |e: &Event<Pod>| {
             rs.on_pod(e);
             dc.on_pod(e);
             es.on_pod(e);
             gc.on_event("pods", e);
-        })
+        }
     };
+    let pods = match own_pods {
+        Some(i) => Source::Own(i.on_event(on_pod).start()),
+        None => Source::Shared(Subscription::new(&pods_reader, on_pod)),
+    };
+
     let sets = {
         let (rs, dc, gc) = (rs.clone(), dc.clone(), gc.clone());
         sets.on_event(move |e| {
@@ -200,18 +232,20 @@ pub async fn run_controllers(client: &Client, cfg: &ManagerConfig) -> Running {
         let nc = nc.clone();
         namespaces.on_event(move |e| nc.on_namespace(e))
     };
-    let handles: Vec<Box<dyn std::any::Any + Send + Sync>> = vec![
-        boxed(pods.start()),
+    let mut handles: Vec<Box<dyn std::any::Any + Send + Sync>> = vec![
+        Box::new(pods),
         boxed(sets.start()),
         boxed(deployments.start()),
         boxed(services.start()),
         boxed(slices.start()),
         boxed(configmaps.start()),
         boxed(secrets.start()),
-        boxed(nodes.start()),
         boxed(leases.start()),
         boxed(namespaces.start()),
     ];
+    if let Some(i) = own_nodes {
+        handles.push(boxed(i.start()));
+    }
     // Work only against synced caches.
     rs.pods.wait_synced().await;
     rs.sets.wait_synced().await;
@@ -263,10 +297,19 @@ impl Drop for ControllerManager {
 
 impl ControllerManager {
     pub fn start(client: Client, cfg: ManagerConfig) -> ControllerManager {
+        Self::start_shared(client, cfg, SharedInformers::default())
+    }
+
+    /// Like [`ControllerManager::start`], reading the process's shared informers where given.
+    pub fn start_shared(
+        client: Client,
+        cfg: ManagerConfig,
+        shared: SharedInformers,
+    ) -> ControllerManager {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             if !cfg.leader_elect {
-                let _running = run_controllers(&client, &cfg).await;
+                let _running = run_controllers(&client, &cfg, &shared).await;
                 tx.send_replace(true);
                 std::future::pending::<()>().await;
             }
@@ -280,7 +323,7 @@ impl ControllerManager {
             loop {
                 elector.acquire(cfg.renew_period).await;
                 tracing::info!(identity = %cfg.identity, "became the controller-manager leader");
-                let running = run_controllers(&client, &cfg).await;
+                let running = run_controllers(&client, &cfg, &shared).await;
                 tx.send_replace(true);
                 elector.hold(cfg.renew_period).await;
                 tracing::warn!(identity = %cfg.identity, "lost the controller-manager lease; stopping controllers");

@@ -112,7 +112,7 @@ pub fn now_seconds() -> i64 {
 }
 
 /// Objects of a namespace from a reader indexed by namespace.
-pub fn in_namespace<K>(reader: &Reader<K>, ns: &str) -> Vec<Arc<K>> {
+pub fn in_namespace<K: skiff_client::ApiObject>(reader: &Reader<K>, ns: &str) -> Vec<Arc<K>> {
     reader.by_index(BY_NAMESPACE, ns)
 }
 
@@ -127,7 +127,7 @@ pub fn owners_patch(refs: &[OwnerReference], resource_version: Option<&str>) -> 
 
 /// Objects of `ns` a selector may select: those carrying one of its required labels (from
 /// the `BY_LABEL` index), or the whole namespace when it requires none.
-pub fn candidates<K>(
+pub fn candidates<K: skiff_client::ApiObject>(
     reader: &Reader<K>,
     ns: &str,
     selector: &skiff_api::selector::LabelSelector,

@@ -15,7 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 use skiff_apiserver::watch_cache::CacheOptions;
 use skiff_apiserver::{Config, LocalServer};
-use skiff_client::informer::Informer;
+use skiff_client::informer::{Informer, InformerHandle, SharedInformers};
 use skiff_client::{Client, DeleteParams, ListParams};
 use skiff_controllers::nodelifecycle::NodeLifecycleConfig;
 use skiff_controllers::{ControllerManager, ManagerConfig};
@@ -28,6 +28,7 @@ struct Cluster {
     hollow: HollowNodes,
     _controllers: ControllerManager,
     _scheduler: Scheduler,
+    _informers: (InformerHandle<Pod>, InformerHandle<Node>),
     _server: LocalServer,
     _dir: tempfile::TempDir,
 }
@@ -77,11 +78,21 @@ async fn cluster(nodes: usize, pods_per_node: u32) -> Cluster {
     )
     .await
     .expect("hollow nodes");
-    let scheduler = Scheduler::start(client.clone(), SchedulerConfig::default());
-    let controllers = ControllerManager::start(client.clone(), manager_config("test-manager"));
+    // As in `skiff server`: the scheduler and the controllers share the pod and node caches
+    // (the leader-election test below runs managers on their own informers).
+    let pods = skiff_controllers::pod_informer(&client).start();
+    let nodes = Informer::new(client.api::<Node>(""), ListParams::default()).start();
+    let shared = SharedInformers {
+        pods: Some(pods.reader.clone()),
+        nodes: Some(nodes.reader.clone()),
+    };
+    let scheduler = Scheduler::start_shared(client.clone(), SchedulerConfig::default(), &shared);
+    let controllers =
+        ControllerManager::start_shared(client.clone(), manager_config("test-manager"), shared);
     Cluster {
         client,
         hollow,
+        _informers: (pods, nodes),
         _controllers: controllers,
         _scheduler: scheduler,
         _server: server,
