@@ -117,19 +117,25 @@ pub async fn run_controllers(
             (i.reader(), Some(i))
         }
     };
+    // Compact caches throughout (a decode per read): at 10,000 Deployments the typed
+    // ReplicaSets, Deployments, Services and EndpointSlices alone took ~400 MB.
     let sets = Informer::new(client.api::<ReplicaSet>(""), all.clone())
+        .compact()
         .index(BY_NAMESPACE, namespace_index)
         .index(BY_CONTROLLER, controller_index)
         .index(util::BY_LABEL, util::label_index);
     let deployments = Informer::new(client.api::<Deployment>(""), all.clone())
+        .compact()
         .index(BY_NAMESPACE, namespace_index);
     let services = Informer::new(client.api::<Service>(""), all.clone())
+        .compact()
         .index(BY_NAMESPACE, namespace_index)
         .index(endpointslice::BY_SELECTOR, endpointslice::selector_index);
     let slices = Informer::new(client.api::<EndpointSlice>(""), all.clone())
+        .compact()
         .index(endpointslice::BY_SERVICE, endpointslice::service_index);
-    let configmaps = Informer::new(client.api::<ConfigMap>(""), all.clone());
-    let secrets = Informer::new(client.api::<Secret>(""), all.clone());
+    let configmaps = Informer::new(client.api::<ConfigMap>(""), all.clone()).compact();
+    let secrets = Informer::new(client.api::<Secret>(""), all.clone()).compact();
     let leases = Informer::new(
         client.api::<Lease>(nodelifecycle::LEASE_NAMESPACE),
         all.clone(),

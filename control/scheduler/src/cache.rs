@@ -80,7 +80,8 @@ pub struct PodInfo {
     pub key: String,
     pub uid: String,
     pub namespace: String,
-    pub labels: BTreeMap<String, String>,
+    /// Interned by the cache: the pods of one workload share one map.
+    pub labels: Arc<BTreeMap<String, String>>,
     pub node: String,
     pub requests: Resources,
     pub non_zero: Resources,
@@ -116,7 +117,7 @@ impl PodInfo {
             key: format!("{namespace}/{}", m.name.as_deref().unwrap_or_default()),
             uid: m.uid.clone().unwrap_or_default(),
             namespace,
-            labels: m.labels.clone().unwrap_or_default(),
+            labels: Arc::new(m.labels.clone().unwrap_or_default()),
             node: node.to_string(),
             requests: pod_requests(&spec, false),
             non_zero: pod_requests(&spec, true),
@@ -210,6 +211,8 @@ pub struct Cache {
     /// `key=value` their selector requires, or (no such requirement) in `anti_any`.
     anti_by_label: FxHashMap<String, Vec<(usize, usize)>>,
     anti_any: Vec<(usize, usize)>,
+    /// Placed pods' label maps, one per distinct map.
+    interned: FxHashSet<Arc<BTreeMap<String, String>>>,
     /// Bumped on every change (lets tests and callers notice progress).
     pub generation: u64,
 }
@@ -315,6 +318,12 @@ impl Cache {
     pub fn add_pod(&mut self, mut info: PodInfo) {
         self.remove_pod(&info.key.clone());
         self.generation += 1;
+        match self.interned.get(&*info.labels) {
+            Some(same) => info.labels = same.clone(),
+            None => {
+                self.interned.insert(info.labels.clone());
+            }
+        }
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -338,7 +347,7 @@ impl Cache {
                     .insert(slot);
             }
         }
-        for (k, v) in &info.labels {
+        for (k, v) in info.labels.iter() {
             self.by_label
                 .entry(format!("{k}={v}"))
                 .or_default()
@@ -359,6 +368,10 @@ impl Cache {
         let info = self.pods[slot].take()?;
         self.free.push(slot);
         self.generation += 1;
+        // Held by the interner and this pod alone: the last pod with these labels.
+        if Arc::strong_count(&info.labels) <= 2 {
+            self.interned.remove(&*info.labels);
+        }
         if info.node_idx.is_none()
             && let Some(w) = self.waiting.get_mut(&info.node)
         {
@@ -378,7 +391,7 @@ impl Cache {
                 }
             }
         }
-        for (k, v) in &info.labels {
+        for (k, v) in info.labels.iter() {
             let lk = format!("{k}={v}");
             if let Some(set) = self.by_label.get_mut(&lk) {
                 set.remove(&slot);

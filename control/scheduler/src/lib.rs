@@ -301,7 +301,7 @@ impl Scheduler {
                                     !i.assumed
                                         && i.node == node
                                         && i.uid == p.metadata.uid.as_deref().unwrap_or_default()
-                                        && Some(&i.labels) == p.metadata.labels.as_ref()
+                                        && Some(&*i.labels) == p.metadata.labels.as_ref()
                                 });
                                 if !known {
                                     cache.write().add_pod(PodInfo::new(p, node));
