@@ -374,7 +374,7 @@ impl Registry {
         // The cache answers almost always; a namespace it has not seen yet (created a moment
         // ago) is read from the store.
         if let Some(cached) = self.cache("namespaces")?.get(&info.key("", ns)) {
-            if cached.terminating {
+            if cached.meta.terminating {
                 return Err(ApiError {
                     name: ns.into(),
                     kind: "namespaces".into(),
@@ -822,7 +822,7 @@ impl Registry {
                 let object = cache
                     .decode_object(&kv.key, &kv.value, kv.mod_revision)
                     .map_err(ApiError::internal)?;
-                if filter.matches(info.plural, &object) {
+                if filter.matches(info.plural, &object.meta) {
                     items.push(object.json());
                 }
             }

@@ -39,37 +39,21 @@ const MAX_BATCH_EVENTS: usize = 512;
 /// Most bytes sent in one gRPC message.
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
-/// One object as the cache holds it: its JSON (with resourceVersion) and what selectors need.
+/// What selectors need of an object: shared by the object and the window events that
+/// mention it, so an event keeps no JSON of its own beyond its frame.
 #[derive(Debug)]
-pub struct CachedObject {
+pub struct CachedMeta {
     pub key: String,
     pub namespace: String,
     pub name: String,
     pub labels: PackedLabels,
     /// Values of the resource's selectable fields, in `selectable_fields` order.
     fields: PackedStrings,
-    pub revision: Revision,
-    /// The stored JSON (the store's bytes when `splice` is set), else the served JSON.
-    raw: Bytes,
-    /// Where `metadata.resourceVersion` is inserted into `raw` to serve it.
-    splice: Option<u32>,
     /// metadata.deletionTimestamp is set.
     pub terminating: bool,
 }
 
-impl CachedObject {
-    /// The object as served: its JSON with `metadata.resourceVersion`.
-    pub fn json(&self) -> Bytes {
-        match self.splice {
-            Some(at) => Bytes::from(splice_resource_version(
-                &self.raw,
-                at as usize,
-                self.revision,
-            )),
-            None => self.raw.clone(),
-        }
-    }
-
+impl CachedMeta {
     /// A selectable field's value, borrowed: matching runs for every event and every
     /// field-selected watcher (each node agent watches pods by spec.nodeName).
     fn field(&self, plural: &str, field: &str) -> &str {
@@ -85,15 +69,51 @@ impl CachedObject {
     }
 }
 
-/// One change, encoded once for every watcher.
+/// One current object as the cache holds it.
+#[derive(Debug)]
+pub struct CachedObject {
+    pub meta: Arc<CachedMeta>,
+    pub revision: Revision,
+    /// The stored JSON (the store's bytes when `splice` is set), else the served JSON.
+    raw: Bytes,
+    /// Where `metadata.resourceVersion` is inserted into `raw` to serve it.
+    splice: Option<u32>,
+}
+
+impl CachedObject {
+    /// The object as served: its JSON with `metadata.resourceVersion`.
+    pub fn json(&self) -> Bytes {
+        match self.splice {
+            Some(at) => Bytes::from(splice_resource_version(
+                &self.raw,
+                at as usize,
+                self.revision,
+            )),
+            None => self.raw.clone(),
+        }
+    }
+}
+
+/// One change, encoded once for every watcher. It holds the object's selector view (and
+/// the previous one's, to notice objects entering or leaving a watcher's filter) and the
+/// frame, whose tail is the object's JSON: a superseded object's JSON lives on only there.
 #[derive(Debug)]
 pub struct CachedEvent {
     pub kind: EventType,
     pub revision: Revision,
-    pub object: Arc<CachedObject>,
-    pub prev: Option<Arc<CachedObject>>,
+    pub object: Arc<CachedMeta>,
+    pub prev: Option<Arc<CachedMeta>>,
     /// The `WatchBatch` field-1 frame of this event.
     pub frame: Bytes,
+    /// Where the object's JSON starts in `frame`.
+    json_at: u32,
+}
+
+impl CachedEvent {
+    /// The object's JSON (with its resourceVersion), shared with the frame.
+    fn json(&self) -> Bytes {
+        self.frame.slice(self.json_at as usize..)
+    }
 }
 
 /// What a watcher or list wants to see.
@@ -105,7 +125,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, plural: &str, o: &CachedObject) -> bool {
+    pub fn matches(&self, plural: &str, o: &CachedMeta) -> bool {
         (self.namespace.is_empty() || self.namespace == o.namespace)
             && self.labels.matches(&o.labels)
             && self
@@ -248,15 +268,17 @@ impl WatchCache {
                 .collect::<Option<Vec<String>>>()
         {
             return Ok(CachedObject {
-                key: key.to_string(),
-                namespace: sel.metadata.namespace,
-                name: sel.metadata.name,
-                labels: packed_labels(&sel.metadata.labels.unwrap_or_default())?,
-                fields: packed(fields.iter().map(String::as_str))?,
+                meta: Arc::new(CachedMeta {
+                    key: key.to_string(),
+                    namespace: sel.metadata.namespace,
+                    name: sel.metadata.name,
+                    labels: packed_labels(&sel.metadata.labels.unwrap_or_default())?,
+                    fields: packed(fields.iter().map(String::as_str))?,
+                    terminating: sel.metadata.deletion_timestamp.is_some(),
+                }),
                 revision,
                 raw: json,
                 splice,
-                terminating: sel.metadata.deletion_timestamp.is_some(),
             });
         }
         let value: Value = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
@@ -287,15 +309,17 @@ impl WatchCache {
             .map(|f| field_value(value, f))
             .collect();
         Ok(CachedObject {
-            key: key.to_string(),
-            namespace: text("namespace"),
-            name: text("name"),
-            labels: packed_labels(&labels)?,
-            fields: packed(fields.iter().map(String::as_str))?,
+            meta: Arc::new(CachedMeta {
+                key: key.to_string(),
+                namespace: text("namespace"),
+                name: text("name"),
+                labels: packed_labels(&labels)?,
+                fields: packed(fields.iter().map(String::as_str))?,
+                terminating: meta.and_then(|m| m.get("deletionTimestamp")).is_some(),
+            }),
             revision,
             raw,
             splice,
-            terminating: meta.and_then(|m| m.get("deletionTimestamp")).is_some(),
         })
     }
 
@@ -350,12 +374,17 @@ impl WatchCache {
                         continue;
                     }
                 };
+                let json = object.json();
                 let frame = encode_frame(&WatchEvent {
                     r#type: kind as i32,
-                    object: object.json(),
+                    object: json.clone(),
                 });
-                let object = Arc::new(object);
-                built.push((kind, rev, object, frame));
+                // The object's JSON is the tail of the frame.
+                let Ok(json_at) = u32::try_from(frame.len() - json.len()) else {
+                    tracing::error!(key = e.kv.key, "object too large to cache");
+                    continue;
+                };
+                built.push((kind, rev, Arc::new(object), frame, json_at));
             }
             self.apply(built, resp.revision);
         }
@@ -364,23 +393,25 @@ impl WatchCache {
 
     fn apply(
         &self,
-        built: Vec<(EventType, Revision, Arc<CachedObject>, Bytes)>,
+        built: Vec<(EventType, Revision, Arc<CachedObject>, Bytes, u32)>,
         revision: Revision,
     ) {
         let mut state = self.state.write();
-        for (kind, rev, object, frame) in built {
+        for (kind, rev, object, frame, json_at) in built {
+            let meta = object.meta.clone();
             let prev = if kind == EventType::Deleted {
-                state.objects.remove(&object.key)
+                state.objects.remove(&meta.key)
             } else {
-                state.objects.insert(object.key.clone(), object.clone())
+                state.objects.insert(meta.key.clone(), object)
             };
             state.event_bytes += frame.len();
             state.events.push_back(Arc::new(CachedEvent {
                 kind,
                 revision: rev,
-                object,
-                prev,
+                object: meta,
+                prev: prev.map(|p| p.meta.clone()),
                 frame,
+                json_at,
             }));
         }
         while state.events.len() > self.options.max_events
@@ -442,7 +473,7 @@ impl WatchCache {
             .objects
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter(|(_, o)| filter.matches(self.info.plural, o))
+            .filter(|(_, o)| filter.matches(self.info.plural, &o.meta))
             .map(|(_, o)| o.clone())
             .collect();
         (items, state.revision)
@@ -472,7 +503,7 @@ impl WatchCache {
                     .objects
                     .range(prefix.clone()..)
                     .take_while(|(k, _)| k.starts_with(&prefix))
-                    .filter(|(_, o)| filter.matches(self.info.plural, o))
+                    .filter(|(_, o)| filter.matches(self.info.plural, &o.meta))
                     .map(|(_, o)| o.clone())
                     .collect();
                 (state.revision, objects)
@@ -604,12 +635,10 @@ impl Watcher {
                 .is_some_and(|p| self.filter.matches(plural, p));
             match (e.kind, before, now) {
                 (EventType::Modified, false, true) => {
-                    batch.events.push(event(EventType::Added, e.object.json()));
+                    batch.events.push(event(EventType::Added, e.json()));
                 }
                 (EventType::Modified, true, false) => {
-                    batch
-                        .events
-                        .push(event(EventType::Deleted, e.object.json()));
+                    batch.events.push(event(EventType::Deleted, e.json()));
                 }
                 (_, _, true) => {
                     bytes += e.frame.len();

@@ -650,6 +650,37 @@ async fn watch_streams_changes_with_selectors_and_initial_state() {
         RawEvent::Modified(o) => assert_eq!(parse(&o)["metadata"]["labels"]["app"], "other"),
         other => panic!("expected MODIFIED, got {other:?}"),
     }
+    // ...and one entering it as ADDED, carrying the new state and its resourceVersion.
+    let back = parse(
+        &c.patch(
+            "pods",
+            "default",
+            "a",
+            body(&json!({"metadata": {"labels": {"app": "web"}}})),
+            "",
+        )
+        .await
+        .expect("relabel back"),
+    );
+    loop {
+        match sel.next().await.expect("event").expect("ok") {
+            RawEvent::Bookmark(..) => continue,
+            RawEvent::Added(o) => {
+                let o = parse(&o);
+                assert_eq!(o["metadata"]["labels"]["app"], "web");
+                assert_eq!(
+                    o["metadata"]["resourceVersion"],
+                    back["metadata"]["resourceVersion"]
+                );
+                break;
+            }
+            other => panic!("expected ADDED, got {other:?}"),
+        }
+    }
+    match w.next().await.expect("event").expect("ok") {
+        RawEvent::Modified(o) => assert_eq!(parse(&o)["metadata"]["labels"]["app"], "web"),
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
 
     // Quiet watchers still get bookmarks that follow the store's revision.
     c.create("configmaps", "default", body(&configmap("elsewhere", "1")))
