@@ -13,6 +13,20 @@ use serde::Deserialize;
 use serde_json::Value;
 use skiff_store::Revision;
 
+/// The string token whose opening quote is at `open`: its bytes (escapes left as they are)
+/// and the index of its closing quote, or None when it is not closed.
+fn string_at(raw: &[u8], open: usize) -> Option<(&[u8], usize)> {
+    let mut i = open + 1;
+    while i < raw.len() {
+        match raw[i] {
+            b'\\' => i += 2,
+            b'"' => return Some((&raw[open + 1..i], i)),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 /// Index just past the `{` that opens the top-level `metadata` object.
 fn metadata_object_start(raw: &[u8]) -> Option<usize> {
     let n = raw.len();
@@ -21,20 +35,8 @@ fn metadata_object_start(raw: &[u8]) -> Option<usize> {
     while i < n {
         match raw[i] {
             b'"' => {
-                let start = i + 1;
-                i += 1;
-                while i < n {
-                    match raw[i] {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
-                    }
-                }
-                if i >= n {
-                    return None;
-                }
-                let token = &raw[start..i];
-                i += 1;
+                let (token, close) = string_at(raw, i)?;
+                i = close + 1;
                 if depth == 1 && token == b"metadata" {
                     let mut j = i;
                     while j < n && raw[j].is_ascii_whitespace() {
@@ -71,16 +73,11 @@ fn object_has_key(raw: &[u8], from: usize, key: &[u8]) -> bool {
     while i < n {
         match raw[i] {
             b'"' => {
-                let start = i + 1;
-                i += 1;
-                while i < n {
-                    match raw[i] {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
-                    }
-                }
-                if depth == 0 && expect_key && raw.get(start..i) == Some(key) {
+                let Some((token, close)) = string_at(raw, i) else {
+                    return false;
+                };
+                i = close;
+                if depth == 0 && expect_key && token == key {
                     return true;
                 }
                 if depth == 0 {
