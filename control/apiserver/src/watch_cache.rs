@@ -43,9 +43,10 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// mention it, so an event keeps no JSON of its own beyond its frame.
 #[derive(Debug)]
 pub struct CachedMeta {
-    pub key: String,
-    pub namespace: String,
-    pub name: String,
+    /// Store key, namespace and name back to back (one allocation).
+    names: Box<str>,
+    key_len: u32,
+    namespace_len: u32,
     pub labels: PackedLabels,
     /// Values of the resource's selectable fields, in `selectable_fields` order.
     fields: PackedStrings,
@@ -54,12 +55,44 @@ pub struct CachedMeta {
 }
 
 impl CachedMeta {
+    fn new(
+        key: &str,
+        namespace: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        fields: &[String],
+        terminating: bool,
+    ) -> Result<Self, String> {
+        let too_large = || "object too large to cache".to_string();
+        Ok(CachedMeta {
+            names: [key, namespace, name].concat().into_boxed_str(),
+            key_len: u32::try_from(key.len()).map_err(|_| too_large())?,
+            namespace_len: u32::try_from(namespace.len()).map_err(|_| too_large())?,
+            labels: PackedLabels::new(labels).ok_or_else(too_large)?,
+            fields: PackedStrings::new(fields.iter().map(String::as_str)).ok_or_else(too_large)?,
+            terminating,
+        })
+    }
+
+    pub fn key(&self) -> &str {
+        &self.names[..self.key_len as usize]
+    }
+
+    pub fn namespace(&self) -> &str {
+        let start = self.key_len as usize;
+        &self.names[start..start + self.namespace_len as usize]
+    }
+
+    pub fn name(&self) -> &str {
+        &self.names[(self.key_len + self.namespace_len) as usize..]
+    }
+
     /// A selectable field's value, borrowed: matching runs for every event and every
     /// field-selected watcher (each node agent watches pods by spec.nodeName).
     fn field(&self, plural: &str, field: &str) -> &str {
         match field {
-            "metadata.name" => &self.name,
-            "metadata.namespace" => &self.namespace,
+            "metadata.name" => self.name(),
+            "metadata.namespace" => self.namespace(),
             f => selectable_fields(plural)
                 .iter()
                 .position(|x| *x == f)
@@ -126,7 +159,7 @@ pub struct Filter {
 
 impl Filter {
     pub fn matches(&self, plural: &str, o: &CachedMeta) -> bool {
-        (self.namespace.is_empty() || self.namespace == o.namespace)
+        (self.namespace.is_empty() || self.namespace == o.namespace())
             && self.labels.matches(&o.labels)
             && self
                 .fields
@@ -268,14 +301,14 @@ impl WatchCache {
                 .collect::<Option<Vec<String>>>()
         {
             return Ok(CachedObject {
-                meta: Arc::new(CachedMeta {
-                    key: key.to_string(),
-                    namespace: sel.metadata.namespace,
-                    name: sel.metadata.name,
-                    labels: packed_labels(&sel.metadata.labels.unwrap_or_default())?,
-                    fields: packed(fields.iter().map(String::as_str))?,
-                    terminating: sel.metadata.deletion_timestamp.is_some(),
-                }),
+                meta: Arc::new(CachedMeta::new(
+                    key,
+                    &sel.metadata.namespace,
+                    &sel.metadata.name,
+                    &sel.metadata.labels.unwrap_or_default(),
+                    &fields,
+                    sel.metadata.deletion_timestamp.is_some(),
+                )?),
                 revision,
                 raw: json,
                 splice,
@@ -309,14 +342,14 @@ impl WatchCache {
             .map(|f| field_value(value, f))
             .collect();
         Ok(CachedObject {
-            meta: Arc::new(CachedMeta {
-                key: key.to_string(),
-                namespace: text("namespace"),
-                name: text("name"),
-                labels: packed_labels(&labels)?,
-                fields: packed(fields.iter().map(String::as_str))?,
-                terminating: meta.and_then(|m| m.get("deletionTimestamp")).is_some(),
-            }),
+            meta: Arc::new(CachedMeta::new(
+                key,
+                &text("namespace"),
+                &text("name"),
+                &labels,
+                &fields,
+                meta.and_then(|m| m.get("deletionTimestamp")).is_some(),
+            )?),
             revision,
             raw,
             splice,
@@ -400,9 +433,9 @@ impl WatchCache {
         for (kind, rev, object, frame, json_at) in built {
             let meta = object.meta.clone();
             let prev = if kind == EventType::Deleted {
-                state.objects.remove(&meta.key)
+                state.objects.remove(meta.key())
             } else {
-                state.objects.insert(meta.key.clone(), object)
+                state.objects.insert(meta.key().to_string(), object)
             };
             state.event_bytes += frame.len();
             state.events.push_back(Arc::new(CachedEvent {
@@ -521,14 +554,6 @@ impl WatchCache {
             closed: false,
         })
     }
-}
-
-fn packed<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<PackedStrings, String> {
-    PackedStrings::new(items).ok_or_else(|| "object too large to cache".to_string())
-}
-
-fn packed_labels(labels: &BTreeMap<String, String>) -> Result<PackedLabels, String> {
-    PackedLabels::new(labels).ok_or_else(|| "labels too large to cache".to_string())
 }
 
 fn too_old(requested: Revision, oldest: Revision) -> ApiError {

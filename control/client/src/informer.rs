@@ -38,7 +38,8 @@ type Handler<K> = Box<dyn Fn(&Event<K>) + Send + Sync>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandlerId(u64);
 /// An index: its function and value -> keys.
-type Index<K> = (IndexFn<K>, HashMap<String, BTreeSet<String>>);
+/// Keys are shared (`Arc<str>`) between the object map and every index.
+type Index<K> = (IndexFn<K>, HashMap<String, BTreeSet<Arc<str>>>);
 
 /// The cache key of an object: `namespace/name`, or `name` when cluster-scoped.
 pub fn key_of<K: Metadata<Ty = ObjectMeta>>(obj: &K) -> String {
@@ -66,7 +67,7 @@ enum Stored<K> {
 }
 
 struct Cache<K> {
-    objects: BTreeMap<String, Stored<K>>,
+    objects: BTreeMap<Arc<str>, Stored<K>>,
     indexes: HashMap<String, Index<K>>,
     resource_version: String,
     compact: bool,
@@ -99,16 +100,17 @@ impl<K: ApiObject> Cache<K> {
         }
     }
 
-    fn index(&mut self, key: &str, obj: &K) {
+    fn index(&mut self, key: &Arc<str>, obj: &K) {
         for (f, index) in self.indexes.values_mut() {
             for value in f(obj) {
-                index.entry(value).or_default().insert(key.to_string());
+                index.entry(value).or_default().insert(key.clone());
             }
         }
     }
 
     fn put(&mut self, key: String, obj: Arc<K>) -> Option<Arc<K>> {
         let stored = self.store(&obj);
+        let key: Arc<str> = key.into();
         let old = self
             .objects
             .insert(key.clone(), stored)
@@ -419,10 +421,10 @@ where
             for item in list.items {
                 fresh.insert(key_of(&item), Arc::new(item));
             }
-            let stale: Vec<String> = cache
+            let stale: Vec<Arc<str>> = cache
                 .objects
                 .keys()
-                .filter(|k| !fresh.contains_key(*k))
+                .filter(|k| !fresh.contains_key(&***k))
                 .cloned()
                 .collect();
             for key in stale {
