@@ -30,7 +30,17 @@ pub enum Mode {
     Full,
 }
 
-/// Finds the `skiff` binary: `$SKIFF_BIN`, else the release or debug build in the target dir.
+/// Set by full benchmark runs: figures must come from the release build.
+static RELEASE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on [`skiff_bin`] gives the release build (or `$SKIFF_BIN`), never a debug one:
+/// a full run measured against a debug server would publish void figures.
+pub fn require_release_build() {
+    RELEASE_ONLY.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Finds the `skiff` binary: `$SKIFF_BIN`, else the newest of the release and debug builds
+/// in the target dir (only the release one after [`require_release_build`]).
 pub fn skiff_bin() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("SKIFF_BIN") {
         return Ok(PathBuf::from(p));
@@ -38,6 +48,16 @@ pub fn skiff_bin() -> anyhow::Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    if RELEASE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+        let release = target.join("release").join("skiff");
+        if release.exists() {
+            return Ok(release);
+        }
+        bail!(
+            "a full benchmark run needs the release build: cargo build --release --bin skiff \
+             (or set SKIFF_BIN)"
+        );
+    }
     // The newest build: the one the test run or the bench just made.
     let newest = ["release", "debug"]
         .iter()

@@ -25,6 +25,9 @@ fn main() -> anyhow::Result<()> {
     } else {
         Mode::Full
     };
+    if mode == Mode::Full {
+        skiff_perf::require_release_build();
+    }
     let only: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
     // The container benchmark's spawner is forked first, while this process has one thread.
