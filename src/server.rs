@@ -182,19 +182,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let own = skiff_client::Client::connect_lazy(&address).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Both in this process: one pod cache and one node cache for the two (at 150,000 pods
     // each cache is hundreds of megabytes).
-    let mut shared = skiff_client::informer::SharedInformers::default();
-    let mut _shared_handles = None;
-    if !args.no_scheduler && !args.no_controllers {
-        let pods = skiff_controllers::pod_informer(&own).start();
-        let nodes = skiff_client::informer::Informer::new(
-            own.api::<k8s_openapi::api::core::v1::Node>(""),
-            skiff_client::ListParams::default(),
-        )
-        .start();
-        shared.pods = Some(pods.reader.clone());
-        shared.nodes = Some(nodes.reader.clone());
-        _shared_handles = Some((pods, nodes));
-    }
+    let shared_handles = (!args.no_scheduler && !args.no_controllers)
+        .then(|| skiff_controllers::start_shared_informers(&own));
+    let shared = shared_handles
+        .as_ref()
+        .map(|h| h.informers.clone())
+        .unwrap_or_default();
     let _scheduler = (!args.no_scheduler).then(|| {
         skiff_scheduler::Scheduler::start_shared(
             own.clone(),

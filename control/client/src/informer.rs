@@ -74,10 +74,6 @@ struct Cache<K> {
 }
 
 impl<K: ApiObject> Cache<K> {
-    fn load(&self, stored: &Stored<K>) -> Option<Arc<K>> {
-        load(stored)
-    }
-
     fn store(&self, obj: &Arc<K>) -> Stored<K> {
         if self.compact
             && let Ok(json) = serde_json::to_vec(&**obj)
@@ -114,7 +110,7 @@ impl<K: ApiObject> Cache<K> {
         let old = self
             .objects
             .insert(key.clone(), stored)
-            .and_then(|o| self.load(&o));
+            .and_then(|o| load(&o));
         if let Some(o) = &old {
             self.unindex(&key, o);
         }
@@ -123,7 +119,7 @@ impl<K: ApiObject> Cache<K> {
     }
 
     fn remove(&mut self, key: &str) -> Option<Arc<K>> {
-        let old = self.objects.remove(key).and_then(|o| self.load(&o));
+        let old = self.objects.remove(key).and_then(|o| load(&o));
         if let Some(o) = &old {
             self.unindex(key, o);
         }
@@ -230,19 +226,17 @@ impl<K: ApiObject> Reader<K> {
     }
 }
 
-/// A handler on an informer, removed when this is dropped.
+/// A handler on an informer, removed when this is dropped (with the informer itself when
+/// the subscriber started its own).
 pub struct Subscription<K: ApiObject> {
-    pub reader: Reader<K>,
+    reader: Reader<K>,
     id: HandlerId,
+    _own: Option<InformerHandle<K>>,
 }
 
 impl<K: ApiObject> Subscription<K> {
-    /// Adds `f` to `reader`'s informer (see [`Reader::add_handler`]).
-    pub fn new(reader: &Reader<K>, f: impl Fn(&Event<K>) + Send + Sync + 'static) -> Self {
-        Subscription {
-            reader: reader.clone(),
-            id: reader.add_handler(f),
-        }
+    pub fn reader(&self) -> &Reader<K> {
+        &self.reader
     }
 }
 
@@ -252,29 +246,38 @@ impl<K: ApiObject> Drop for Subscription<K> {
     }
 }
 
-/// What a component listens to: its own informer, or a handler on one the process shares.
-pub enum Source<K: ApiObject> {
-    Own(InformerHandle<K>),
-    Shared(Subscription<K>),
+/// A component's view of one kind: the process's shared informer when there is one, else
+/// its own, started here. Components hold its reader, then subscribe their handler (which
+/// first gets the cache as `Added`, so starting before subscribing loses nothing).
+pub struct Feed<K: ApiObject> {
+    pub reader: Reader<K>,
+    own: Option<InformerHandle<K>>,
 }
 
-impl<K: ApiObject> Source<K> {
-    /// Subscribes `f` to `shared` when given, else starts `own` with `f`.
-    pub fn new(
-        shared: Option<&Reader<K>>,
-        own: impl FnOnce() -> Informer<K>,
-        f: impl Fn(&Event<K>) + Send + Sync + 'static,
-    ) -> Self {
+impl<K: ApiObject> Feed<K> {
+    pub fn new(shared: Option<&Reader<K>>, own: impl FnOnce() -> Informer<K>) -> Self {
         match shared {
-            Some(r) => Source::Shared(Subscription::new(r, f)),
-            None => Source::Own(own().on_event(f).start()),
+            Some(r) => Feed {
+                reader: r.clone(),
+                own: None,
+            },
+            None => {
+                let handle = own().start();
+                Feed {
+                    reader: handle.reader.clone(),
+                    own: Some(handle),
+                }
+            }
         }
     }
 
-    pub fn reader(&self) -> &Reader<K> {
-        match self {
-            Source::Own(h) => &h.reader,
-            Source::Shared(s) => &s.reader,
+    /// Adds `f`; the returned subscription keeps it (and an own informer) alive.
+    pub fn subscribe(self, f: impl Fn(&Event<K>) + Send + Sync + 'static) -> Subscription<K> {
+        let id = self.reader.add_handler(f);
+        Subscription {
+            reader: self.reader,
+            id,
+            _own: self.own,
         }
     }
 }

@@ -26,9 +26,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use skiff_client::events::Recorder;
-use skiff_client::informer::{
-    Event, Informer, InformerHandle, SharedInformers, Source, Subscription,
-};
+use skiff_client::informer::{Event, Feed, Informer, InformerHandle, SharedInformers};
 use skiff_client::{Client, ListParams};
 
 use nodelifecycle::NodeLifecycleConfig;
@@ -94,6 +92,28 @@ pub fn pod_informer(client: &Client) -> Informer<Pod> {
         .index(nodelifecycle::BY_NODE, nodelifecycle::node_index)
 }
 
+/// The informers `skiff server` shares between its scheduler and its controllers, running
+/// while this lives.
+pub struct SharedHandles {
+    pub informers: SharedInformers,
+    _pods: InformerHandle<Pod>,
+    _nodes: InformerHandle<Node>,
+}
+
+/// Starts the pod informer (the controllers' indexes) and the node informer to share.
+pub fn start_shared_informers(client: &Client) -> SharedHandles {
+    let pods = pod_informer(client).start();
+    let nodes = Informer::new(client.api::<Node>(""), ListParams::default()).start();
+    SharedHandles {
+        informers: SharedInformers {
+            pods: Some(pods.reader.clone()),
+            nodes: Some(nodes.reader.clone()),
+        },
+        _pods: pods,
+        _nodes: nodes,
+    }
+}
+
 /// Starts every controller (no leader election); returns once their informers synced.
 pub async fn run_controllers(
     client: &Client,
@@ -103,20 +123,12 @@ pub async fn run_controllers(
     use util::{BY_CONTROLLER, BY_NAMESPACE, controller_index, namespace_index};
     let all = ListParams::default();
     // Readers first (controllers hold them), handlers once the controllers exist.
-    let (pods_reader, own_pods) = match &shared.pods {
-        Some(r) => (r.clone(), None),
-        None => {
-            let i = pod_informer(client);
-            (i.reader(), Some(i))
-        }
-    };
-    let (nodes_reader, own_nodes) = match &shared.nodes {
-        Some(r) => (r.clone(), None),
-        None => {
-            let i = Informer::new(client.api::<Node>(""), all.clone());
-            (i.reader(), Some(i))
-        }
-    };
+    let pods_feed = Feed::new(shared.pods.as_ref(), || pod_informer(client));
+    let pods_reader = pods_feed.reader.clone();
+    let nodes = Feed::new(shared.nodes.as_ref(), || {
+        Informer::new(client.api::<Node>(""), all.clone())
+    });
+    let nodes_reader = nodes.reader.clone();
     // Compact caches throughout (a decode per read): at 10,000 Deployments the typed
     // ReplicaSets, Deployments, Services and EndpointSlices alone took ~400 MB.
     let sets = Informer::new(client.api::<ReplicaSet>(""), all.clone())
@@ -192,10 +204,7 @@ pub async fn run_controllers(
             gc.on_event("pods", e);
         }
     };
-    let pods = match own_pods {
-        Some(i) => Source::Own(i.on_event(on_pod).start()),
-        None => Source::Shared(Subscription::new(&pods_reader, on_pod)),
-    };
+    let pods = pods_feed.subscribe(on_pod);
 
     let sets = {
         let (rs, dc, gc) = (rs.clone(), dc.clone(), gc.clone());
@@ -238,8 +247,9 @@ pub async fn run_controllers(
         let nc = nc.clone();
         namespaces.on_event(move |e| nc.on_namespace(e))
     };
-    let mut handles: Vec<Box<dyn std::any::Any + Send + Sync>> = vec![
+    let handles: Vec<Box<dyn std::any::Any + Send + Sync>> = vec![
         Box::new(pods),
+        Box::new(nodes),
         boxed(sets.start()),
         boxed(deployments.start()),
         boxed(services.start()),
@@ -249,9 +259,6 @@ pub async fn run_controllers(
         boxed(leases.start()),
         boxed(namespaces.start()),
     ];
-    if let Some(i) = own_nodes {
-        handles.push(boxed(i.start()));
-    }
     // Work only against synced caches.
     rs.pods.wait_synced().await;
     rs.sets.wait_synced().await;

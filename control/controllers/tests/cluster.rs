@@ -15,7 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 use skiff_apiserver::watch_cache::CacheOptions;
 use skiff_apiserver::{Config, LocalServer};
-use skiff_client::informer::{Informer, InformerHandle, SharedInformers};
+use skiff_client::informer::Informer;
 use skiff_client::{Client, DeleteParams, ListParams};
 use skiff_controllers::nodelifecycle::NodeLifecycleConfig;
 use skiff_controllers::{ControllerManager, ManagerConfig};
@@ -28,7 +28,7 @@ struct Cluster {
     hollow: HollowNodes,
     _controllers: ControllerManager,
     _scheduler: Scheduler,
-    _informers: (InformerHandle<Pod>, InformerHandle<Node>),
+    _informers: skiff_controllers::SharedHandles,
     _server: LocalServer,
     _dir: tempfile::TempDir,
 }
@@ -80,19 +80,21 @@ async fn cluster(nodes: usize, pods_per_node: u32) -> Cluster {
     .expect("hollow nodes");
     // As in `skiff server`: the scheduler and the controllers share the pod and node caches
     // (the leader-election test below runs managers on their own informers).
-    let pods = skiff_controllers::pod_informer(&client).start();
-    let nodes = Informer::new(client.api::<Node>(""), ListParams::default()).start();
-    let shared = SharedInformers {
-        pods: Some(pods.reader.clone()),
-        nodes: Some(nodes.reader.clone()),
-    };
-    let scheduler = Scheduler::start_shared(client.clone(), SchedulerConfig::default(), &shared);
-    let controllers =
-        ControllerManager::start_shared(client.clone(), manager_config("test-manager"), shared);
+    let shared = skiff_controllers::start_shared_informers(&client);
+    let scheduler = Scheduler::start_shared(
+        client.clone(),
+        SchedulerConfig::default(),
+        &shared.informers,
+    );
+    let controllers = ControllerManager::start_shared(
+        client.clone(),
+        manager_config("test-manager"),
+        shared.informers.clone(),
+    );
     Cluster {
         client,
         hollow,
-        _informers: (pods, nodes),
+        _informers: shared,
         _controllers: controllers,
         _scheduler: scheduler,
         _server: server,

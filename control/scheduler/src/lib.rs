@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use rayon::prelude::*;
 use skiff_api::Reason;
 use skiff_client::events::{Recorder, reference};
-use skiff_client::informer::{Event, Informer, SharedInformers, Source, key_of};
+use skiff_client::informer::{Event, Feed, Informer, SharedInformers, Subscription, key_of};
 use skiff_client::{Client, ListParams};
 
 use cache::{Cache, PodInfo, SharedCache};
@@ -84,8 +84,8 @@ pub struct Scheduler {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     binder: tokio::task::JoinHandle<()>,
-    _nodes: Source<Node>,
-    _pods: Source<Pod>,
+    _nodes: Subscription<Node>,
+    _pods: Subscription<Pod>,
 }
 
 fn responsible(pod: &Pod, name: &str) -> bool {
@@ -258,75 +258,73 @@ impl Scheduler {
         let stats = Arc::new(Stats::default());
         let nodes = {
             let (cache, queue) = (cache.clone(), queue.clone());
-            Source::new(
-                shared.nodes.as_ref(),
-                || Informer::new(client.api::<Node>(""), ListParams::default()),
-                move |e| match e {
-                    Event::Added(n) | Event::Updated { new: n, .. } => {
-                        cache.write().upsert_node(n);
-                        queue.move_all_to_active();
-                    }
-                    Event::Deleted(n) => {
-                        cache
-                            .write()
-                            .remove_node(n.metadata.name.as_deref().unwrap_or_default());
-                    }
-                },
-            )
+            Feed::new(shared.nodes.as_ref(), || {
+                Informer::new(client.api::<Node>(""), ListParams::default())
+            })
+            .subscribe(move |e| match e {
+                Event::Added(n) | Event::Updated { new: n, .. } => {
+                    cache.write().upsert_node(n);
+                    queue.move_all_to_active();
+                }
+                Event::Deleted(n) => {
+                    cache
+                        .write()
+                        .remove_node(n.metadata.name.as_deref().unwrap_or_default());
+                }
+            })
         };
         let pods = {
             let (cache, queue, name) = (cache.clone(), queue.clone(), cfg.name.clone());
             // The scheduler reads placed pods from its own cache, never from the informer's:
             // a compact informer costs it ~2 KB per pod instead of ~10.
-            Source::new(
-                shared.pods.as_ref(),
-                || Informer::new(client.api::<Pod>(""), ListParams::default()).compact(),
-                move |e| match e {
-                    Event::Added(p) | Event::Updated { new: p, .. } => {
-                        let key = key_of(&**p);
-                        match assigned(p) {
-                            Some(node) if terminal(p) => {
-                                let _ = node;
-                                if cache.write().remove_pod(&key).is_some() {
-                                    queue.move_all_to_active();
-                                }
-                                queue.remove(&key);
+            Feed::new(shared.pods.as_ref(), || {
+                Informer::new(client.api::<Pod>(""), ListParams::default()).compact()
+            })
+            .subscribe(move |e| match e {
+                Event::Added(p) | Event::Updated { new: p, .. } => {
+                    let key = key_of(&**p);
+                    match assigned(p) {
+                        Some(node) if terminal(p) => {
+                            let _ = node;
+                            if cache.write().remove_pod(&key).is_some() {
+                                queue.move_all_to_active();
                             }
-                            Some(node) => {
-                                // A bound pod's node, labels and requests do not change
-                                // with its status updates (the bulk of pod events): only
-                                // a new placement, or one that replaces an assumption,
-                                // touches the cache.
-                                let known = cache.read().pod(&key).is_some_and(|i| {
-                                    !i.assumed
-                                        && i.node == node
-                                        && i.uid == p.metadata.uid.as_deref().unwrap_or_default()
-                                        && Some(&*i.labels) == p.metadata.labels.as_ref()
-                                });
-                                if !known {
-                                    cache.write().add_pod(PodInfo::new(p, node));
-                                }
-                                queue.remove(&key);
-                            }
-                            None if p.metadata.deletion_timestamp.is_some() => queue.remove(&key),
-                            None if responsible(p, &name) => {
-                                let assumed = cache.read().pod(&key).is_some_and(|i| i.assumed);
-                                if !assumed {
-                                    queue.add(&key, p.clone());
-                                }
-                            }
-                            None => {}
+                            queue.remove(&key);
                         }
-                    }
-                    Event::Deleted(p) => {
-                        let key = key_of(&**p);
-                        queue.remove(&key);
-                        if cache.write().remove_pod(&key).is_some() {
-                            queue.move_all_to_active();
+                        Some(node) => {
+                            // A bound pod's node, labels and requests do not change
+                            // with its status updates (the bulk of pod events): only
+                            // a new placement, or one that replaces an assumption,
+                            // touches the cache.
+                            let known = cache.read().pod(&key).is_some_and(|i| {
+                                !i.assumed
+                                    && i.node == node
+                                    && i.uid == p.metadata.uid.as_deref().unwrap_or_default()
+                                    && Some(&*i.labels) == p.metadata.labels.as_ref()
+                            });
+                            if !known {
+                                cache.write().add_pod(PodInfo::new(p, node));
+                            }
+                            queue.remove(&key);
                         }
+                        None if p.metadata.deletion_timestamp.is_some() => queue.remove(&key),
+                        None if responsible(p, &name) => {
+                            let assumed = cache.read().pod(&key).is_some_and(|i| i.assumed);
+                            if !assumed {
+                                queue.add(&key, p.clone());
+                            }
+                        }
+                        None => {}
                     }
-                },
-            )
+                }
+                Event::Deleted(p) => {
+                    let key = key_of(&**p);
+                    queue.remove(&key);
+                    if cache.write().remove_pod(&key).is_some() {
+                        queue.move_all_to_active();
+                    }
+                }
+            })
         };
         let stop = Arc::new(AtomicBool::new(false));
         let (bind_tx, bind_rx) = tokio::sync::mpsc::channel(cfg.bind_concurrency.max(1));
