@@ -177,9 +177,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     tracing::info!(%address, store = backend, "skiff server is serving");
     eprintln!("skiff server listening on {address} (store: {backend})");
-    // The scheduler and the controller manager are API clients like any other, over the
-    // loopback connection to this server.
-    let own = skiff_client::Client::connect_lazy(&address).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The scheduler and the controller manager are API clients like any other, calling
+    // this server in-process: no loopback connection, no encoding, and their caches share
+    // the server's bytes of every object.
+    let own = skiff_apiserver::local::client(registry.clone(), &address);
     // Both in this process: one pod cache and one node cache for the two (at 150,000 pods
     // each cache is hundreds of megabytes).
     let shared_handles = (!args.no_scheduler && !args.no_controllers)

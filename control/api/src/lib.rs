@@ -10,6 +10,7 @@ pub mod defaults;
 pub mod error;
 pub mod grpc_codec;
 pub mod object;
+pub mod raw;
 pub mod resource;
 pub mod selector;
 pub mod validation;

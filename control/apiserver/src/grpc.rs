@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use skiff_api::ApiError;
 use skiff_api::proto::api_server::Api;
 use skiff_api::proto::node_client::NodeClient;
 use skiff_api::proto::{
@@ -13,14 +14,15 @@ use skiff_api::proto::{
     PatchRequest, PodExecRequest, PodLogsRequest, UpdateRequest, VersionRequest, VersionResponse,
     WatchRequest,
 };
+use skiff_api::raw::RawObject;
 use skiff_api::watch_batch::WatchBatch;
 use tonic::{Request, Response, Status};
 
 use crate::registry::{DeleteOptions, Registry};
 
-/// The `skiff.v1.Api` service.
+/// The `skiff.v1.Api` service (also served in-process: [`crate::local`]).
 pub struct ApiService {
-    registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
 }
 
 impl ApiService {
@@ -45,9 +47,21 @@ fn from_node(s: Status) -> Status {
 }
 
 impl ApiService {
+    /// Binds every pod of `bindings` at once (the store's group commit writes them
+    /// together); one result per binding, in order.
+    pub(crate) async fn bind_all(&self, bindings: Vec<BindRequest>) -> Vec<Result<(), ApiError>> {
+        futures::future::join_all(bindings.into_iter().map(|b| async move {
+            self.registry
+                .bind(&b.namespace, &b.name, &b.binding)
+                .await
+                .map(|_| ())
+        }))
+        .await
+    }
+
     /// A connection to the node agent running pod `ns/name` (kube-apiserver's proxy to the
     /// kubelet): the pod's node, then the node's InternalIP and daemon endpoint port.
-    async fn node_of(
+    pub(crate) async fn node_of(
         &self,
         ns: &str,
         name: &str,
@@ -145,7 +159,7 @@ impl Api for ApiService {
             resource_version: list.resource_version.to_string(),
             continue_token: list.continue_token,
             remaining_item_count: 0,
-            items: list.items,
+            items: list.items.iter().map(RawObject::json).collect(),
         }))
     }
 
@@ -207,17 +221,17 @@ impl Api for ApiService {
         &self,
         req: Request<BindBatchRequest>,
     ) -> Result<Response<BindBatchResponse>, Status> {
-        // All at once: the store's group commit writes them together.
-        let results =
-            futures::future::join_all(req.into_inner().bindings.into_iter().map(|b| async move {
-                match self.registry.bind(&b.namespace, &b.name, &b.binding).await {
-                    Ok(_) => BindResult::default(),
-                    Err(e) => BindResult {
-                        status: bytes::Bytes::from(e.to_status_json().to_string()),
-                    },
-                }
-            }))
-            .await;
+        let results = self
+            .bind_all(req.into_inner().bindings)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(()) => BindResult::default(),
+                Err(e) => BindResult {
+                    status: bytes::Bytes::from(e.to_status_json().to_string()),
+                },
+            })
+            .collect();
         Ok(Response::new(BindBatchResponse { results }))
     }
 

@@ -11,6 +11,7 @@
 
 pub mod allocator;
 pub mod grpc;
+pub mod local;
 pub mod object_json;
 pub mod packed;
 pub mod registry;

@@ -109,20 +109,7 @@ pub fn splice_point(raw: &[u8]) -> Option<usize> {
     (!carries).then_some(at)
 }
 
-/// `raw` with `"resourceVersion":"<revision>"` inserted at `at` (from [`splice_point`]).
-pub fn splice_resource_version(raw: &[u8], at: usize, revision: Revision) -> Vec<u8> {
-    let rest = &raw[at..];
-    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
-    let field = format!(
-        "\"resourceVersion\":\"{revision}\"{}",
-        if empty { "" } else { "," }
-    );
-    let mut out = Vec::with_capacity(raw.len() + field.len());
-    out.extend_from_slice(&raw[..at]);
-    out.extend_from_slice(field.as_bytes());
-    out.extend_from_slice(rest);
-    out
-}
+pub use skiff_api::raw::splice_resource_version;
 
 /// The stored JSON with `metadata.resourceVersion` set to `revision`.
 pub fn with_resource_version(raw: &[u8], revision: Revision) -> Result<Vec<u8>, String> {

@@ -72,9 +72,9 @@ pub struct DeleteOptions {
     pub propagation_policy: String,
 }
 
-/// A list result.
+/// A list result: the objects as held (stored bytes and their versions).
 pub struct ListResult {
-    pub items: Vec<Bytes>,
+    pub items: Vec<skiff_api::raw::RawObject>,
     pub resource_version: Revision,
     pub continue_token: String,
 }
@@ -762,7 +762,7 @@ impl Registry {
         }
         let (objects, revision) = cache.list(&filter);
         Ok(ListResult {
-            items: objects.iter().map(|o| o.json()).collect(),
+            items: objects.iter().map(|o| o.raw()).collect(),
             resource_version: revision,
             continue_token: String::new(),
         })
@@ -823,7 +823,7 @@ impl Registry {
                     .decode_object(&kv.key, &kv.value, kv.mod_revision)
                     .map_err(ApiError::internal)?;
                 if filter.matches(info.plural, &object.meta) {
-                    items.push(object.json());
+                    items.push(object.raw());
                 }
             }
             if items.len() >= limit || !more {

@@ -22,10 +22,12 @@ use futures::StreamExt;
 use parking_lot::RwLock;
 use serde_json::Value;
 use skiff_api::proto::{EventType, WatchEvent};
+use skiff_api::raw::RawObject;
 use skiff_api::resource::ResourceInfo;
 use skiff_api::selector::{FieldSelector, LabelSelector, field_value, selectable_fields};
 use skiff_api::watch_batch::{WatchBatch, encode_frame};
 use skiff_api::{ApiError, INITIAL_EVENTS_END};
+use skiff_client::RawEvent;
 use skiff_store::{EventKind, Revision, Store, StoreError};
 
 use crate::object_json::{
@@ -114,6 +116,14 @@ pub struct CachedObject {
 }
 
 impl CachedObject {
+    /// The object for an in-process client: the stored bytes themselves, and its version.
+    pub fn raw(&self) -> RawObject {
+        match self.splice {
+            Some(at) => RawObject::spliced(self.raw.clone(), at, self.revision),
+            None => RawObject::complete(self.raw.clone()),
+        }
+    }
+
     /// The object as served: its JSON with `metadata.resourceVersion`.
     pub fn json(&self) -> Bytes {
         match self.splice {
@@ -127,14 +137,17 @@ impl CachedObject {
     }
 }
 
-/// One change, encoded once for every watcher. It holds the object's selector view (and
-/// the previous one's, to notice objects entering or leaving a watcher's filter) and the
-/// frame, whose tail is the object's JSON: a superseded object's JSON lives on only there.
+/// One change, encoded once for every watcher. It holds the object (its stored bytes are
+/// the store's; while it is current, the whole object is the cache state's), the previous
+/// one's selector view (to notice objects entering or leaving a watcher's filter), and the
+/// frame, whose tail is the object's JSON with its version: gRPC watchers send the frame,
+/// in-process watchers get the stored bytes.
 #[derive(Debug)]
 pub struct CachedEvent {
     pub kind: EventType,
     pub revision: Revision,
-    pub object: Arc<CachedMeta>,
+    /// The object (the current one's shared with the cache's state).
+    pub object: Arc<CachedObject>,
     pub prev: Option<Arc<CachedMeta>>,
     /// The `WatchBatch` field-1 frame of this event.
     pub frame: Bytes,
@@ -431,17 +444,17 @@ impl WatchCache {
     ) {
         let mut state = self.state.write();
         for (kind, rev, object, frame, json_at) in built {
-            let meta = object.meta.clone();
+            let key = object.meta.key();
             let prev = if kind == EventType::Deleted {
-                state.objects.remove(meta.key())
+                state.objects.remove(key)
             } else {
-                state.objects.insert(meta.key().to_string(), object)
+                state.objects.insert(key.to_string(), object.clone())
             };
             state.event_bytes += frame.len();
             state.events.push_back(Arc::new(CachedEvent {
                 kind,
                 revision: rev,
-                object: meta,
+                object,
                 prev: prev.map(|p| p.meta.clone()),
                 frame,
                 json_at,
@@ -593,84 +606,124 @@ pub struct Watcher {
     closed: bool,
 }
 
+/// What a watcher has to send next, before it is put in a gRPC batch or handed to an
+/// in-process client.
+enum Step {
+    /// Current objects, as ADDED.
+    Initial(Vec<Arc<CachedObject>>),
+    /// Window events: as they are (their frame), or as another type (an object entering
+    /// or leaving the filter).
+    Events(Vec<(Arc<CachedEvent>, Option<EventType>)>),
+    Bookmark(Revision, bool),
+    /// The cursor fell out of the window: the final event.
+    Expired(ApiError),
+}
+
 impl Watcher {
-    /// The next batch of events; `None` once the watch is over. Errors (a cursor that fell out
-    /// of the window) come as a final ERROR event.
+    /// The next batch of events for a gRPC stream; `None` once the watch is over. Errors
+    /// (a cursor that fell out of the window) come as a final ERROR event.
     pub async fn next_batch(&mut self) -> Option<WatchBatch> {
+        let mut batch = WatchBatch::default();
+        match self.next_step().await? {
+            Step::Initial(objects) => {
+                batch.events = objects
+                    .iter()
+                    .map(|o| event(EventType::Added, o.json()))
+                    .collect()
+            }
+            Step::Events(events) => {
+                for (e, retyped) in events {
+                    match retyped {
+                        Some(kind) => batch.events.push(event(kind, e.json())),
+                        None => batch.frames.push(e.frame.clone()),
+                    }
+                }
+            }
+            Step::Bookmark(rev, end) => batch.events.push(bookmark(rev, end)),
+            Step::Expired(err) => batch.events.push(event(
+                EventType::Error,
+                Bytes::from(serde_json::to_vec(&err.to_status_json()).unwrap_or_default()),
+            )),
+        }
+        Some(batch)
+    }
+
+    /// The next events for an in-process client: objects are the stored bytes themselves.
+    /// `None` once the watch is over; an expired cursor ends it with an error.
+    pub async fn next_objects(&mut self) -> Option<Vec<Result<RawEvent<RawObject>, ApiError>>> {
+        Some(match self.next_step().await? {
+            Step::Initial(objects) => objects
+                .iter()
+                .map(|o| Ok(RawEvent::Added(o.raw())))
+                .collect(),
+            Step::Events(events) => events
+                .into_iter()
+                .map(|(e, retyped)| {
+                    let o = e.object.raw();
+                    Ok(match retyped.unwrap_or(e.kind) {
+                        EventType::Added => RawEvent::Added(o),
+                        EventType::Deleted => RawEvent::Deleted(o),
+                        _ => RawEvent::Modified(o),
+                    })
+                })
+                .collect(),
+            Step::Bookmark(rev, end) => vec![Ok(RawEvent::Bookmark(rev.to_string(), end))],
+            Step::Expired(err) => vec![Err(err)],
+        })
+    }
+
+    async fn next_step(&mut self) -> Option<Step> {
         if self.closed {
             return None;
         }
         if !self.initial.is_empty() {
             let take = self.initial.len().min(MAX_BATCH_EVENTS);
-            let events = self
-                .initial
-                .drain(..take)
-                .map(|o| event(EventType::Added, o.json()))
-                .collect();
-            return Some(WatchBatch {
-                frames: Vec::new(),
-                events,
-            });
+            return Some(Step::Initial(self.initial.drain(..take).collect()));
         }
         if self.initial_end_bookmark {
             self.initial_end_bookmark = false;
-            return Some(WatchBatch {
-                frames: Vec::new(),
-                events: vec![bookmark(self.cursor, true)],
-            });
+            return Some(Step::Bookmark(self.cursor, true));
         }
         loop {
             let cache = self.cache.clone();
             let notified = cache.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(batch) = self.collect() {
-                return Some(batch);
+            if let Some(step) = self.collect() {
+                return Some(step);
             }
             notified.await;
         }
     }
 
-    fn collect(&mut self) -> Option<WatchBatch> {
+    fn collect(&mut self) -> Option<Step> {
         let plural = self.cache.info.plural;
         let state = self.cache.state.read();
         if state.generation != self.generation || self.cursor < state.window_start {
             self.closed = true;
-            let err = too_old(self.cursor, state.window_start);
-            return Some(WatchBatch {
-                frames: Vec::new(),
-                events: vec![event(
-                    EventType::Error,
-                    Bytes::from(serde_json::to_vec(&err.to_status_json()).unwrap_or_default()),
-                )],
-            });
+            return Some(Step::Expired(too_old(self.cursor, state.window_start)));
         }
-        let mut batch = WatchBatch::default();
+        let mut events = Vec::new();
         let mut bytes = 0;
         let first = state.events.partition_point(|e| e.revision <= self.cursor);
         for e in state.events.range(first..) {
-            if batch.len() >= MAX_BATCH_EVENTS || bytes >= MAX_BATCH_BYTES {
+            if events.len() >= MAX_BATCH_EVENTS || bytes >= MAX_BATCH_BYTES {
                 break;
             }
             self.cursor = e.revision;
-            let now = self.filter.matches(plural, &e.object);
+            let now = self.filter.matches(plural, &e.object.meta);
             let before = e
                 .prev
                 .as_ref()
                 .is_some_and(|p| self.filter.matches(plural, p));
-            match (e.kind, before, now) {
-                (EventType::Modified, false, true) => {
-                    batch.events.push(event(EventType::Added, e.json()));
-                }
-                (EventType::Modified, true, false) => {
-                    batch.events.push(event(EventType::Deleted, e.json()));
-                }
-                (_, _, true) => {
-                    bytes += e.frame.len();
-                    batch.frames.push(e.frame.clone());
-                }
-                _ => {}
-            }
+            let retyped = match (e.kind, before, now) {
+                (EventType::Modified, false, true) => Some(EventType::Added),
+                (EventType::Modified, true, false) => Some(EventType::Deleted),
+                (_, _, true) => None,
+                _ => continue,
+            };
+            bytes += e.frame.len();
+            events.push((e.clone(), retyped));
         }
         // Past the last event of this resource: the cache's progress covers us too.
         let examined_all = state
@@ -680,16 +733,13 @@ impl Watcher {
         if examined_all && state.revision > self.cursor {
             self.cursor = state.revision;
         }
-        if !batch.is_empty() {
-            return Some(batch);
+        if !events.is_empty() {
+            return Some(Step::Events(events));
         }
         let epoch = self.cache.bookmark_epoch.load(Ordering::Relaxed);
         if self.bookmarks && epoch != self.bookmark_epoch {
             self.bookmark_epoch = epoch;
-            return Some(WatchBatch {
-                frames: Vec::new(),
-                events: vec![bookmark(self.cursor, false)],
-            });
+            return Some(Step::Bookmark(self.cursor, false));
         }
         None
     }

@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use k8s_openapi::Metadata;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -21,7 +20,9 @@ use parking_lot::{Mutex, RwLock};
 use skiff_api::Reason;
 use tokio::sync::watch;
 
-use crate::{Api, ApiObject, ListParams, WatchEvent, resource_version};
+use skiff_api::raw::RawObject;
+
+use crate::{Api, ApiObject, ListParams, RawEvent, resource_version};
 
 /// What changed in the cache.
 #[derive(Debug)]
@@ -60,10 +61,11 @@ struct Shared<K> {
     synced: watch::Sender<bool>,
 }
 
-/// One cached object: typed, or (compact caches) its JSON.
+/// One cached object: typed, or (compact caches) its JSON: the server's own bytes when
+/// the server runs in this process.
 enum Stored<K> {
     Typed(Arc<K>),
-    Json(Bytes),
+    Json(RawObject),
 }
 
 struct Cache<K> {
@@ -74,11 +76,9 @@ struct Cache<K> {
 }
 
 impl<K: ApiObject> Cache<K> {
-    fn store(&self, obj: &Arc<K>) -> Stored<K> {
-        if self.compact
-            && let Ok(json) = serde_json::to_vec(&**obj)
-        {
-            return Stored::Json(Bytes::from(json));
+    fn store(&self, obj: &Arc<K>, raw: &RawObject) -> Stored<K> {
+        if self.compact {
+            return Stored::Json(raw.detached());
         }
         Stored::Typed(obj.clone())
     }
@@ -104,8 +104,8 @@ impl<K: ApiObject> Cache<K> {
         }
     }
 
-    fn put(&mut self, key: String, obj: Arc<K>) -> Option<Arc<K>> {
-        let stored = self.store(&obj);
+    fn put(&mut self, key: String, obj: Arc<K>, raw: &RawObject) -> Option<Arc<K>> {
+        let stored = self.store(&obj, raw);
         let key: Arc<str> = key.into();
         let old = self
             .objects
@@ -130,7 +130,7 @@ impl<K: ApiObject> Cache<K> {
 fn load<K: ApiObject>(stored: &Stored<K>) -> Option<Arc<K>> {
     match stored {
         Stored::Typed(o) => Some(o.clone()),
-        Stored::Json(json) => match serde_json::from_slice(json) {
+        Stored::Json(json) => match json.decode() {
             Ok(o) => Some(Arc::new(o)),
             Err(e) => {
                 // It decoded when it arrived; it was encoded from that very value.
@@ -390,20 +390,37 @@ fn emit<K>(handlers: &[(u64, Handler<K>)], event: Event<K>) {
     }
 }
 
+/// The typed object of a raw one, or None (logged) when it does not decode.
+fn typed<K: ApiObject>(raw: &RawObject) -> Option<Arc<K>> {
+    match raw.decode::<K>() {
+        Ok(o) => Some(Arc::new(o)),
+        Err(e) => {
+            tracing::warn!(kind = K::KIND, error = %e, "informer skips an object it cannot decode");
+            None
+        }
+    }
+}
+
 async fn run<K>(api: Api<K>, params: ListParams, shared: Arc<Shared<K>>)
 where
     K: ApiObject,
 {
+    let plural = K::URL_PATH_SEGMENT;
     let mut backoff = Duration::from_millis(200);
     loop {
         // List, and report the difference with what the cache held.
         let list = match api
-            .list(&ListParams {
-                resource_version: String::new(),
-                limit: 0,
-                continue_token: String::new(),
-                ..params.clone()
-            })
+            .client
+            .list_objects(
+                plural,
+                &api.namespace,
+                &ListParams {
+                    resource_version: String::new(),
+                    limit: 0,
+                    continue_token: String::new(),
+                    ..params.clone()
+                },
+            )
             .await
         {
             Ok(l) => l,
@@ -420,9 +437,11 @@ where
             let mut events = Vec::new();
             let handlers = shared.handlers.lock();
             let mut cache = shared.objects.write();
-            let mut fresh: BTreeMap<String, Arc<K>> = BTreeMap::new();
-            for item in list.items {
-                fresh.insert(key_of(&item), Arc::new(item));
+            let mut fresh: BTreeMap<String, (Arc<K>, RawObject)> = BTreeMap::new();
+            for raw in list.items {
+                if let Some(obj) = typed::<K>(&raw) {
+                    fresh.insert(key_of(&*obj), (obj, raw));
+                }
             }
             let stale: Vec<Arc<str>> = cache
                 .objects
@@ -435,8 +454,8 @@ where
                     events.push(Event::Deleted(old));
                 }
             }
-            for (key, obj) in fresh {
-                match cache.put(key, obj.clone()) {
+            for (key, (obj, raw)) in fresh {
+                match cache.put(key, obj.clone(), &raw) {
                     None => events.push(Event::Added(obj)),
                     Some(old) if resource_version(&*old) != resource_version(&*obj) => {
                         events.push(Event::Updated { old, new: obj })
@@ -455,7 +474,11 @@ where
 
         // Watch from the list's revision until the watch expires.
         'watch: loop {
-            let mut stream = match api.watch(&params, &rv, false).await {
+            let mut stream = match api
+                .client
+                .watch_objects(plural, &api.namespace, &params, &rv, false)
+                .await
+            {
                 Ok(s) => s,
                 Err(e) if e.reason == Reason::Expired => break 'watch,
                 Err(e) => {
@@ -475,22 +498,37 @@ where
                         break;
                     }
                 };
+                // Decoded before taking the locks: readers and handlers wait on them.
+                let event = match event {
+                    RawEvent::Bookmark(r, end) => RawEvent::Bookmark(r, end),
+                    RawEvent::Added(raw) => match typed::<K>(&raw) {
+                        Some(obj) => RawEvent::Added((obj, raw)),
+                        None => continue,
+                    },
+                    RawEvent::Modified(raw) => match typed::<K>(&raw) {
+                        Some(obj) => RawEvent::Modified((obj, raw)),
+                        None => continue,
+                    },
+                    RawEvent::Deleted(raw) => match typed::<K>(&raw) {
+                        Some(obj) => RawEvent::Deleted((obj, raw)),
+                        None => continue,
+                    },
+                };
                 let handlers = shared.handlers.lock();
                 let mut cache = shared.objects.write();
                 let out = match event {
-                    WatchEvent::Added(obj) | WatchEvent::Modified(obj) => {
-                        rv = resource_version(&obj).to_string();
-                        let obj = Arc::new(obj);
-                        match cache.put(key_of(&*obj), obj.clone()) {
+                    RawEvent::Added((obj, raw)) | RawEvent::Modified((obj, raw)) => {
+                        rv = resource_version(&*obj).to_string();
+                        match cache.put(key_of(&*obj), obj.clone(), &raw) {
                             None => Some(Event::Added(obj)),
                             Some(old) => Some(Event::Updated { old, new: obj }),
                         }
                     }
-                    WatchEvent::Deleted(obj) => {
-                        rv = resource_version(&obj).to_string();
-                        cache.remove(&key_of(&obj)).map(Event::Deleted)
+                    RawEvent::Deleted((obj, _)) => {
+                        rv = resource_version(&*obj).to_string();
+                        cache.remove(&key_of(&*obj)).map(Event::Deleted)
                     }
-                    WatchEvent::Bookmark(r, _) => {
+                    RawEvent::Bookmark(r, _) => {
                         rv = r;
                         None
                     }

@@ -7,9 +7,11 @@
 
 pub mod events;
 pub mod informer;
+pub mod local;
 
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,9 +25,11 @@ use skiff_api::proto::{
     BindBatchRequest, BindRequest, CreateRequest, DeleteRequest, EventType, GetRequest,
     ListRequest, PatchRequest, UpdateRequest, VersionRequest, WatchRequest,
 };
+use skiff_api::raw::RawObject;
 use skiff_api::{ApiError, INITIAL_EVENTS_END, Reason};
 use tonic::transport::{Channel, Endpoint};
 
+pub use local::LocalApi;
 pub use skiff_api;
 
 /// Default API server address.
@@ -65,22 +69,33 @@ pub struct DeleteParams {
     pub propagation_policy: String,
 }
 
-/// A list as JSON items.
+/// A list as JSON items (complete JSON, or [`RawObject`]s as the server holds them).
 #[derive(Debug, Clone)]
-pub struct RawList {
-    pub items: Vec<Bytes>,
+pub struct RawList<O = Bytes> {
+    pub items: Vec<O>,
     pub resource_version: String,
     pub continue_token: String,
 }
 
-/// One watch event as JSON.
+/// One watch event as JSON (complete JSON, or a [`RawObject`] as the server holds it).
 #[derive(Debug, Clone)]
-pub enum RawEvent {
-    Added(Bytes),
-    Modified(Bytes),
-    Deleted(Bytes),
+pub enum RawEvent<O = Bytes> {
+    Added(O),
+    Modified(O),
+    Deleted(O),
     /// A bookmark: the resourceVersion, and whether it ends the initial events.
     Bookmark(String, bool),
+}
+
+impl<O> RawEvent<O> {
+    pub fn map<P>(self, f: impl FnOnce(O) -> P) -> RawEvent<P> {
+        match self {
+            RawEvent::Added(o) => RawEvent::Added(f(o)),
+            RawEvent::Modified(o) => RawEvent::Modified(f(o)),
+            RawEvent::Deleted(o) => RawEvent::Deleted(f(o)),
+            RawEvent::Bookmark(rv, end) => RawEvent::Bookmark(rv, end),
+        }
+    }
 }
 
 /// One typed watch event.
@@ -93,11 +108,27 @@ pub enum WatchEvent<K> {
 }
 
 pub type RawWatch = Pin<Box<dyn Stream<Item = Result<RawEvent, ApiError>> + Send>>;
+/// A watch whose objects are [`RawObject`]s.
+pub type ObjectWatch = Pin<Box<dyn Stream<Item = Result<RawEvent<RawObject>, ApiError>> + Send>>;
+/// A container's log as chunks.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>;
+/// A command's output as it runs, then its exit code.
+pub type ExecStream =
+    Pin<Box<dyn Stream<Item = Result<skiff_api::proto::ExecOutput, ApiError>> + Send>>;
+
+/// How a client reaches the API.
+#[derive(Clone)]
+enum Transport {
+    /// gRPC over a connection.
+    Grpc(ApiClient<Channel>),
+    /// Calls into an API server in the same process.
+    Local(Arc<dyn LocalApi>),
+}
 
 /// A connection to the API server, speaking JSON objects. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    inner: ApiClient<Channel>,
+    transport: Transport,
     address: String,
 }
 
@@ -135,10 +166,30 @@ impl Client {
 
     fn wrap(channel: Channel, address: &str) -> Self {
         Client {
-            inner: ApiClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            transport: Transport::Grpc(
+                ApiClient::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            ),
             address: address.to_string(),
+        }
+    }
+
+    /// A client of the API server running in this process (`address` names it in
+    /// messages): no connection, no encoding, and lists and watches hand out the server's
+    /// own bytes.
+    pub fn local(api: Arc<dyn LocalApi>, address: &str) -> Self {
+        Client {
+            transport: Transport::Local(api),
+            address: address.to_string(),
+        }
+    }
+
+    /// The gRPC client, or None for an in-process client.
+    fn grpc(&self) -> Result<ApiClient<Channel>, &Arc<dyn LocalApi>> {
+        match &self.transport {
+            Transport::Grpc(c) => Ok(c.clone()),
+            Transport::Local(l) => Err(l),
         }
     }
 
@@ -180,13 +231,11 @@ impl Client {
     }
 
     pub async fn version(&self) -> Result<(String, String, i64), ApiError> {
-        let v = self
-            .inner
-            .clone()
-            .version(VersionRequest {})
-            .await
-            .map_err(|s| grpc_error(s, &self.address))?
-            .into_inner();
+        let mut c = match self.grpc() {
+            Ok(c) => c,
+            Err(local) => return local.version().await,
+        };
+        let v = self.answer(c.version(VersionRequest {}).await)?;
         Ok((v.version, v.store, v.revision))
     }
 
@@ -196,12 +245,16 @@ impl Client {
         namespace: &str,
         object: Bytes,
     ) -> Result<Bytes, ApiError> {
+        let mut c = match self.grpc() {
+            Ok(c) => c,
+            Err(local) => return local.create(resource, namespace, object).await,
+        };
         let req = CreateRequest {
             resource: resource.into(),
             namespace: namespace.into(),
             object,
         };
-        Ok(self.answer(self.inner.clone().create(req).await)?.object)
+        Ok(self.answer(c.create(req).await)?.object)
     }
 
     pub async fn get(
@@ -210,12 +263,16 @@ impl Client {
         namespace: &str,
         name: &str,
     ) -> Result<Bytes, ApiError> {
+        let mut c = match self.grpc() {
+            Ok(c) => c,
+            Err(local) => return local.get(resource, namespace, name).await,
+        };
         let req = GetRequest {
             resource: resource.into(),
             namespace: namespace.into(),
             name: name.into(),
         };
-        Ok(self.answer(self.inner.clone().get(req).await)?.object)
+        Ok(self.answer(c.get(req).await)?.object)
     }
 
     pub async fn list(
@@ -224,6 +281,26 @@ impl Client {
         namespace: &str,
         params: &ListParams,
     ) -> Result<RawList, ApiError> {
+        let list = self.list_objects(resource, namespace, params).await?;
+        Ok(RawList {
+            items: list.items.iter().map(RawObject::json).collect(),
+            resource_version: list.resource_version,
+            continue_token: list.continue_token,
+        })
+    }
+
+    /// A list whose items are as the server holds them (an in-process client's share the
+    /// server's bytes).
+    pub async fn list_objects(
+        &self,
+        resource: &str,
+        namespace: &str,
+        params: &ListParams,
+    ) -> Result<RawList<RawObject>, ApiError> {
+        let mut c = match self.grpc() {
+            Ok(c) => c,
+            Err(local) => return local.list(resource, namespace, params).await,
+        };
         let req = ListRequest {
             resource: resource.into(),
             namespace: namespace.into(),
@@ -233,9 +310,9 @@ impl Client {
             continue_token: params.continue_token.clone(),
             resource_version: params.resource_version.clone(),
         };
-        let resp = self.answer(self.inner.clone().list(req).await)?;
+        let resp = self.answer(c.list(req).await)?;
         Ok(RawList {
-            items: resp.items,
+            items: resp.items.into_iter().map(RawObject::complete).collect(),
             resource_version: resp.resource_version,
             continue_token: resp.continue_token,
         })
@@ -249,6 +326,14 @@ impl Client {
         object: Bytes,
         subresource: &str,
     ) -> Result<Bytes, ApiError> {
+        let mut c = match self.grpc() {
+            Ok(c) => c,
+            Err(local) => {
+                return local
+                    .update(resource, namespace, name, object, subresource)
+                    .await;
+            }
+        };
         let req = UpdateRequest {
             resource: resource.into(),
             namespace: namespace.into(),
@@ -256,7 +341,7 @@ impl Client {
             object,
             subresource: subresource.into(),
         };
-        Ok(self.answer(self.inner.clone().update(req).await)?.object)
+        Ok(self.answer(c.update(req).await)?.object)
     }
 
     /// Applies a JSON merge patch (RFC 7386).
@@ -268,6 +353,14 @@ impl Client {
         patch: Bytes,
         subresource: &str,
     ) -> Result<Bytes, ApiError> {
+        let mut c = match self.grpc() {
+            Ok(c) => c,
+            Err(local) => {
+                return local
+                    .patch(resource, namespace, name, patch, subresource)
+                    .await;
+            }
+        };
         let req = PatchRequest {
             resource: resource.into(),
             namespace: namespace.into(),
@@ -275,7 +368,7 @@ impl Client {
             patch,
             subresource: subresource.into(),
         };
-        Ok(self.answer(self.inner.clone().patch(req).await)?.object)
+        Ok(self.answer(c.patch(req).await)?.object)
     }
 
     /// Deletes; returns the object and whether it is gone already.
@@ -286,6 +379,10 @@ impl Client {
         name: &str,
         params: &DeleteParams,
     ) -> Result<(Bytes, bool), ApiError> {
+        let mut c = match self.grpc() {
+            Ok(c) => c,
+            Err(local) => return local.delete(resource, namespace, name, params).await,
+        };
         let req = DeleteRequest {
             resource: resource.into(),
             namespace: namespace.into(),
@@ -295,23 +392,30 @@ impl Client {
             precondition_resource_version: params.precondition_resource_version.clone(),
             propagation_policy: params.propagation_policy.clone(),
         };
-        let resp = self.answer(self.inner.clone().delete(req).await)?;
+        let resp = self.answer(c.delete(req).await)?;
         Ok((resp.object, resp.removed))
     }
 
-    /// Binds a pod to a node (the scheduler's write).
-    pub async fn bind(&self, namespace: &str, pod: &str, node: &str) -> Result<Bytes, ApiError> {
+    fn binding(namespace: &str, pod: &str, node: &str) -> Result<BindRequest, ApiError> {
         let binding = serde_json::json!({
             "apiVersion": "v1", "kind": "Binding",
             "metadata": {"name": pod, "namespace": namespace},
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         });
-        let req = BindRequest {
+        Ok(BindRequest {
             namespace: namespace.into(),
             name: pod.into(),
             binding: Bytes::from(serde_json::to_vec(&binding).map_err(decode_error)?),
-        };
-        Ok(self.answer(self.inner.clone().bind(req).await)?.object)
+        })
+    }
+
+    /// Binds a pod to a node (the scheduler's write).
+    pub async fn bind(&self, namespace: &str, pod: &str, node: &str) -> Result<Bytes, ApiError> {
+        let req = Self::binding(namespace, pod, node)?;
+        match self.grpc() {
+            Ok(mut c) => Ok(self.answer(c.bind(req).await)?.object),
+            Err(local) => local.bind(req).await,
+        }
     }
 
     /// Binds many pods in one call: `(namespace, pod, node)` each; one result per binding,
@@ -320,25 +424,15 @@ impl Client {
         &self,
         bindings: &[(String, String, String)],
     ) -> Result<Vec<Result<(), ApiError>>, ApiError> {
-        let mut reqs = Vec::with_capacity(bindings.len());
-        for (ns, pod, node) in bindings {
-            let binding = serde_json::json!({
-                "apiVersion": "v1", "kind": "Binding",
-                "metadata": {"name": pod, "namespace": ns},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-            });
-            reqs.push(BindRequest {
-                namespace: ns.clone(),
-                name: pod.clone(),
-                binding: Bytes::from(serde_json::to_vec(&binding).map_err(decode_error)?),
-            });
-        }
-        let resp = self.answer(
-            self.inner
-                .clone()
-                .bind_batch(BindBatchRequest { bindings: reqs })
-                .await,
-        )?;
+        let reqs = bindings
+            .iter()
+            .map(|(ns, pod, node)| Self::binding(ns, pod, node))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut c = match self.grpc() {
+            Ok(c) => c,
+            Err(local) => return Ok(local.bind_batch(reqs).await),
+        };
+        let resp = self.answer(c.bind_batch(BindBatchRequest { bindings: reqs }).await)?;
         Ok(resp
             .results
             .into_iter()
@@ -354,18 +448,17 @@ impl Client {
             .collect())
     }
 
-    /// Watches `resource`. An empty `resource_version` starts with the current state as
-    /// ADDED events (closed by a bookmark when `send_initial_events`); otherwise only
-    /// changes after it. A too-old version fails with `Reason::Expired`.
     /// A container's log, as chunks of text (ends with the log unless `follow`).
     pub async fn pod_logs(
         &self,
         req: skiff_api::proto::PodLogsRequest,
-    ) -> Result<Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>, ApiError> {
+    ) -> Result<LogStream, ApiError> {
+        let mut c = match self.grpc() {
+            Ok(c) => c,
+            Err(local) => return local.pod_logs(req).await,
+        };
         let address = self.address.clone();
-        let stream = self
-            .inner
-            .clone()
+        let stream = c
             .pod_logs(req)
             .await
             .map_err(|s| grpc_error(s, &address))?
@@ -380,17 +473,21 @@ impl Client {
         &self,
         req: skiff_api::proto::PodExecRequest,
     ) -> Result<(Vec<u8>, i32), ApiError> {
-        let address = self.address.clone();
-        let mut stream = self
-            .inner
-            .clone()
-            .pod_exec(req)
-            .await
-            .map_err(|s| grpc_error(s, &address))?
-            .into_inner();
+        let mut stream: ExecStream = match self.grpc() {
+            Ok(mut c) => {
+                let address = self.address.clone();
+                let stream = c
+                    .pod_exec(req)
+                    .await
+                    .map_err(|s| grpc_error(s, &address))?
+                    .into_inner();
+                Box::pin(stream.map(move |m| m.map_err(|s| grpc_error(s, &address))))
+            }
+            Err(local) => local.pod_exec(req).await?,
+        };
         let mut out = Vec::new();
         while let Some(msg) = stream.next().await {
-            let msg = msg.map_err(|s| grpc_error(s, &address))?;
+            let msg = msg?;
             out.extend_from_slice(&msg.output);
             if msg.done {
                 return Ok((out, msg.exit_code));
@@ -402,6 +499,9 @@ impl Client {
         ))
     }
 
+    /// Watches `resource`. An empty `resource_version` starts with the current state as
+    /// ADDED events (closed by a bookmark when `send_initial_events`); otherwise only
+    /// changes after it. A too-old version fails with `Reason::Expired`.
     pub async fn watch(
         &self,
         resource: &str,
@@ -410,6 +510,44 @@ impl Client {
         resource_version: &str,
         send_initial_events: bool,
     ) -> Result<RawWatch, ApiError> {
+        let objects = self
+            .watch_objects(
+                resource,
+                namespace,
+                params,
+                resource_version,
+                send_initial_events,
+            )
+            .await?;
+        Ok(Box::pin(
+            objects.map(|e| e.map(|e| e.map(|o| RawObject::json(&o)))),
+        ))
+    }
+
+    /// [`Client::watch`] whose objects are as the server holds them (an in-process
+    /// client's share the server's bytes).
+    pub async fn watch_objects(
+        &self,
+        resource: &str,
+        namespace: &str,
+        params: &ListParams,
+        resource_version: &str,
+        send_initial_events: bool,
+    ) -> Result<ObjectWatch, ApiError> {
+        let mut c = match self.grpc() {
+            Ok(c) => c,
+            Err(local) => {
+                return local
+                    .watch(
+                        resource,
+                        namespace,
+                        params,
+                        resource_version,
+                        send_initial_events,
+                    )
+                    .await;
+            }
+        };
         let req = WatchRequest {
             resource: resource.into(),
             namespace: namespace.into(),
@@ -420,50 +558,47 @@ impl Client {
             allow_bookmarks: true,
         };
         let address = self.address.clone();
-        let stream = self
-            .inner
-            .clone()
+        let stream = c
             .watch(req)
             .await
             .map_err(|s| grpc_error(s, &address))?
             .into_inner();
         let events = stream.flat_map(move |batch| {
-            let items: Vec<Result<RawEvent, ApiError>> = match batch {
+            let items: Vec<Result<RawEvent<RawObject>, ApiError>> = match batch {
                 Err(status) => vec![Err(grpc_error(status, &address))],
-                Ok(batch) => batch
-                    .events
-                    .into_iter()
-                    .map(|e| match EventType::try_from(e.r#type) {
-                        Ok(EventType::Added) => Ok(RawEvent::Added(e.object)),
-                        Ok(EventType::Modified) => Ok(RawEvent::Modified(e.object)),
-                        Ok(EventType::Deleted) => Ok(RawEvent::Deleted(e.object)),
-                        Ok(EventType::Bookmark) => {
-                            let v: serde_json::Value =
-                                serde_json::from_slice(&e.object).map_err(decode_error)?;
-                            let rv = v
-                                .pointer("/metadata/resourceVersion")
-                                .and_then(|r| r.as_str())
-                                .unwrap_or_default()
-                                .to_string();
-                            let end = v
-                                .pointer("/metadata/annotations")
-                                .and_then(|a| a.get(INITIAL_EVENTS_END))
-                                .is_some();
-                            Ok(RawEvent::Bookmark(rv, end))
-                        }
-                        Ok(EventType::Error) => {
-                            let v: serde_json::Value =
-                                serde_json::from_slice(&e.object).map_err(decode_error)?;
-                            Err(ApiError::from_status_json(&v)
-                                .unwrap_or_else(|| ApiError::internal("watch failed")))
-                        }
-                        Err(_) => Err(decode_error(format!("unknown event type {}", e.r#type))),
-                    })
-                    .collect(),
+                Ok(batch) => batch.events.into_iter().map(watch_event).collect(),
             };
             futures::stream::iter(items)
         });
         Ok(Box::pin(events))
+    }
+}
+
+/// One event of a gRPC watch.
+fn watch_event(e: skiff_api::proto::WatchEvent) -> Result<RawEvent<RawObject>, ApiError> {
+    match EventType::try_from(e.r#type) {
+        Ok(EventType::Added) => Ok(RawEvent::Added(RawObject::complete(e.object))),
+        Ok(EventType::Modified) => Ok(RawEvent::Modified(RawObject::complete(e.object))),
+        Ok(EventType::Deleted) => Ok(RawEvent::Deleted(RawObject::complete(e.object))),
+        Ok(EventType::Bookmark) => {
+            let v: serde_json::Value = serde_json::from_slice(&e.object).map_err(decode_error)?;
+            let rv = v
+                .pointer("/metadata/resourceVersion")
+                .and_then(|r| r.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let end = v
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(INITIAL_EVENTS_END))
+                .is_some();
+            Ok(RawEvent::Bookmark(rv, end))
+        }
+        Ok(EventType::Error) => {
+            let v: serde_json::Value = serde_json::from_slice(&e.object).map_err(decode_error)?;
+            Err(ApiError::from_status_json(&v)
+                .unwrap_or_else(|| ApiError::internal("watch failed")))
+        }
+        Err(_) => Err(decode_error(format!("unknown event type {}", e.r#type))),
     }
 }
 
@@ -537,6 +672,10 @@ impl<K: ApiObject> Api<K> {
         serde_json::from_slice(raw).map_err(decode_error)
     }
 
+    fn decode_raw(raw: &RawObject) -> Result<K, ApiError> {
+        raw.decode().map_err(decode_error)
+    }
+
     fn ns_of<'a>(&'a self, obj: &'a K) -> &'a str {
         obj.metadata()
             .namespace
@@ -573,13 +712,13 @@ impl<K: ApiObject> Api<K> {
     pub async fn list(&self, params: &ListParams) -> Result<ObjectList<K>, ApiError> {
         let raw = self
             .client
-            .list(Self::PLURAL, &self.namespace, params)
+            .list_objects(Self::PLURAL, &self.namespace, params)
             .await?;
         Ok(ObjectList {
             items: raw
                 .items
                 .iter()
-                .map(|i| Self::decode(i))
+                .map(Self::decode_raw)
                 .collect::<Result<_, _>>()?,
             resource_version: raw.resource_version,
             continue_token: raw.continue_token,
@@ -656,7 +795,7 @@ impl<K: ApiObject> Api<K> {
     ) -> Result<Pin<Box<dyn Stream<Item = Result<WatchEvent<K>, ApiError>> + Send>>, ApiError> {
         let raw = self
             .client
-            .watch(
+            .watch_objects(
                 Self::PLURAL,
                 &self.namespace,
                 params,
@@ -666,9 +805,9 @@ impl<K: ApiObject> Api<K> {
             .await?;
         Ok(Box::pin(raw.map(|e| {
             Ok(match e? {
-                RawEvent::Added(o) => WatchEvent::Added(Self::decode(&o)?),
-                RawEvent::Modified(o) => WatchEvent::Modified(Self::decode(&o)?),
-                RawEvent::Deleted(o) => WatchEvent::Deleted(Self::decode(&o)?),
+                RawEvent::Added(o) => WatchEvent::Added(Self::decode_raw(&o)?),
+                RawEvent::Modified(o) => WatchEvent::Modified(Self::decode_raw(&o)?),
+                RawEvent::Deleted(o) => WatchEvent::Deleted(Self::decode_raw(&o)?),
                 RawEvent::Bookmark(rv, end) => WatchEvent::Bookmark(rv, end),
             })
         })))

@@ -78,16 +78,18 @@ async fn cluster(nodes: usize, pods_per_node: u32) -> Cluster {
     )
     .await
     .expect("hollow nodes");
-    // As in `skiff server`: the scheduler and the controllers share the pod and node caches
-    // (the leader-election test below runs managers on their own informers).
-    let shared = skiff_controllers::start_shared_informers(&client);
+    // As in `skiff server`: the scheduler and the controllers call the API server
+    // in-process and share the pod and node caches (the leader-election test below runs
+    // managers over gRPC on their own informers). The test and the nodes use gRPC.
+    let own = skiff_apiserver::local::client(server.registry.clone(), &server.address);
+    let shared = skiff_controllers::start_shared_informers(&own);
     let scheduler = Scheduler::start_shared(
-        client.clone(),
+        own.clone(),
         SchedulerConfig::default(),
         &shared.informers,
     );
     let controllers = ControllerManager::start_shared(
-        client.clone(),
+        own.clone(),
         manager_config("test-manager"),
         shared.informers.clone(),
     );
