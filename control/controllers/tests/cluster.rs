@@ -83,11 +83,8 @@ async fn cluster(nodes: usize, pods_per_node: u32) -> Cluster {
     // managers over gRPC on their own informers). The test and the nodes use gRPC.
     let own = skiff_apiserver::local::client(server.registry.clone(), &server.address);
     let shared = skiff_controllers::start_shared_informers(&own);
-    let scheduler = Scheduler::start_shared(
-        own.clone(),
-        SchedulerConfig::default(),
-        &shared.informers,
-    );
+    let scheduler =
+        Scheduler::start_shared(own.clone(), SchedulerConfig::default(), &shared.informers);
     let controllers = ControllerManager::start_shared(
         own.clone(),
         manager_config("test-manager"),
