@@ -15,17 +15,23 @@ use serde::de::DeserializeOwned;
 /// top-level `metadata` object.
 pub fn splice_resource_version(raw: &[u8], at: usize, revision: i64) -> Vec<u8> {
     let at = at.min(raw.len());
-    let rest = &raw[at..];
-    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
-    let field = format!(
-        "\"resourceVersion\":\"{revision}\"{}",
-        if empty { "" } else { "," }
-    );
+    let field = resource_version_field(raw, at, revision);
     let mut out = Vec::with_capacity(raw.len() + field.len());
     out.extend_from_slice(&raw[..at]);
     out.extend_from_slice(field.as_bytes());
-    out.extend_from_slice(rest);
+    out.extend_from_slice(&raw[at..]);
     out
+}
+
+/// The text [`splice_resource_version`] inserts at `at`: the field, and a comma unless the
+/// metadata object has nothing after it.
+pub fn resource_version_field(raw: &[u8], at: usize, revision: i64) -> String {
+    let rest = raw.get(at..).unwrap_or_default();
+    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    format!(
+        "\"resourceVersion\":\"{revision}\"{}",
+        if empty { "" } else { "," }
+    )
 }
 
 /// One object's JSON: complete, or stored bytes still lacking their resourceVersion.

@@ -2,10 +2,12 @@
 //! unpaginated list of that resource.
 //!
 //! Each change is decoded once, gets its `resourceVersion`, and is encoded once as a
-//! `WatchEvent` frame (`bytes::Bytes`); every watcher that wants the event sends those same
-//! bytes. A cached object holds the store's own bytes (shared, not copied) and where its
-//! `resourceVersion` goes, so the current state costs one copy of each object in the
-//! process, not two; lists splice the version in as they answer. The cache keeps a bounded window of recent events (by count and by bytes). A
+//! `WatchEvent` [`Frame`]; every watcher that wants the event sends that same frame. A
+//! cached object holds the store's own bytes (shared, not copied) and where its
+//! `resourceVersion` goes, and so does a frame: the current state and the window of events
+//! cost one copy of each object version in the process (the store's); lists splice the
+//! version in as they answer, in-process clients get the stored bytes and the version. The
+//! cache keeps a bounded window of recent events (by count and by bytes). A
 //! watcher is only a cursor into that window: it holds no buffer of its own, so an idle
 //! watcher costs a few hundred bytes and a slow one costs nothing extra. A watcher whose
 //! cursor falls out of the window is closed with `Expired` (the client relists), so memory
@@ -23,9 +25,10 @@ use parking_lot::RwLock;
 use serde_json::Value;
 use skiff_api::proto::{EventType, WatchEvent};
 use skiff_api::raw::RawObject;
+use skiff_api::raw::resource_version_field;
 use skiff_api::resource::ResourceInfo;
 use skiff_api::selector::{FieldSelector, LabelSelector, field_value, selectable_fields};
-use skiff_api::watch_batch::{WatchBatch, encode_frame};
+use skiff_api::watch_batch::{Frame, WatchBatch};
 use skiff_api::{ApiError, INITIAL_EVENTS_END};
 use skiff_client::RawEvent;
 use skiff_store::{EventKind, Revision, Store, StoreError};
@@ -42,7 +45,7 @@ const MAX_BATCH_EVENTS: usize = 512;
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// What selectors need of an object: shared by the object and the window events that
-/// mention it, so an event keeps no JSON of its own beyond its frame.
+/// mention it.
 #[derive(Debug)]
 pub struct CachedMeta {
     /// Store key, namespace and name back to back (one allocation).
@@ -124,6 +127,20 @@ impl CachedObject {
         }
     }
 
+    /// The event of type `kind` about this object, as gRPC watchers receive it: the stored
+    /// bytes themselves, with the resourceVersion field written in front of `splice`.
+    fn frame(&self, kind: EventType) -> Frame {
+        match self.splice {
+            Some(at) => Frame::new(
+                kind as i32,
+                self.raw.clone(),
+                at as usize,
+                resource_version_field(&self.raw, at as usize, self.revision).as_bytes(),
+            ),
+            None => Frame::new(kind as i32, self.raw.clone(), 0, b""),
+        }
+    }
+
     /// The object as served: its JSON with `metadata.resourceVersion`.
     pub fn json(&self) -> Bytes {
         match self.splice {
@@ -140,8 +157,8 @@ impl CachedObject {
 /// One change, encoded once for every watcher. It holds the object (its stored bytes are
 /// the store's; while it is current, the whole object is the cache state's), the previous
 /// one's selector view (to notice objects entering or leaving a watcher's filter), and the
-/// frame, whose tail is the object's JSON with its version: gRPC watchers send the frame,
-/// in-process watchers get the stored bytes.
+/// frame over those same bytes: gRPC watchers send the frame, in-process watchers get the
+/// stored bytes and the version.
 #[derive(Debug)]
 pub struct CachedEvent {
     pub kind: EventType,
@@ -149,17 +166,8 @@ pub struct CachedEvent {
     /// The object (the current one's shared with the cache's state).
     pub object: Arc<CachedObject>,
     pub prev: Option<Arc<CachedMeta>>,
-    /// The `WatchBatch` field-1 frame of this event.
-    pub frame: Bytes,
-    /// Where the object's JSON starts in `frame`.
-    json_at: u32,
-}
-
-impl CachedEvent {
-    /// The object's JSON (with its resourceVersion), shared with the frame.
-    fn json(&self) -> Bytes {
-        self.frame.slice(self.json_at as usize..)
-    }
+    /// The `WatchBatch` field-1 frame of this event (its object part is the stored bytes).
+    pub frame: Frame,
 }
 
 /// What a watcher or list wants to see.
@@ -420,17 +428,8 @@ impl WatchCache {
                         continue;
                     }
                 };
-                let json = object.json();
-                let frame = encode_frame(&WatchEvent {
-                    r#type: kind as i32,
-                    object: json.clone(),
-                });
-                // The object's JSON is the tail of the frame.
-                let Ok(json_at) = u32::try_from(frame.len() - json.len()) else {
-                    tracing::error!(key = e.kv.key, "object too large to cache");
-                    continue;
-                };
-                built.push((kind, rev, Arc::new(object), frame, json_at));
+                let frame = object.frame(kind);
+                built.push((kind, rev, Arc::new(object), frame));
             }
             self.apply(built, resp.revision);
         }
@@ -439,11 +438,11 @@ impl WatchCache {
 
     fn apply(
         &self,
-        built: Vec<(EventType, Revision, Arc<CachedObject>, Bytes, u32)>,
+        built: Vec<(EventType, Revision, Arc<CachedObject>, Frame)>,
         revision: Revision,
     ) {
         let mut state = self.state.write();
-        for (kind, rev, object, frame, json_at) in built {
+        for (kind, rev, object, frame) in built {
             let key = object.meta.key();
             let prev = if kind == EventType::Deleted {
                 state.objects.remove(key)
@@ -457,7 +456,6 @@ impl WatchCache {
                 object,
                 prev: prev.map(|p| p.meta.clone()),
                 frame,
-                json_at,
             }));
         }
         while state.events.len() > self.options.max_events
@@ -626,15 +624,12 @@ impl Watcher {
         let mut batch = WatchBatch::default();
         match self.next_step().await? {
             Step::Initial(objects) => {
-                batch.events = objects
-                    .iter()
-                    .map(|o| event(EventType::Added, o.json()))
-                    .collect()
+                batch.frames = objects.iter().map(|o| o.frame(EventType::Added)).collect()
             }
             Step::Events(events) => {
                 for (e, retyped) in events {
                     match retyped {
-                        Some(kind) => batch.events.push(event(kind, e.json())),
+                        Some(kind) => batch.frames.push(e.object.frame(kind)),
                         None => batch.frames.push(e.frame.clone()),
                     }
                 }
