@@ -25,42 +25,104 @@ use skiff_client::{Client, DeleteParams};
 
 use crate::workqueue::WorkQueue;
 
+/// One object of the graph. Compact, since every pod is one: the namespace and the owner
+/// list are shared (the pods of a ReplicaSet have the same owners).
 #[derive(Debug, Clone)]
 struct Obj {
     plural: &'static str,
-    namespace: String,
-    name: String,
-    owners: Vec<OwnerReference>,
+    namespace: Arc<str>,
+    name: Box<str>,
+    owners: Arc<[OwnerReference]>,
     deleting: bool,
-    finalizers: Vec<String>,
+    finalizers: Box<[String]>,
 }
 
 #[derive(Default)]
 struct Graph {
-    objects: HashMap<String, Obj>,
-    dependents: HashMap<String, HashSet<String>>,
+    objects: HashMap<Arc<str>, Obj>,
+    dependents: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    namespaces: HashSet<Arc<str>>,
+    /// Owner lists by their owners' uids.
+    owner_lists: HashMap<String, Arc<[OwnerReference]>>,
 }
 
 impl Graph {
+    fn namespace(&mut self, ns: &str) -> Arc<str> {
+        if let Some(n) = self.namespaces.get(ns) {
+            return n.clone();
+        }
+        let n: Arc<str> = ns.into();
+        self.namespaces.insert(n.clone());
+        n
+    }
+
+    fn owners(&mut self, owners: Vec<OwnerReference>) -> Arc<[OwnerReference]> {
+        let key = owners
+            .iter()
+            .map(|o| o.uid.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        if let Some(shared) = self.owner_lists.get(&key)
+            && **shared == *owners
+        {
+            return shared.clone();
+        }
+        let list: Arc<[OwnerReference]> = owners.into();
+        if !list.is_empty() {
+            self.owner_lists.insert(key, list.clone());
+        }
+        list
+    }
+
+    /// The uid as the graph holds it (shared by the object and its owners' dependents).
+    fn uid(&self, uid: &str) -> Arc<str> {
+        match self.objects.get_key_value(uid) {
+            Some((k, _)) => k.clone(),
+            None => self
+                .dependents
+                .get_key_value(uid)
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| uid.into()),
+        }
+    }
+
     fn put(&mut self, uid: &str, obj: Obj) {
         self.remove(uid);
-        for o in &obj.owners {
+        let uid = self.uid(uid);
+        for o in obj.owners.iter() {
+            let owner = self.uid(&o.uid);
             self.dependents
-                .entry(o.uid.clone())
+                .entry(owner)
                 .or_default()
-                .insert(uid.to_string());
+                .insert(uid.clone());
         }
-        self.objects.insert(uid.to_string(), obj);
+        self.objects.insert(uid, obj);
     }
 
     fn remove(&mut self, uid: &str) -> Option<Obj> {
         let obj = self.objects.remove(uid)?;
-        for o in &obj.owners {
-            if let Some(d) = self.dependents.get_mut(&o.uid) {
+        for o in obj.owners.iter() {
+            if let Some(d) = self.dependents.get_mut(o.uid.as_str()) {
                 d.remove(uid);
                 if d.is_empty() {
-                    self.dependents.remove(&o.uid);
+                    self.dependents.remove(o.uid.as_str());
                 }
+            }
+        }
+        // Held by the interner and this object alone: the last object with these owners.
+        if Arc::strong_count(&obj.owners) <= 2 && !obj.owners.is_empty() {
+            let key = obj
+                .owners
+                .iter()
+                .map(|o| o.uid.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            if self
+                .owner_lists
+                .get(&key)
+                .is_some_and(|l| Arc::ptr_eq(l, &obj.owners))
+            {
+                self.owner_lists.remove(&key);
             }
         }
         Some(obj)
@@ -98,13 +160,14 @@ impl GarbageCollector {
             Event::Added(o) | Event::Updated { new: o, .. } => {
                 let m = o.metadata();
                 let uid = m.uid.clone().unwrap_or_default();
+                let mut g = self.graph.lock();
                 let obj = Obj {
                     plural,
-                    namespace: m.namespace.clone().unwrap_or_default(),
-                    name: m.name.clone().unwrap_or_default(),
-                    owners: m.owner_references.clone().unwrap_or_default(),
+                    namespace: g.namespace(m.namespace.as_deref().unwrap_or_default()),
+                    name: m.name.as_deref().unwrap_or_default().into(),
+                    owners: g.owners(m.owner_references.clone().unwrap_or_default()),
                     deleting: m.deletion_timestamp.is_some(),
-                    finalizers: m.finalizers.clone().unwrap_or_default(),
+                    finalizers: m.finalizers.clone().unwrap_or_default().into(),
                 };
                 let interesting = !obj.owners.is_empty()
                     || (obj.deleting
@@ -113,7 +176,8 @@ impl GarbageCollector {
                             .iter()
                             .any(|f| f == "orphan" || f == "foregroundDeletion"));
                 let owners: Vec<String> = obj.owners.iter().map(|o| o.uid.clone()).collect();
-                self.graph.lock().put(&uid, obj);
+                g.put(&uid, obj);
+                drop(g);
                 if interesting {
                     self.queue.add(&uid);
                 }
@@ -126,16 +190,16 @@ impl GarbageCollector {
                 let uid = o.metadata().uid.clone().unwrap_or_default();
                 let mut g = self.graph.lock();
                 let removed = g.remove(&uid);
-                let dependents: Vec<String> = g
+                let dependents: Vec<Arc<str>> = g
                     .dependents
-                    .get(&uid)
+                    .get(uid.as_str())
                     .map(|d| d.iter().cloned().collect())
                     .unwrap_or_default();
                 drop(g);
                 for d in dependents {
                     self.queue.add(&d);
                 }
-                for o in removed.map(|r| r.owners).unwrap_or_default() {
+                for o in removed.iter().flat_map(|r| r.owners.iter()) {
                     self.queue.add(&o.uid);
                 }
             }
@@ -149,7 +213,7 @@ impl GarbageCollector {
         ns: &str,
         owner: &OwnerReference,
     ) -> Result<(bool, bool), ApiError> {
-        if let Some(o) = self.graph.lock().objects.get(&owner.uid) {
+        if let Some(o) = self.graph.lock().objects.get(owner.uid.as_str()) {
             let fg = o.deleting && o.finalizers.iter().any(|f| f == "foregroundDeletion");
             return Ok((true, fg));
         }
@@ -223,12 +287,12 @@ impl GarbageCollector {
     pub async fn sync(self: Arc<Self>, uid: String) -> Result<(), ApiError> {
         let (obj, dependents) = {
             let g = self.graph.lock();
-            let Some(obj) = g.objects.get(&uid).cloned() else {
+            let Some(obj) = g.objects.get(uid.as_str()).cloned() else {
                 return Ok(());
             };
-            let deps: Vec<(String, Obj)> = g
+            let deps: Vec<(Arc<str>, Obj)> = g
                 .dependents
-                .get(&uid)
+                .get(uid.as_str())
                 .into_iter()
                 .flatten()
                 .filter_map(|d| g.objects.get(d).map(|o| (d.clone(), o.clone())))
@@ -277,7 +341,7 @@ impl GarbageCollector {
         }
         let mut alive = false;
         let mut waiting_foreground = false;
-        for o in &obj.owners {
+        for o in obj.owners.iter() {
             let (exists, foreground) = self.owner_state(&obj.namespace, o).await?;
             if exists && !foreground {
                 alive = true;
