@@ -77,12 +77,14 @@ impl Term {
 /// A pod as the scheduler tracks it once it has a node.
 #[derive(Debug, Clone)]
 pub struct PodInfo {
-    pub key: String,
-    pub uid: String,
-    pub namespace: String,
-    /// Interned by the cache: the pods of one workload share one map.
+    /// Shared with the cache's index of pods.
+    pub key: Arc<str>,
+    pub uid: Box<str>,
+    /// Interned by the cache, as are `labels` (the pods of one workload share one map) and
+    /// `node`: every pod is one of these.
+    pub namespace: Arc<str>,
     pub labels: Arc<BTreeMap<String, String>>,
-    pub node: String,
+    pub node: Arc<str>,
     pub requests: Resources,
     pub non_zero: Resources,
     /// Its required anti-affinity terms (other pods must keep away from it).
@@ -96,8 +98,9 @@ pub struct PodInfo {
 impl PodInfo {
     pub fn new(pod: &Pod, node: &str) -> PodInfo {
         let m = &pod.metadata;
-        let namespace = m.namespace.clone().unwrap_or_else(|| "default".into());
-        let spec = pod.spec.clone().unwrap_or_default();
+        let namespace = m.namespace.as_deref().unwrap_or("default");
+        let no_spec = k8s_openapi::api::core::v1::PodSpec::default();
+        let spec = pod.spec.as_ref().unwrap_or(&no_spec);
         let required_anti = spec
             .affinity
             .as_ref()
@@ -109,20 +112,20 @@ impl PodInfo {
             .map(|terms| {
                 terms
                     .iter()
-                    .map(|t| Term::compile(t, &namespace, 1))
+                    .map(|t| Term::compile(t, namespace, 1))
                     .collect()
             })
             .unwrap_or_default();
         PodInfo {
-            key: format!("{namespace}/{}", m.name.as_deref().unwrap_or_default()),
-            uid: m.uid.clone().unwrap_or_default(),
-            namespace,
+            key: format!("{namespace}/{}", m.name.as_deref().unwrap_or_default()).into(),
+            uid: m.uid.as_deref().unwrap_or_default().into(),
+            namespace: namespace.into(),
             labels: Arc::new(m.labels.clone().unwrap_or_default()),
-            node: node.to_string(),
-            requests: pod_requests(&spec, false),
-            non_zero: pod_requests(&spec, true),
+            node: node.into(),
+            requests: pod_requests(spec, false),
+            non_zero: pod_requests(spec, true),
             required_anti,
-            host_ports: host_ports(&spec),
+            host_ports: host_ports(spec),
             assumed: false,
             node_idx: None,
         }
@@ -201,10 +204,10 @@ pub struct Cache {
     domains: FxHashMap<String, FxHashMap<String, usize>>,
     /// Placed pods by slot; `slots` maps `namespace/name` to its slot.
     pods: Vec<Option<PodInfo>>,
-    slots: FxHashMap<String, usize>,
+    slots: FxHashMap<Arc<str>, usize>,
     free: Vec<usize>,
     /// Slots of pods whose node the cache does not know (yet), by node name.
-    waiting: FxHashMap<String, FxHashSet<usize>>,
+    waiting: FxHashMap<Arc<str>, FxHashSet<usize>>,
     /// `key=value` -> slots of pods carrying that label.
     by_label: FxHashMap<String, FxHashSet<usize>>,
     /// Existing pods' required anti-affinity terms, as (slot, term index): by a
@@ -213,6 +216,8 @@ pub struct Cache {
     anti_any: Vec<(usize, usize)>,
     /// Placed pods' label maps, one per distinct map.
     interned: FxHashSet<Arc<BTreeMap<String, String>>>,
+    /// Placed pods' namespaces and node names, one of each.
+    names: FxHashSet<Arc<str>>,
     /// Bumped on every change (lets tests and callers notice progress).
     pub generation: u64,
 }
@@ -263,7 +268,7 @@ impl Cache {
         let i = self.nodes.len();
         let mut info = NodeInfo::new(node);
         // Pods seen before their node count from the start.
-        for slot in self.waiting.remove(&name).unwrap_or_default() {
+        for slot in self.waiting.remove(name.as_str()).unwrap_or_default() {
             if let Some(p) = self.pods[slot].as_mut() {
                 info.requested.add(&p.requests);
                 info.non_zero_requested.add(&p.non_zero);
@@ -292,7 +297,8 @@ impl Cache {
             }
         }
         if !gone.pods.is_empty() {
-            self.waiting.insert(gone.name.clone(), gone.pods.clone());
+            self.waiting
+                .insert(gone.name.as_str().into(), gone.pods.clone());
         }
         if let Some(moved) = self.nodes.get(i) {
             self.index.insert(moved.name.clone(), i);
@@ -314,6 +320,17 @@ impl Cache {
         self.slots.len()
     }
 
+    /// The shared copy of a namespace or node name.
+    fn name(&mut self, name: &Arc<str>) -> Arc<str> {
+        match self.names.get(name) {
+            Some(same) => same.clone(),
+            None => {
+                self.names.insert(name.clone());
+                name.clone()
+            }
+        }
+    }
+
     /// Adds or replaces a placed pod (an assumed one included).
     pub fn add_pod(&mut self, mut info: PodInfo) {
         self.remove_pod(&info.key.clone());
@@ -324,6 +341,8 @@ impl Cache {
                 self.interned.insert(info.labels.clone());
             }
         }
+        info.namespace = self.name(&info.namespace);
+        info.node = self.name(&info.node);
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -331,7 +350,7 @@ impl Cache {
                 self.pods.len() - 1
             }
         };
-        info.node_idx = self.index.get(&info.node).copied();
+        info.node_idx = self.index.get(&*info.node).copied();
         match info.node_idx {
             Some(i) => {
                 let n = &mut self.nodes[i];

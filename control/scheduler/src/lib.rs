@@ -298,8 +298,8 @@ impl Scheduler {
                             // touches the cache.
                             let known = cache.read().pod(&key).is_some_and(|i| {
                                 !i.assumed
-                                    && i.node == node
-                                    && i.uid == p.metadata.uid.as_deref().unwrap_or_default()
+                                    && *i.node == *node
+                                    && *i.uid == *p.metadata.uid.as_deref().unwrap_or_default()
                                     && Some(&*i.labels) == p.metadata.labels.as_ref()
                             });
                             if !known {

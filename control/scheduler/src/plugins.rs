@@ -145,7 +145,8 @@ pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
 impl<'c> Cycle<'c> {
     /// PreFilter: compiles `pod` and precomputes against `cache`.
     pub fn new(pod: &Pod, cache: &'c Cache) -> Cycle<'c> {
-        let spec: PodSpec = pod.spec.clone().unwrap_or_default();
+        let no_spec = PodSpec::default();
+        let spec: &PodSpec = pod.spec.as_ref().unwrap_or(&no_spec);
         let m = &pod.metadata;
         let namespace = m.namespace.clone().unwrap_or_else(|| "default".into());
         let labels = m.labels.clone().unwrap_or_default();
@@ -179,27 +180,27 @@ impl<'c> Cycle<'c> {
             key: format!("{namespace}/{}", m.name.as_deref().unwrap_or_default()),
             namespace: namespace.clone(),
             labels,
-            requests: pod_requests(&spec, false),
-            non_zero: pod_requests(&spec, true),
+            requests: pod_requests(spec, false),
+            non_zero: pod_requests(spec, true),
             node_name: spec.node_name.clone().filter(|n| !n.is_empty()),
             node_selector: spec.node_selector.clone().unwrap_or_default(),
             required_affinity,
             preferred_affinity,
             tolerations: spec.tolerations.clone().unwrap_or_default(),
-            host_ports: host_ports(&spec),
+            host_ports: host_ports(spec),
             anti_domains: Vec::new(),
             existing_anti: FastMap::default(),
             affinity_domains: Vec::new(),
             preferred_pods: Vec::new(),
             spreads: Vec::new(),
         };
-        cycle.prefilter_affinity(&spec, cache);
+        cycle.prefilter_affinity(spec, cache);
         let owned = m
             .owner_references
             .iter()
             .flatten()
             .any(|r| r.controller == Some(true));
-        cycle.prefilter_spread(&spec, owned, cache);
+        cycle.prefilter_spread(spec, owned, cache);
         cycle
     }
 
