@@ -14,7 +14,7 @@
 //! never grows with slow clients. Resuming inside the window replays exactly the missed
 //! events; older than the window gets `Expired`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -190,8 +190,38 @@ impl Filter {
     }
 }
 
+/// A current object ordered and found by its store key.
+struct ByKey(Arc<CachedObject>);
+
+impl std::borrow::Borrow<str> for ByKey {
+    fn borrow(&self) -> &str {
+        self.0.meta.key()
+    }
+}
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.meta.key() == other.0.meta.key()
+    }
+}
+
+impl Eq for ByKey {}
+
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.meta.key().cmp(other.0.meta.key())
+    }
+}
+
 struct CacheState {
-    objects: BTreeMap<String, Arc<CachedObject>>,
+    /// Current objects by store key (the key is the object's own: no copy).
+    objects: BTreeSet<ByKey>,
     events: VecDeque<Arc<CachedEvent>>,
     event_bytes: usize,
     /// Every event with a revision above this one is in `events`.
@@ -240,7 +270,7 @@ impl WatchCache {
         let cache = Arc::new(WatchCache {
             info,
             state: RwLock::new(CacheState {
-                objects: BTreeMap::new(),
+                objects: BTreeSet::new(),
                 events: VecDeque::new(),
                 event_bytes: 0,
                 window_start: 0,
@@ -379,11 +409,11 @@ impl WatchCache {
 
     async fn relist(&self, store: &dyn Store) -> Result<Revision, StoreError> {
         let list = store.range(&self.info.key_prefix(), "", 0, 0).await?;
-        let mut objects = BTreeMap::new();
+        let mut objects = BTreeSet::new();
         for kv in &list.kvs {
             match self.decode(&kv.key, &kv.value, kv.mod_revision) {
                 Ok(o) => {
-                    objects.insert(kv.key.clone(), Arc::new(o));
+                    objects.replace(ByKey(Arc::new(o)));
                 }
                 Err(e) => tracing::error!(key = kv.key, error = %e, "undecodable object in store"),
             }
@@ -445,10 +475,11 @@ impl WatchCache {
         for (kind, rev, object, frame) in built {
             let key = object.meta.key();
             let prev = if kind == EventType::Deleted {
-                state.objects.remove(key)
+                state.objects.take(key)
             } else {
-                state.objects.insert(key.to_string(), object.clone())
-            };
+                state.objects.replace(ByKey(object.clone()))
+            }
+            .map(|p| p.0);
             state.event_bytes += frame.len();
             state.events.push_back(Arc::new(CachedEvent {
                 kind,
@@ -479,7 +510,7 @@ impl WatchCache {
 
     /// The cached object at `key`, if the cache has it.
     pub fn get(&self, key: &str) -> Option<Arc<CachedObject>> {
-        self.state.read().objects.get(key).cloned()
+        self.state.read().objects.get(key).map(|o| o.0.clone())
     }
 
     /// The revision the cache is current to.
@@ -515,10 +546,13 @@ impl WatchCache {
         let prefix = self.info.namespace_prefix(&filter.namespace);
         let items = state
             .objects
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter(|(_, o)| filter.matches(self.info.plural, &o.meta))
-            .map(|(_, o)| o.clone())
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|o| o.0.meta.key().starts_with(&prefix))
+            .filter(|o| filter.matches(self.info.plural, &o.0.meta))
+            .map(|o| o.0.clone())
             .collect();
         (items, state.revision)
     }
@@ -545,10 +579,13 @@ impl WatchCache {
                 let prefix = self.info.namespace_prefix(&filter.namespace);
                 let objects: Vec<Arc<CachedObject>> = state
                     .objects
-                    .range(prefix.clone()..)
-                    .take_while(|(k, _)| k.starts_with(&prefix))
-                    .filter(|(_, o)| filter.matches(self.info.plural, &o.meta))
-                    .map(|(_, o)| o.clone())
+                    .range::<str, _>((
+                        std::ops::Bound::Included(prefix.as_str()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .take_while(|o| o.0.meta.key().starts_with(&prefix))
+                    .filter(|o| filter.matches(self.info.plural, &o.0.meta))
+                    .map(|o| o.0.clone())
                     .collect();
                 (state.revision, objects)
             }

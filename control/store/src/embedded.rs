@@ -14,7 +14,7 @@
 //! History is kept in memory only: after a restart, watches and reads resume from the
 //! revision at start-up (older ones get `Compacted`, as kube-apiserver's watch cache does).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -67,8 +67,63 @@ impl Default for EmbeddedOptions {
     }
 }
 
+/// A current key-value, ordered and found by its own key (a map would hold every key
+/// twice).
+struct ByKey(KeyValue);
+
+impl std::borrow::Borrow<str> for ByKey {
+    fn borrow(&self) -> &str {
+        &self.0.key
+    }
+}
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for ByKey {}
+
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.key.cmp(&other.0.key)
+    }
+}
+
+/// The current key-values.
+#[derive(Default)]
+struct Kvs(BTreeSet<ByKey>);
+
+impl Kvs {
+    fn get(&self, key: &str) -> Option<&KeyValue> {
+        self.0.get(key).map(|e| &e.0)
+    }
+
+    fn insert(&mut self, kv: KeyValue) {
+        self.0.replace(ByKey(kv));
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    /// Key-values from `from` on, in key order.
+    fn from(&self, from: &str) -> impl Iterator<Item = &KeyValue> {
+        self.0
+            .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+            .map(|e| &e.0)
+    }
+}
+
 struct State {
-    kvs: BTreeMap<String, KeyValue>,
+    kvs: Kvs,
     /// Every event with a revision at or above `oldest`, in revision order.
     history: VecDeque<Arc<Event>>,
     /// Sum of [`history_cost`] over `history`.
@@ -168,7 +223,7 @@ impl EmbeddedStore {
             .set_cache_size(32 << 20)
             .create(&path)
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        let mut kvs = BTreeMap::new();
+        let mut kvs = Kvs::default();
         let mut revision = 0;
         {
             let txn = db.begin_read().map_err(backend)?;
@@ -185,8 +240,7 @@ impl EmbeddedStore {
                 Ok(table) => {
                     for entry in table.iter().map_err(backend)? {
                         let (k, v) = entry.map_err(backend)?;
-                        let kv = decode(k.value(), v.value())?;
-                        kvs.insert(kv.key.clone(), kv);
+                        kvs.insert(decode(k.value(), v.value())?);
                     }
                 }
                 Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -203,7 +257,7 @@ impl EmbeddedStore {
                 match e {
                     wal::Entry::Put(kv) => {
                         replayed.insert(kv.key.clone(), Some(kv.clone()));
-                        kvs.insert(kv.key.clone(), kv);
+                        kvs.insert(kv);
                     }
                     wal::Entry::Delete(key) => {
                         kvs.remove(&key);
@@ -537,12 +591,8 @@ impl Committer {
             let mut state = self.shared.state.write();
             for (key, value) in overlay {
                 match value {
-                    Some(kv) => {
-                        state.kvs.insert(key, kv);
-                    }
-                    None => {
-                        state.kvs.remove(&key);
-                    }
+                    Some(kv) => state.kvs.insert(kv),
+                    None => state.kvs.remove(&key),
                 }
             }
             state.history_bytes += events.iter().map(|e| history_cost(e)).sum::<usize>();
@@ -782,10 +832,9 @@ impl Store for EmbeddedStore {
         };
         let mut current = state
             .kvs
-            .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(k, _)| !fix.contains_key(k.as_str()))
-            .map(|(_, v)| v)
+            .from(from)
+            .take_while(|kv| kv.key.starts_with(prefix))
+            .filter(|kv| !fix.contains_key(kv.key.as_str()))
             .peekable();
         let mut then = fix
             .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
