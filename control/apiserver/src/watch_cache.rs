@@ -31,7 +31,7 @@ use skiff_api::selector::{FieldSelector, LabelSelector, field_value, selectable_
 use skiff_api::watch_batch::{Frame, WatchBatch};
 use skiff_api::{ApiError, INITIAL_EVENTS_END};
 use skiff_client::RawEvent;
-use skiff_store::{EventKind, Revision, Store, StoreError};
+use skiff_store::{ByKey, EventKind, Keyed, Revision, Store, StoreError};
 
 use crate::object_json::{
     Selectable, splice_point, splice_resource_version, with_resource_version,
@@ -190,38 +190,15 @@ impl Filter {
     }
 }
 
-/// A current object ordered and found by its store key.
-struct ByKey(Arc<CachedObject>);
-
-impl std::borrow::Borrow<str> for ByKey {
-    fn borrow(&self) -> &str {
-        self.0.meta.key()
-    }
-}
-
-impl PartialEq for ByKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.meta.key() == other.0.meta.key()
-    }
-}
-
-impl Eq for ByKey {}
-
-impl PartialOrd for ByKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ByKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.meta.key().cmp(other.0.meta.key())
+impl Keyed for CachedObject {
+    fn key(&self) -> &str {
+        self.meta.key()
     }
 }
 
 struct CacheState {
     /// Current objects by store key (the key is the object's own: no copy).
-    objects: BTreeSet<ByKey>,
+    objects: BTreeSet<ByKey<Arc<CachedObject>>>,
     events: VecDeque<Arc<CachedEvent>>,
     event_bytes: usize,
     /// Every event with a revision above this one is in `events`.
@@ -543,8 +520,13 @@ impl WatchCache {
     /// Every object matching `filter`, in key order, and the revision of the snapshot.
     pub fn list(&self, filter: &Filter) -> (Vec<Arc<CachedObject>>, Revision) {
         let state = self.state.read();
+        (self.matching(&state, filter), state.revision)
+    }
+
+    /// The current objects of `state` that `filter` selects, in key order.
+    fn matching(&self, state: &CacheState, filter: &Filter) -> Vec<Arc<CachedObject>> {
         let prefix = self.info.namespace_prefix(&filter.namespace);
-        let items = state
+        state
             .objects
             .range::<str, _>((
                 std::ops::Bound::Included(prefix.as_str()),
@@ -553,8 +535,7 @@ impl WatchCache {
             .take_while(|o| o.0.meta.key().starts_with(&prefix))
             .filter(|o| filter.matches(self.info.plural, &o.0.meta))
             .map(|o| o.0.clone())
-            .collect();
-        (items, state.revision)
+            .collect()
     }
 
     /// Opens a watch. `from`: deliver events after this revision (None: start with the
@@ -575,20 +556,7 @@ impl WatchCache {
                 }
                 (rev, Vec::new())
             }
-            None => {
-                let prefix = self.info.namespace_prefix(&filter.namespace);
-                let objects: Vec<Arc<CachedObject>> = state
-                    .objects
-                    .range::<str, _>((
-                        std::ops::Bound::Included(prefix.as_str()),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .take_while(|o| o.0.meta.key().starts_with(&prefix))
-                    .filter(|o| filter.matches(self.info.plural, &o.0.meta))
-                    .map(|o| o.0.clone())
-                    .collect();
-                (state.revision, objects)
-            }
+            None => (state.revision, self.matching(&state, &filter)),
         };
         Ok(Watcher {
             cache: self.clone(),
@@ -658,8 +626,9 @@ impl Watcher {
     /// The next batch of events for a gRPC stream; `None` once the watch is over. Errors
     /// (a cursor that fell out of the window) come as a final ERROR event.
     pub async fn next_batch(&mut self) -> Option<WatchBatch> {
+        let step = self.next_step().await?;
         let mut batch = WatchBatch::default();
-        match self.next_step().await? {
+        match step {
             Step::Initial(objects) => {
                 batch.frames = objects.iter().map(|o| o.frame(EventType::Added)).collect()
             }

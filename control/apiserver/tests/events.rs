@@ -22,7 +22,12 @@ fn object(name: &str) -> ObjectReference {
     }
 }
 
-async fn events_about(c: &skiff_client::Client, name: &str, total: i32) -> Vec<Event> {
+/// The events about `name`, once `done` holds for them (up to 15 s).
+async fn events_about(
+    c: &skiff_client::Client,
+    name: &str,
+    done: impl Fn(&[Event]) -> bool,
+) -> Vec<Event> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let events: Vec<Event> = c
@@ -34,16 +39,20 @@ async fn events_about(c: &skiff_client::Client, name: &str, total: i32) -> Vec<E
             .into_iter()
             .filter(|e| e.involved_object.name.as_deref() == Some(name))
             .collect();
-        let counted: i32 = events.iter().map(|e| e.count.unwrap_or(0)).sum();
-        if counted == total {
+        if done(&events) {
             return events;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{counted} of {total} events about {name} recorded"
+            "events about {name}: {events:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// All `total` recordings counted.
+fn counted(total: i32) -> impl Fn(&[Event]) -> bool {
+    move |events| events.iter().map(|e| e.count.unwrap_or(0)).sum::<i32>() == total
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +75,7 @@ async fn repeats_are_counted_and_floods_combined() {
             "Error creating: quota",
         );
     }
-    let web = events_about(&s.client, "web", 15).await;
+    let web = events_about(&s.client, "web", counted(15)).await;
     let (combined, single): (Vec<&Event>, Vec<&Event>) = web.iter().partition(|e| {
         e.message
             .as_deref()
@@ -86,7 +95,7 @@ async fn repeats_are_counted_and_floods_combined() {
     );
     assert!(combined[0].last_timestamp >= combined[0].first_timestamp);
 
-    let db = events_about(&s.client, "db", 3).await;
+    let db = events_about(&s.client, "db", counted(3)).await;
     assert_eq!(db.len(), 1, "repeats are one event");
     assert_eq!(db[0].count, Some(3));
     assert_eq!(db[0].reason.as_deref(), Some("FailedCreate"));
@@ -111,25 +120,8 @@ async fn repeats_are_counted_and_floods_combined() {
         "FailedCreate",
         "Error creating: quota",
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let events: Vec<Event> = s
-            .client
-            .api::<Event>("default")
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .items
-            .into_iter()
-            .filter(|e| e.involved_object.name.as_deref() == Some("db"))
-            .collect();
-        if events.len() == 1 && events[0].count >= Some(5) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the removed event is recreated: {events:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    events_about(&s.client, "db", |events| {
+        events.len() == 1 && events[0].count >= Some(5)
+    })
+    .await;
 }

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use skiff_apiserver::watch_cache::CacheOptions;
 use skiff_client::informer::{Event, Informer};
 use skiff_client::{Client, DeleteParams, ListParams};
-use support::{body, configmap, start_with};
+use support::{body, configmap, eventually, start_with};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -61,17 +61,6 @@ fn label(cm: &ConfigMap) -> Vec<String> {
         .filter(|(k, _)| *k == "app")
         .map(|(_, v)| v.clone())
         .collect()
-}
-
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,21 +15,10 @@ use skiff_api::Reason;
 use skiff_apiserver::watch_cache::CacheOptions;
 use skiff_client::informer::{Event, Informer};
 use skiff_client::{Client, DeleteParams, ListParams, RawEvent};
-use support::{body, configmap, parse, pod, rv, start_with};
+use support::{body, configmap, eventually, parse, pod, rv, start_with};
 
 fn local(s: &support::TestServer) -> Client {
     skiff_apiserver::local::client(s.registry.clone(), &s.address)
-}
-
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Every verb answers in-process as it does over gRPC, errors included.

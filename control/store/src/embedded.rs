@@ -27,8 +27,8 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::wal;
 use crate::{
-    Event, EventKind, KeyValue, RangeResult, Result, Revision, Store, StoreError, WatchResponse,
-    WatchStream,
+    ByKey, Event, EventKind, KeyValue, RangeResult, Result, Revision, Store, StoreError,
+    WatchResponse, WatchStream,
 };
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -67,39 +67,9 @@ impl Default for EmbeddedOptions {
     }
 }
 
-/// A current key-value, ordered and found by its own key (a map would hold every key
-/// twice).
-struct ByKey(KeyValue);
-
-impl std::borrow::Borrow<str> for ByKey {
-    fn borrow(&self) -> &str {
-        &self.0.key
-    }
-}
-
-impl PartialEq for ByKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.key == other.0.key
-    }
-}
-
-impl Eq for ByKey {}
-
-impl PartialOrd for ByKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ByKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.key.cmp(&other.0.key)
-    }
-}
-
 /// The current key-values.
 #[derive(Default)]
-struct Kvs(BTreeSet<ByKey>);
+struct Kvs(BTreeSet<ByKey<KeyValue>>);
 
 impl Kvs {
     fn get(&self, key: &str) -> Option<&KeyValue> {

@@ -25,6 +25,54 @@ use futures::Stream;
 /// A store revision. 0 means "the latest" where a revision is optional.
 pub type Revision = i64;
 
+/// Something found by a string key of its own.
+pub trait Keyed {
+    fn key(&self) -> &str;
+}
+
+impl Keyed for KeyValue {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl<T: Keyed + ?Sized> Keyed for std::sync::Arc<T> {
+    fn key(&self) -> &str {
+        (**self).key()
+    }
+}
+
+/// A [`Keyed`] value in a `BTreeSet`, ordered and found (through `Borrow<str>`) by its own
+/// key: a map from key to value would hold every key twice.
+#[derive(Debug)]
+pub struct ByKey<T>(pub T);
+
+impl<T: Keyed> std::borrow::Borrow<str> for ByKey<T> {
+    fn borrow(&self) -> &str {
+        self.0.key()
+    }
+}
+
+impl<T: Keyed> PartialEq for ByKey<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key() == other.0.key()
+    }
+}
+
+impl<T: Keyed> Eq for ByKey<T> {}
+
+impl<T: Keyed> PartialOrd for ByKey<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<T: Keyed> Ord for ByKey<T> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.key().cmp(other.0.key())
+    }
+}
+
 /// One key at one revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {

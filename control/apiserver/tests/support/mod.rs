@@ -111,3 +111,15 @@ pub fn configmap(name: &str, value: &str) -> Value {
         "data": {"k": value}
     })
 }
+
+/// Waits up to 15 s for `f` to hold.
+pub async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
