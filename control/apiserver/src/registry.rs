@@ -1294,14 +1294,15 @@ impl Registry {
                 let mut next = current.clone();
                 meta_mut(&mut next).insert("deletionTimestamp".into(), json!(now()));
                 next["status"] = json!({"phase": "Terminating"});
-                let bytes =
-                    serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?;
+                let bytes = Bytes::from(
+                    serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?,
+                );
                 match self
                     .store
-                    .update(&key, Bytes::from(bytes), cur.mod_revision)
+                    .update(&key, bytes.clone(), cur.mod_revision)
                     .await
                 {
-                    Ok(kv) => return Ok((Self::respond_value(&next, kv.mod_revision)?, false)),
+                    Ok(kv) => return Ok((Self::respond_raw(&bytes, kv.mod_revision)?, false)),
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(e) => return Err(store_error(e, info, name)),
                 }
@@ -1310,7 +1311,7 @@ impl Registry {
                 match self.store.delete(&key, cur.mod_revision).await {
                     Ok(kv) => {
                         self.after_delete(info, &current);
-                        return Ok((Self::respond_value(&current, kv.mod_revision)?, true));
+                        return Ok((Self::respond_raw(&cur.value, kv.mod_revision)?, true));
                     }
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(e) => return Err(store_error(e, info, name)),
@@ -1337,13 +1338,15 @@ impl Registry {
             if !fins.is_empty() {
                 meta.insert("finalizers".into(), json!(fins));
             }
-            let bytes = serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?;
+            let bytes = Bytes::from(
+                serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?,
+            );
             match self
                 .store
-                .update(&key, Bytes::from(bytes), cur.mod_revision)
+                .update(&key, bytes.clone(), cur.mod_revision)
                 .await
             {
-                Ok(kv) => return Ok((Self::respond_value(&next, kv.mod_revision)?, false)),
+                Ok(kv) => return Ok((Self::respond_raw(&bytes, kv.mod_revision)?, false)),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(store_error(e, info, name)),
             }
@@ -1466,7 +1469,7 @@ impl Registry {
                     ),
                 ));
             }
-            let mut next = current.clone();
+            let mut next = current;
             next["spec"]["nodeName"] = json!(target);
             let status = next
                 .get_mut("status")
@@ -1484,13 +1487,15 @@ impl Registry {
             conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
             conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}));
             next["status"]["conditions"] = json!(conditions);
-            let bytes = serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?;
+            let bytes = Bytes::from(
+                serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?,
+            );
             match self
                 .store
-                .update(&key, Bytes::from(bytes), cur.mod_revision)
+                .update(&key, bytes.clone(), cur.mod_revision)
                 .await
             {
-                Ok(kv) => return Self::respond_value(&next, kv.mod_revision),
+                Ok(kv) => return Self::respond_raw(&bytes, kv.mod_revision),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(store_error(e, info, name)),
             }
