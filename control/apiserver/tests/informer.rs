@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use skiff_apiserver::watch_cache::CacheOptions;
 use skiff_client::informer::{Event, Informer};
 use skiff_client::{Client, DeleteParams, ListParams};
-use support::{body, configmap, eventually, start_with};
+use support::{body, configmap, eventually, log_events, start_with};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -100,21 +100,7 @@ async fn lists_watches_resumes_and_relists(compact: bool) {
     } else {
         informer
     };
-    let handle = informer
-        .index("app", label)
-        .on_event(move |e| {
-            let entry = match e {
-                Event::Added(o) => format!("add {}", o.metadata.name.as_deref().unwrap_or("")),
-                Event::Updated { old, new } => {
-                    assert_eq!(old.metadata.name, new.metadata.name);
-                    assert_ne!(old.metadata.resource_version, new.metadata.resource_version);
-                    format!("update {}", new.metadata.name.as_deref().unwrap_or(""))
-                }
-                Event::Deleted(o) => format!("delete {}", o.metadata.name.as_deref().unwrap_or("")),
-            };
-            l.lock().push(entry);
-        })
-        .start();
+    let handle = informer.index("app", label).on_event(log_events(l)).start();
     let reader = handle.reader.clone();
     tokio::time::timeout(Duration::from_secs(10), reader.wait_synced())
         .await

@@ -13,9 +13,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use parking_lot::Mutex;
 use skiff_api::Reason;
 use skiff_apiserver::watch_cache::CacheOptions;
-use skiff_client::informer::{Event, Informer};
+use skiff_client::informer::Informer;
 use skiff_client::{Client, DeleteParams, ListParams, RawEvent};
-use support::{body, configmap, eventually, parse, pod, rv, start_with};
+use support::{body, configmap, eventually, log_events, parse, pod, rv, start_with};
 
 fn local(s: &support::TestServer) -> Client {
     skiff_apiserver::local::client(s.registry.clone(), &s.address)
@@ -381,17 +381,7 @@ async fn in_process_caches_share_the_servers_bytes() {
     let l = log.clone();
     let handle = Informer::new(local.api::<ConfigMap>("default"), ListParams::default())
         .compact()
-        .on_event(move |e| {
-            let entry = match e {
-                Event::Added(o) => format!("add {}", o.metadata.name.as_deref().unwrap_or("")),
-                Event::Updated { old, new } => {
-                    assert_ne!(old.metadata.resource_version, new.metadata.resource_version);
-                    format!("update {}", new.metadata.name.as_deref().unwrap_or(""))
-                }
-                Event::Deleted(o) => format!("delete {}", o.metadata.name.as_deref().unwrap_or("")),
-            };
-            l.lock().push(entry);
-        })
+        .on_event(log_events(l))
         .start();
     let reader = handle.reader.clone();
     tokio::time::timeout(Duration::from_secs(10), reader.wait_synced())

@@ -123,3 +123,23 @@ pub async fn eventually(what: &str, f: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An informer handler that logs "add a", "update a", "delete a" into `log`, checking an
+/// update's old object is the same object at an earlier version.
+pub fn log_events(
+    log: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
+) -> impl Fn(&skiff_client::informer::Event<k8s_openapi::api::core::v1::ConfigMap>) {
+    use skiff_client::informer::Event;
+    move |e| {
+        let entry = match e {
+            Event::Added(o) => format!("add {}", o.metadata.name.as_deref().unwrap_or("")),
+            Event::Updated { old, new } => {
+                assert_eq!(old.metadata.name, new.metadata.name);
+                assert_ne!(old.metadata.resource_version, new.metadata.resource_version);
+                format!("update {}", new.metadata.name.as_deref().unwrap_or(""))
+            }
+            Event::Deleted(o) => format!("delete {}", o.metadata.name.as_deref().unwrap_or("")),
+        };
+        log.lock().push(entry);
+    }
+}
