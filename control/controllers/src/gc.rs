@@ -35,6 +35,9 @@ struct Obj {
     owners: Arc<[OwnerReference]>,
     deleting: bool,
     finalizers: Box<[String]>,
+    /// The version this record describes: deletions are made on it, so a decision taken on
+    /// a stale record (an owner reference removed since, by an orphaning) fails instead.
+    resource_version: Box<str>,
 }
 
 #[derive(Default)]
@@ -168,6 +171,7 @@ impl GarbageCollector {
                     owners: g.owners(m.owner_references.clone().unwrap_or_default()),
                     deleting: m.deletion_timestamp.is_some(),
                     finalizers: m.finalizers.clone().unwrap_or_default().into(),
+                    resource_version: m.resource_version.as_deref().unwrap_or_default().into(),
                 };
                 let interesting = !obj.owners.is_empty()
                     || (obj.deleting
@@ -252,6 +256,7 @@ impl GarbageCollector {
                 &obj.name,
                 &DeleteParams {
                     precondition_uid: uid.to_string(),
+                    precondition_resource_version: obj.resource_version.to_string(),
                     propagation_policy: policy.into(),
                     ..Default::default()
                 },
