@@ -180,7 +180,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // The scheduler and the controller manager are API clients like any other, calling
     // this server in-process: no loopback connection, no encoding, and their caches share
     // the server's bytes of every object.
-    let own = skiff_apiserver::local::client(registry.clone(), &address);
+    let own = skiff_client::Client::local(skiff_apiserver::local::api(registry.clone()), &address);
     // Both in this process: one pod cache and one node cache for the two (at 150,000 pods
     // each cache is hundreds of megabytes).
     let shared_handles = (!args.no_scheduler && !args.no_controllers)

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod defaults;
 pub mod error;
 pub mod grpc_codec;
+pub mod local;
 pub mod object;
 pub mod raw;
 pub mod resource;

@@ -1,4 +1,4 @@
-//! The API served in-process ([`skiff_client::LocalApi`]): the scheduler and the
+//! The API served in-process ([`skiff_api::local::LocalApi`]): the scheduler and the
 //! controller manager inside `skiff server` call the registry directly. Same verbs, same
 //! checks and errors as the gRPC service; lists and watches hand out the stored bytes
 //! ([`RawObject`]) instead of copies with the version spliced in.
@@ -8,20 +8,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use skiff_api::ApiError;
+use skiff_api::local::{
+    DeleteParams, ExecStream, ListParams, LocalApi, LogStream, ObjectWatch, RawList,
+};
 use skiff_api::proto::api_server::Api;
 use skiff_api::proto::{BindRequest, PodExecRequest, PodLogsRequest};
 use skiff_api::raw::RawObject;
-use skiff_client::{
-    DeleteParams, ExecStream, ListParams, LocalApi, LogStream, ObjectWatch, RawList,
-};
 use tonic::Request;
 
 use crate::grpc::ApiService;
 use crate::registry::{DeleteOptions, Registry};
 
-/// An in-process client of `registry`'s API server.
-pub fn client(registry: Arc<Registry>, address: &str) -> skiff_client::Client {
-    skiff_client::Client::local(Arc::new(ApiService::new(registry)), address)
+/// The API of `registry`'s server, in-process: give it to `skiff_client::Client::local`.
+pub fn api(registry: Arc<Registry>) -> Arc<dyn LocalApi> {
+    Arc::new(ApiService::new(registry))
 }
 
 #[tonic::async_trait]

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use parking_lot::RwLock;
 use serde_json::Value;
+use skiff_api::local::RawEvent;
 use skiff_api::proto::{EventType, WatchEvent};
 use skiff_api::raw::RawObject;
 use skiff_api::raw::resource_version_field;
@@ -30,7 +31,6 @@ use skiff_api::resource::ResourceInfo;
 use skiff_api::selector::{FieldSelector, LabelSelector, field_value, selectable_fields};
 use skiff_api::watch_batch::{Frame, WatchBatch};
 use skiff_api::{ApiError, INITIAL_EVENTS_END};
-use skiff_client::RawEvent;
 use skiff_store::{ByKey, EventKind, Keyed, Revision, Store, StoreError};
 
 use crate::object_json::{

@@ -18,7 +18,7 @@ use skiff_client::{Client, DeleteParams, ListParams, RawEvent};
 use support::{body, configmap, eventually, log_events, parse, pod, rv, start_with};
 
 fn local(s: &support::TestServer) -> Client {
-    skiff_apiserver::local::client(s.registry.clone(), &s.address)
+    Client::local(skiff_apiserver::local::api(s.registry.clone()), &s.address)
 }
 
 /// Every verb answers in-process as it does over gRPC, errors included.

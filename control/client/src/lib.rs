@@ -7,7 +7,6 @@
 
 pub mod events;
 pub mod informer;
-pub mod local;
 
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -29,74 +28,16 @@ use skiff_api::raw::RawObject;
 use skiff_api::{ApiError, INITIAL_EVENTS_END, Reason};
 use tonic::transport::{Channel, Endpoint};
 
-pub use local::LocalApi;
 pub use skiff_api;
+pub use skiff_api::local::{
+    DeleteParams, ExecStream, ListParams, LocalApi, LogStream, ObjectWatch, RawEvent, RawList,
+};
 
 /// Default API server address.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:6443";
 
 /// Largest message the client accepts (lists can be large).
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
-
-/// Options of a list.
-#[derive(Debug, Clone, Default)]
-pub struct ListParams {
-    pub label_selector: String,
-    pub field_selector: String,
-    pub limit: i64,
-    pub continue_token: String,
-    pub resource_version: String,
-}
-
-impl ListParams {
-    pub fn labels(mut self, selector: &str) -> Self {
-        self.label_selector = selector.to_string();
-        self
-    }
-
-    pub fn fields(mut self, selector: &str) -> Self {
-        self.field_selector = selector.to_string();
-        self
-    }
-}
-
-/// Options of a delete.
-#[derive(Debug, Clone, Default)]
-pub struct DeleteParams {
-    pub grace_period_seconds: Option<i64>,
-    pub precondition_uid: String,
-    pub precondition_resource_version: String,
-    pub propagation_policy: String,
-}
-
-/// A list as JSON items (complete JSON, or [`RawObject`]s as the server holds them).
-#[derive(Debug, Clone)]
-pub struct RawList<O = Bytes> {
-    pub items: Vec<O>,
-    pub resource_version: String,
-    pub continue_token: String,
-}
-
-/// One watch event as JSON (complete JSON, or a [`RawObject`] as the server holds it).
-#[derive(Debug, Clone)]
-pub enum RawEvent<O = Bytes> {
-    Added(O),
-    Modified(O),
-    Deleted(O),
-    /// A bookmark: the resourceVersion, and whether it ends the initial events.
-    Bookmark(String, bool),
-}
-
-impl<O> RawEvent<O> {
-    pub fn map<P>(self, f: impl FnOnce(O) -> P) -> RawEvent<P> {
-        match self {
-            RawEvent::Added(o) => RawEvent::Added(f(o)),
-            RawEvent::Modified(o) => RawEvent::Modified(f(o)),
-            RawEvent::Deleted(o) => RawEvent::Deleted(f(o)),
-            RawEvent::Bookmark(rv, end) => RawEvent::Bookmark(rv, end),
-        }
-    }
-}
 
 /// One typed watch event.
 #[derive(Debug, Clone)]
@@ -108,14 +49,6 @@ pub enum WatchEvent<K> {
 }
 
 pub type RawWatch = Pin<Box<dyn Stream<Item = Result<RawEvent, ApiError>> + Send>>;
-/// A watch whose objects are [`RawObject`]s.
-pub type ObjectWatch = Pin<Box<dyn Stream<Item = Result<RawEvent<RawObject>, ApiError>> + Send>>;
-/// A container's log as chunks.
-pub type LogStream = Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>;
-/// A command's output as it runs, then its exit code.
-pub type ExecStream =
-    Pin<Box<dyn Stream<Item = Result<skiff_api::proto::ExecOutput, ApiError>> + Send>>;
-
 /// How a client reaches the API.
 #[derive(Clone)]
 enum Transport {

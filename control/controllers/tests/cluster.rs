@@ -81,7 +81,10 @@ async fn cluster(nodes: usize, pods_per_node: u32) -> Cluster {
     // As in `skiff server`: the scheduler and the controllers call the API server
     // in-process and share the pod and node caches (the leader-election test below runs
     // managers over gRPC on their own informers). The test and the nodes use gRPC.
-    let own = skiff_apiserver::local::client(server.registry.clone(), &server.address);
+    let own = Client::local(
+        skiff_apiserver::local::api(server.registry.clone()),
+        &server.address,
+    );
     let shared = skiff_controllers::start_shared_informers(&own);
     let scheduler =
         Scheduler::start_shared(own.clone(), SchedulerConfig::default(), &shared.informers);
