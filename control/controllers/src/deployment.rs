@@ -98,6 +98,15 @@ fn spec_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
 
+/// The pods a set may still have: a set just scaled down keeps its pods until its
+/// ReplicaSet controller has deleted them (and counted them in its status), so the surge
+/// room counts the larger of the two and new pods never start next to old ones that have
+/// not yet been told to stop.
+fn occupied(rs: &ReplicaSet) -> i32 {
+    let counted = rs.status.as_ref().map_or(0, |s| s.replicas);
+    spec_replicas(rs).max(counted)
+}
+
 fn status_available(rs: &ReplicaSet) -> i32 {
     rs.status
         .as_ref()
@@ -308,7 +317,7 @@ impl DeploymentController {
                 let initial = if recreate {
                     replicas
                 } else {
-                    let total: i32 = sets.iter().map(spec_replicas).sum();
+                    let total: i32 = sets.iter().map(occupied).sum();
                     (replicas + surge - total).clamp(0, replicas)
                 };
                 let created = self
@@ -323,7 +332,7 @@ impl DeploymentController {
 
         if !recreate {
             // Scale the new set up within the surge.
-            let total: i32 = sets.iter().map(spec_replicas).sum();
+            let total: i32 = sets.iter().map(occupied).sum();
             let new_now = spec_replicas(&sets[new_idx]);
             let target = if new_now > replicas {
                 replicas
@@ -708,6 +717,18 @@ pub async fn history(
 /// back into the Deployment; the controller then rolls it out as a new revision. Returns
 /// the revision rolled back to.
 pub async fn rollback(client: &Client, ns: &str, name: &str, to: i64) -> Result<i64, ApiError> {
+    // The controller writes the Deployment's status meanwhile: on a conflict, read again and
+    // redo (client-go's RetryOnConflict).
+    let mut attempt = 0;
+    loop {
+        match rollback_once(client, ns, name, to).await {
+            Err(e) if e.reason == Reason::Conflict && attempt < 5 => attempt += 1,
+            done => return done,
+        }
+    }
+}
+
+async fn rollback_once(client: &Client, ns: &str, name: &str, to: i64) -> Result<i64, ApiError> {
     let (d, sets) = history(client, ns, name).await?;
     let current = sets.last().map(|(r, _)| *r).unwrap_or(0);
     let target = if to == 0 {

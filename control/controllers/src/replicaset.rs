@@ -244,6 +244,10 @@ impl ReplicaSetController {
                 return Ok(());
             }
         };
+        // Read before the pods: a creation observed between the two reads would otherwise
+        // leave a pod list without it next to expectations that say it was seen, and the
+        // set would create it twice (kube-controller-manager reads in this order too).
+        let needs_sync = self.expectations.satisfied(&key_);
         let pods_api = self.client.api::<Pod>(ns);
         // Claim: owned pods that match stay, owned ones that do not are released, orphans
         // that match are adopted (unless the set is going away).
@@ -302,7 +306,7 @@ impl ReplicaSetController {
         let active: Vec<Arc<Pod>> = owned.iter().filter(|p| is_active(p)).cloned().collect();
         let want = spec.replicas.unwrap_or(1).max(0) as usize;
         let mut result = Ok(());
-        if !deleting && self.expectations.satisfied(&key_) {
+        if !deleting && needs_sync {
             if active.len() < want {
                 result = self.create_pods(&rs, ns, name, want - active.len()).await;
             } else if active.len() > want {
