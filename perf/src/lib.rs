@@ -82,6 +82,20 @@ pub struct SkiffServer {
 pub(crate) mod tempdir {
     /// A temp directory removed on drop (kept dependency-free).
     pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        /// A new, empty directory under the temp dir, unique to this process and call.
+        pub fn new(prefix: &str) -> std::io::Result<Dir> {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let d = std::env::temp_dir().join(format!(
+                "{prefix}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&d)?;
+            Ok(Dir(d))
+        }
+    }
     impl Drop for Dir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);

@@ -5,6 +5,12 @@
 //! resources only, required node affinity, required pod anti-affinity, hard topology
 //! spread. Every run checks what it measured (all bound; anti-affinity and spread hold).
 //!
+//! The scheduler runs where `skiff server` runs it: in the API server's process, calling it
+//! in-process (scheduler_perf, the peer's harness, likewise runs kube-apiserver and the
+//! scheduler in one process); the hollow nodes and the measuring watch are gRPC clients.
+//! The basic workload is measured a second time with the scheduler in its own process over
+//! gRPC, as `skiff scheduler` runs it.
+//!
 //! The peer figures are kube-scheduler's published scheduler_perf minimum throughputs at
 //! 5,000 nodes (kube-scheduler is not packaged for this machine and cannot be fetched).
 
@@ -61,6 +67,67 @@ impl Workload {
             Workload::Basic => ">= 10,000 pods/s",
             Workload::PodAntiAffinity => ">= 1,000 pods/s",
             _ => "",
+        }
+    }
+}
+
+/// Where the scheduler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// In the API server's process over the in-process API (`skiff server`).
+    InServer,
+    /// In its own process, over gRPC (`skiff scheduler`).
+    OwnProcess,
+}
+
+/// The API server of one run: in this process (for an in-process scheduler) or a
+/// `skiff server` child.
+enum Host {
+    InProcess {
+        server: skiff_apiserver::LocalServer,
+        _dir: crate::tempdir::Dir,
+    },
+    Child(SkiffServer),
+}
+
+impl Host {
+    async fn start(placement: Placement) -> anyhow::Result<Host> {
+        Ok(match placement {
+            Placement::OwnProcess => {
+                Host::Child(SkiffServer::start(&["--no-scheduler", "--no-controllers"])?)
+            }
+            Placement::InServer => {
+                let dir = crate::tempdir::Dir::new("skiff-bench-sched")?;
+                let store = skiff_store::embedded::EmbeddedStore::open(
+                    &dir.0,
+                    skiff_store::embedded::EmbeddedOptions::default(),
+                )?;
+                let server = skiff_apiserver::LocalServer::start(
+                    std::sync::Arc::new(store),
+                    skiff_apiserver::Config::default(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("API server: {e}"))?;
+                Host::InProcess { server, _dir: dir }
+            }
+        })
+    }
+
+    fn address(&self) -> &str {
+        match self {
+            Host::InProcess { server, .. } => &server.address,
+            Host::Child(s) => &s.address,
+        }
+    }
+
+    /// The scheduler's client: in-process when the server is, else gRPC like the rest.
+    fn scheduler_client(&self, grpc: &Client) -> Client {
+        match self {
+            Host::InProcess { server, .. } => Client::local(
+                skiff_apiserver::local::api(server.registry.clone()),
+                &server.address,
+            ),
+            Host::Child(_) => grpc.clone(),
         }
     }
 }
@@ -133,13 +200,13 @@ async fn create_pods(c: &Client, w: Workload, n: usize, inflight: usize) -> anyh
 }
 
 /// One workload: the throughput, after checking every pod was bound where it may be.
-pub async fn run(mode: Mode, w: Workload) -> anyhow::Result<Measurement> {
+pub async fn run(mode: Mode, w: Workload, placement: Placement) -> anyhow::Result<Measurement> {
     let (nodes, pods) = match mode {
         Mode::Quick => (100, 600),
         Mode::Full => (5_000, 10_000),
     };
-    let server = SkiffServer::start(&["--no-scheduler", "--no-controllers"])?;
-    let client = Client::connect(&server.address)
+    let server = Host::start(placement).await?;
+    let client = Client::connect(server.address())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let hollow = HollowNodes::start(
@@ -175,7 +242,7 @@ pub async fn run(mode: Mode, w: Workload) -> anyhow::Result<Measurement> {
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let scheduler = Scheduler::start(client.clone(), SchedulerConfig::default());
+    let scheduler = Scheduler::start(server.scheduler_client(&client), SchedulerConfig::default());
     let mut bound: HashMap<String, String> = HashMap::new();
     let (mut first, mut last) = (None, Instant::now());
     let deadline = Instant::now()
@@ -207,10 +274,15 @@ pub async fn run(mode: Mode, w: Workload) -> anyhow::Result<Measurement> {
     drop(scheduler);
     check(w, &bound, nodes)?;
     drop(hollow);
+    drop(client);
     drop(server);
+    let (how, goal) = match placement {
+        Placement::InServer => ("", w.goal()),
+        Placement::OwnProcess => (", scheduler in its own process over gRPC", ""),
+    };
     Ok(Measurement::higher_better(
         &format!(
-            "Scheduling throughput, {} ({} nodes, {} pods, bound through the API)",
+            "Scheduling throughput, {}{how} ({} nodes, {} pods, bound through the API)",
             w.name(),
             nodes,
             pods
@@ -219,7 +291,7 @@ pub async fn run(mode: Mode, w: Workload) -> anyhow::Result<Measurement> {
         w.peer(),
         "pods/s",
         "kube-scheduler scheduler_perf threshold at 5,000 nodes (published)",
-        w.goal(),
+        goal,
     ))
 }
 
@@ -283,7 +355,8 @@ fn check(w: Workload, bound: &HashMap<String, String>, nodes: usize) -> anyhow::
 pub async fn throughput(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
     let mut out = Vec::new();
     for w in Workload::ALL {
-        out.push(run(mode, w).await?);
+        out.push(run(mode, w, Placement::InServer).await?);
     }
+    out.push(run(mode, Workload::Basic, Placement::OwnProcess).await?);
     Ok(out)
 }

@@ -162,6 +162,19 @@ struct SelectableStatus {
     replicas: Option<i64>,
 }
 
+/// An Event's `involvedObject` (its field-selector fields).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SelectableRef {
+    kind: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+    uid: Option<String>,
+    api_version: Option<String>,
+    resource_version: Option<String>,
+    field_path: Option<String>,
+}
+
 /// What the watch cache needs of an object; every other field is skipped unread.
 #[derive(Debug, Default, Deserialize)]
 pub struct Selectable {
@@ -173,6 +186,15 @@ pub struct Selectable {
     status: Option<SelectableStatus>,
     #[serde(default, rename = "type")]
     type_: Option<String>,
+    // Events.
+    #[serde(default, rename = "involvedObject")]
+    involved_object: Option<SelectableRef>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default, rename = "reportingComponent")]
+    reporting_component: Option<String>,
+    #[serde(default)]
+    source: Option<Value>,
 }
 
 impl Selectable {
@@ -209,9 +231,136 @@ impl Selectable {
                 .map(|r| r.to_string())
                 .unwrap_or_default(),
             "type" => s(self.type_.as_ref()),
+            "reason" => s(self.reason.as_ref()),
+            "reportingComponent" => s(self.reporting_component.as_ref()),
+            "source" => match &self.source {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(v)) => v.clone(),
+                Some(other) => other.to_string(),
+            },
+            f if f.starts_with("involvedObject.") => {
+                let r = self.involved_object.as_ref();
+                s(match &f["involvedObject.".len()..] {
+                    "kind" => r.and_then(|x| x.kind.as_ref()),
+                    "namespace" => r.and_then(|x| x.namespace.as_ref()),
+                    "name" => r.and_then(|x| x.name.as_ref()),
+                    "uid" => r.and_then(|x| x.uid.as_ref()),
+                    "apiVersion" => r.and_then(|x| x.api_version.as_ref()),
+                    "resourceVersion" => r.and_then(|x| x.resource_version.as_ref()),
+                    "fieldPath" => r.and_then(|x| x.field_path.as_ref()),
+                    _ => return None,
+                })
+            }
             _ => return None,
         })
     }
+}
+
+/// What binding a pod to a node comes to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bind {
+    /// The pod's new JSON: `spec.nodeName` set, the `PodScheduled` condition replaced.
+    Bound(Vec<u8>),
+    /// The pod is already on this node.
+    Assigned(String),
+    /// The pod is being deleted.
+    Deleting,
+}
+
+type RawMap<'a> = BTreeMap<std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue>;
+
+#[derive(Deserialize)]
+struct DeletionOnly<'a> {
+    #[serde(default, borrow, rename = "deletionTimestamp")]
+    deletion_timestamp: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ConditionType<'a> {
+    #[serde(default, borrow, rename = "type")]
+    type_: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Binds the stored pod `raw` to `node` without building a `serde_json::Value`: the object,
+/// its `spec` and `status` are read as maps of raw JSON values, the two fields edited, and
+/// written back in the same (sorted) key order a `Value` writes, so the result is the bytes
+/// the `Value` edit gives. None when the JSON is not of the expected shape (the caller then
+/// edits a `Value`).
+pub fn bind_pod(raw: &[u8], node: &str, condition: &Value) -> Option<Bind> {
+    use serde_json::value::RawValue;
+    let mut top: RawMap = serde_json::from_slice(raw).ok()?;
+    let mut spec: RawMap = match top.get("spec") {
+        Some(s) => serde_json::from_str(s.get()).ok()?,
+        None => RawMap::new(),
+    };
+    if let Some(n) = spec.get("nodeName") {
+        let assigned: Option<String> = serde_json::from_str(n.get()).ok()?;
+        if let Some(a) = assigned.filter(|a| !a.is_empty()) {
+            return Some(Bind::Assigned(a));
+        }
+    }
+    if let Some(m) = top.get("metadata") {
+        let meta: DeletionOnly = serde_json::from_str(m.get()).ok()?;
+        if meta.deletion_timestamp.is_some() {
+            return Some(Bind::Deleting);
+        }
+    }
+    let mut status: RawMap = match top.get("status").map(|s| s.get()) {
+        None | Some("null") => RawMap::new(),
+        Some(s) => serde_json::from_str(s).ok()?,
+    };
+    let mut conditions: Vec<&RawValue> = match status.get("conditions").map(|c| c.get()) {
+        None | Some("null") => Vec::new(),
+        Some(c) => serde_json::from_str(c).ok()?,
+    };
+    let mut kept = Vec::with_capacity(conditions.len() + 1);
+    for c in conditions.drain(..) {
+        let t: ConditionType = serde_json::from_str(c.get()).ok()?;
+        if t.type_.as_deref() != Some("PodScheduled") {
+            kept.push(c);
+        }
+    }
+    let added = serde_json::value::to_raw_value(condition).ok()?;
+    kept.push(&added);
+    let conditions = serde_json::value::to_raw_value(&kept).ok()?;
+    status.insert("conditions".into(), &conditions);
+    let node = serde_json::value::to_raw_value(node).ok()?;
+    spec.insert("nodeName".into(), &node);
+    let spec = serde_json::value::to_raw_value(&spec).ok()?;
+    let status = serde_json::value::to_raw_value(&status).ok()?;
+    top.insert("spec".into(), &spec);
+    top.insert("status".into(), &status);
+    serde_json::to_vec(&top).ok().map(Bind::Bound)
+}
+
+/// [`bind_pod`] by way of a `serde_json::Value`: for any JSON object.
+pub fn bind_pod_value(raw: &[u8], node: &str, condition: &Value) -> Result<Bind, String> {
+    let mut v: Value = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
+    let assigned = v
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !assigned.is_empty() {
+        return Ok(Bind::Assigned(assigned.to_string()));
+    }
+    if v.pointer("/metadata/deletionTimestamp").is_some() {
+        return Ok(Bind::Deleting);
+    }
+    v["spec"]["nodeName"] = Value::String(node.to_string());
+    if !v.get("status").is_some_and(Value::is_object) {
+        v["status"] = Value::Object(Default::default());
+    }
+    let mut conditions: Vec<Value> = v
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+    conditions.push(condition.clone());
+    v["status"]["conditions"] = Value::Array(conditions);
+    serde_json::to_vec(&v)
+        .map(Bind::Bound)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -281,6 +430,21 @@ mod tests {
         }
 
         #[test]
+        fn event_fields_match_field_value(kind in "[A-Za-z]{0,6}", name in proptest::option::of("[a-z0-9-]{0,8}"), reason in "[A-Za-z]{0,8}", source in proptest::option::of("[a-z-]{0,8}"), typ in proptest::option::of("Normal|Warning")) {
+            let mut obj = json!({"metadata": {"name": "e", "namespace": "default"},
+                "involvedObject": {"kind": kind, "namespace": "default", "uid": "u-1", "apiVersion": "v1", "resourceVersion": "7", "fieldPath": ""},
+                "reason": reason, "reportingComponent": "skiff-scheduler"});
+            if let Some(n) = name { obj["involvedObject"]["name"] = json!(n); }
+            if let Some(c) = source { obj["source"] = json!({"component": c}); }
+            if let Some(t) = typ { obj["type"] = json!(t); }
+            let raw = serde_json::to_vec(&obj).expect("json");
+            let sel = Selectable::decode(&raw).expect("decodes");
+            for f in skiff_api::selector::selectable_fields("events") {
+                prop_assert_eq!(sel.field(f).expect("covered"), skiff_api::selector::field_value(&obj, f), "{}", f);
+            }
+        }
+
+        #[test]
         fn selectable_fields_match_field_value(node in "[a-z0-9-]{0,8}", phase in "[A-Za-z]{0,8}", host in proptest::option::of(any::<bool>()), replicas in proptest::option::of(0i64..100)) {
             let mut obj = json!({"metadata": {"name": "p"}, "spec": {"nodeName": node}, "status": {"phase": phase}});
             if let Some(h) = host { obj["spec"]["hostNetwork"] = json!(h); }
@@ -291,5 +455,28 @@ mod tests {
                 prop_assert_eq!(sel.field(f).expect("covered"), skiff_api::selector::field_value(&obj, f));
             }
         }
+    }
+
+    #[test]
+    fn bind_edit_writes_what_a_value_edit_writes() {
+        let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2026-11-26T00:00:00Z"});
+        for pod in [
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "labels": {"z": "1", "a": "2"}}, "spec": {"containers": [{"name": "c", "image": "i"}], "schedulerName": "default-scheduler"}}),
+            json!({"metadata": {"name": "b"}, "spec": {"nodeName": ""}, "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}, {"type": "Other", "status": "True"}]}}),
+            json!({"metadata": {"name": "c"}, "spec": {"nodeName": null, "x\"y": 1.5e300}, "status": null}),
+            json!({"metadata": {"name": "d"}, "spec": {"nodeName": "n1"}}),
+            json!({"metadata": {"name": "e", "deletionTimestamp": "2026-11-26T00:00:00Z"}, "spec": {}}),
+            json!({"metadata": {"name": "f"}, "spec": {"containers": []}, "status": {"conditions": null, "qosClass": "BestEffort"}}),
+        ] {
+            let raw = serde_json::to_vec(&pod).expect("json");
+            let fast = bind_pod(&raw, "node-7", &cond).expect("fast path applies");
+            assert_eq!(
+                fast,
+                bind_pod_value(&raw, "node-7", &cond).expect("json"),
+                "{pod}"
+            );
+        }
+        // Not an object where one is expected: no fast path.
+        assert_eq!(bind_pod(br#"{"metadata":{},"spec":[]}"#, "n", &cond), None);
     }
 }

@@ -1444,52 +1444,25 @@ impl Registry {
         };
         let key = info.key(ns, name);
         for _ in 0..16 {
-            let (cur, current) = self.read_current(info, &key, name).await?;
-            let assigned = current
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            if !assigned.is_empty() {
-                return Err(ApiError {
-                    name: name.into(),
-                    kind: "pods/binding".into(),
-                    ..ApiError::new(
-                        Reason::Conflict,
-                        format!(
-                            "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{assigned}\""
-                        ),
-                    )
-                });
-            }
-            if current.pointer("/metadata/deletionTimestamp").is_some() {
-                return Err(ApiError::new(
-                    Reason::Conflict,
-                    format!(
-                        "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is being deleted, cannot be assigned to a host"
-                    ),
-                ));
-            }
-            let mut next = current;
-            next["spec"]["nodeName"] = json!(target);
-            let status = next
-                .get_mut("status")
-                .filter(|s| s.is_object())
-                .map(|_| ())
-                .is_some();
-            if !status {
-                next["status"] = json!({});
-            }
-            let mut conditions: Vec<Value> = next
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
-            conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}));
-            next["status"]["conditions"] = json!(conditions);
-            let bytes = Bytes::from(
-                serde_json::to_vec(&next).map_err(|e| ApiError::internal(e.to_string()))?,
-            );
+            let cur = self
+                .store
+                .get(&key, 0)
+                .await
+                .map_err(|e| store_error(e, info, name))?
+                .ok_or_else(|| ApiError::not_found(&info.qualified_plural(), name))?;
+            let condition = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()});
+            use crate::object_json::{Bind, bind_pod, bind_pod_value};
+            let bound = match bind_pod(&cur.value, &target, &condition) {
+                Some(b) => b,
+                None => {
+                    bind_pod_value(&cur.value, &target, &condition).map_err(ApiError::internal)?
+                }
+            };
+            let bytes = match bound {
+                Bind::Bound(b) => Bytes::from(b),
+                Bind::Assigned(assigned) => return Err(Self::already_assigned(name, &assigned)),
+                Bind::Deleting => return Err(Self::bind_deleting(name)),
+            };
             match self
                 .store
                 .update(&key, bytes.clone(), cur.mod_revision)
@@ -1501,5 +1474,27 @@ impl Registry {
             }
         }
         Err(ApiError::conflict("pods/binding", name))
+    }
+
+    fn already_assigned(name: &str, assigned: &str) -> ApiError {
+        ApiError {
+            name: name.into(),
+            kind: "pods/binding".into(),
+            ..ApiError::new(
+                Reason::Conflict,
+                format!(
+                    "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{assigned}\""
+                ),
+            )
+        }
+    }
+
+    fn bind_deleting(name: &str) -> ApiError {
+        ApiError::new(
+            Reason::Conflict,
+            format!(
+                "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is being deleted, cannot be assigned to a host"
+            ),
+        )
     }
 }

@@ -319,10 +319,8 @@ impl WatchCache {
             Some(at) => (raw.clone(), Some(at)),
             None => (Bytes::from(with_resource_version(raw, revision)?), None),
         };
-        // Fast path: read only the indexed fields. Events keep the full decode (their
-        // selectable fields live in nested objects).
-        if self.info.plural != "events"
-            && let Some(sel) = Selectable::decode(raw)
+        // Fast path: read only the indexed fields.
+        if let Some(sel) = Selectable::decode(raw)
             && let Some(fields) = selectable_fields(self.info.plural)
                 .iter()
                 .map(|f| sel.field(f))

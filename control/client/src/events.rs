@@ -245,7 +245,7 @@ impl Recorder {
                 let name = event.metadata.name.clone().unwrap_or_default();
                 api.patch(&name, &patch).await.map(|_| ())
             } else {
-                api.create(&event).await.map(|_| ())
+                api.create_raw(&event).await.map(|_| ())
             };
             let mut state = self.state.lock();
             let Some(w) = state.written.get_mut(&key) else {

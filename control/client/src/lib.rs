@@ -622,11 +622,15 @@ impl<K: ApiObject> Api<K> {
     }
 
     pub async fn create(&self, obj: &K) -> Result<K, ApiError> {
-        let raw = self
-            .client
+        Self::decode(&self.create_raw(obj).await?)
+    }
+
+    /// Creates `obj`; the server's JSON of it, undecoded (for callers that only need to
+    /// know it was created).
+    pub async fn create_raw(&self, obj: &K) -> Result<Bytes, ApiError> {
+        self.client
             .create(Self::PLURAL, self.ns_of(obj), Self::encode(obj)?)
-            .await?;
-        Self::decode(&raw)
+            .await
     }
 
     pub async fn get(&self, name: &str) -> Result<K, ApiError> {
