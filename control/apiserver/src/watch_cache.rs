@@ -612,9 +612,9 @@ pub struct Watcher {
 enum Step {
     /// Current objects, as ADDED.
     Initial(Vec<Arc<CachedObject>>),
-    /// Window events: as they are (their frame), or as another type (an object entering
-    /// or leaving the filter).
-    Events(Vec<(Arc<CachedEvent>, Option<EventType>)>),
+    /// Window events, handed to the caller's sink under the window's lock: as they are
+    /// (their frame), or as another type (an object entering or leaving the filter).
+    Events,
     Bookmark(Revision, bool),
     /// The cursor fell out of the window: the final event.
     Expired(ApiError),
@@ -624,20 +624,20 @@ impl Watcher {
     /// The next batch of events for a gRPC stream; `None` once the watch is over. Errors
     /// (a cursor that fell out of the window) come as a final ERROR event.
     pub async fn next_batch(&mut self) -> Option<WatchBatch> {
-        let step = self.next_step().await?;
         let mut batch = WatchBatch::default();
+        let step = self
+            .next_step(&mut |e, retyped| {
+                batch.frames.push(match retyped {
+                    Some(kind) => e.object.frame(kind),
+                    None => e.frame.clone(),
+                })
+            })
+            .await?;
         match step {
             Step::Initial(objects) => {
                 batch.frames = objects.iter().map(|o| o.frame(EventType::Added)).collect()
             }
-            Step::Events(events) => {
-                for (e, retyped) in events {
-                    match retyped {
-                        Some(kind) => batch.frames.push(e.object.frame(kind)),
-                        None => batch.frames.push(e.frame.clone()),
-                    }
-                }
-            }
+            Step::Events => {}
             Step::Bookmark(rev, end) => batch.events.push(bookmark(rev, end)),
             Step::Expired(err) => batch.events.push(event(
                 EventType::Error,
@@ -650,28 +650,32 @@ impl Watcher {
     /// The next events for an in-process client: objects are the stored bytes themselves.
     /// `None` once the watch is over; an expired cursor ends it with an error.
     pub async fn next_objects(&mut self) -> Option<Vec<Result<RawEvent<RawObject>, ApiError>>> {
-        Some(match self.next_step().await? {
+        let mut events = Vec::new();
+        let step = self
+            .next_step(&mut |e, retyped| {
+                let o = e.object.raw();
+                events.push(Ok(match retyped.unwrap_or(e.kind) {
+                    EventType::Added => RawEvent::Added(o),
+                    EventType::Deleted => RawEvent::Deleted(o),
+                    _ => RawEvent::Modified(o),
+                }))
+            })
+            .await?;
+        Some(match step {
             Step::Initial(objects) => objects
                 .iter()
                 .map(|o| Ok(RawEvent::Added(o.raw())))
                 .collect(),
-            Step::Events(events) => events
-                .into_iter()
-                .map(|(e, retyped)| {
-                    let o = e.object.raw();
-                    Ok(match retyped.unwrap_or(e.kind) {
-                        EventType::Added => RawEvent::Added(o),
-                        EventType::Deleted => RawEvent::Deleted(o),
-                        _ => RawEvent::Modified(o),
-                    })
-                })
-                .collect(),
+            Step::Events => events,
             Step::Bookmark(rev, end) => vec![Ok(RawEvent::Bookmark(rev.to_string(), end))],
             Step::Expired(err) => vec![Err(err)],
         })
     }
 
-    async fn next_step(&mut self) -> Option<Step> {
+    async fn next_step(
+        &mut self,
+        sink: &mut (dyn FnMut(&CachedEvent, Option<EventType>) + Send),
+    ) -> Option<Step> {
         if self.closed {
             return None;
         }
@@ -688,25 +692,28 @@ impl Watcher {
             let notified = cache.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(step) = self.collect() {
+            if let Some(step) = self.collect(sink) {
                 return Some(step);
             }
             notified.await;
         }
     }
 
-    fn collect(&mut self) -> Option<Step> {
+    fn collect(
+        &mut self,
+        sink: &mut (dyn FnMut(&CachedEvent, Option<EventType>) + Send),
+    ) -> Option<Step> {
         let plural = self.cache.info.plural;
         let state = self.cache.state.read();
         if state.generation != self.generation || self.cursor < state.window_start {
             self.closed = true;
             return Some(Step::Expired(too_old(self.cursor, state.window_start)));
         }
-        let mut events = Vec::new();
+        let mut count = 0;
         let mut bytes = 0;
         let first = state.events.partition_point(|e| e.revision <= self.cursor);
         for e in state.events.range(first..) {
-            if events.len() >= MAX_BATCH_EVENTS || bytes >= MAX_BATCH_BYTES {
+            if count >= MAX_BATCH_EVENTS || bytes >= MAX_BATCH_BYTES {
                 break;
             }
             self.cursor = e.revision;
@@ -722,7 +729,8 @@ impl Watcher {
                 _ => continue,
             };
             bytes += e.frame.len();
-            events.push((e.clone(), retyped));
+            count += 1;
+            sink(e, retyped);
         }
         // Past the last event of this resource: the cache's progress covers us too.
         let examined_all = state
@@ -732,8 +740,8 @@ impl Watcher {
         if examined_all && state.revision > self.cursor {
             self.cursor = state.revision;
         }
-        if !events.is_empty() {
-            return Some(Step::Events(events));
+        if count > 0 {
+            return Some(Step::Events);
         }
         let epoch = self.cache.bookmark_epoch.load(Ordering::Relaxed);
         if self.bookmarks && epoch != self.bookmark_epoch {

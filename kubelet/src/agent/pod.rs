@@ -954,9 +954,12 @@ impl PodWorker {
         }
         let prepare = || -> std::io::Result<()> {
             // A failed earlier attempt of this run may have left its rootfs mounted (OCI
-            // runtimes mount it on the host).
-            let _ = super::purge::unmount_under(&run_dir);
-            let _ = std::fs::remove_dir_all(&run_dir);
+            // runtimes mount it on the host). Only then is the mount table read: it grows
+            // with the node's pods.
+            if run_dir.exists() {
+                let _ = super::purge::unmount_under(&run_dir);
+                let _ = std::fs::remove_dir_all(&run_dir);
+            }
             for d in ["upper", "work", "rootfs"] {
                 std::fs::create_dir_all(run_dir.join(d))?;
             }
