@@ -194,7 +194,9 @@ impl Node for NodeService {
 }
 
 /// The first chunk, then (when following) what the file gains until the container runs
-/// again (a newer log file appears) or its logs go with the pod.
+/// again (a newer log file appears) or its logs go with the pod. The follower sleeps on
+/// inotify events of the log directory (writes, new files, its removal) and reads only what
+/// was appended; without inotify (no instance left) it looks every 100 ms instead.
 fn async_stream(
     first: String,
     follow: bool,
@@ -210,36 +212,85 @@ fn async_stream(
     if !follow {
         return Box::pin(head);
     }
-    let rest = futures::stream::unfold(offset, move |mut offset| {
+    // Watching before the first read: nothing written from here on goes unnoticed.
+    let changes = watch_dir(&dir);
+    let rest = futures::stream::unfold((offset, changes), move |(mut offset, mut changes)| {
         let (path, dir) = (path.clone(), dir.clone());
         async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let raw = match std::fs::read(&path) {
+                let (raw, len) = match appended(&path, offset) {
                     Ok(r) => r,
                     Err(_) => return None,
                 };
-                if (raw.len() as u64) < offset {
+                if len < offset {
                     // Rotated: start over on the new file.
                     offset = 0;
+                    continue;
                 }
-                let (text, used) = render(&raw[offset as usize..], timestamps);
+                let (text, used) = render(&raw, timestamps);
                 offset += used as u64;
                 if !text.is_empty() {
-                    return Some((
-                        Ok(LogChunk {
-                            data: text.into_bytes().into(),
-                        }),
-                        offset,
-                    ));
+                    let chunk = LogChunk {
+                        data: text.into_bytes().into(),
+                    };
+                    return Some((Ok(chunk), (offset, changes)));
                 }
                 if runs(&dir).last().is_some_and(|(n, _)| *n > run) {
                     return None;
+                }
+                match changes.as_mut() {
+                    // A long quiet spell still looks again (an event lost to a full queue).
+                    Some(events) => {
+                        let next = tokio::time::timeout(Duration::from_secs(5), events.next());
+                        // The stream ended or failed: look by polling from now on.
+                        if let Ok(None | Some(Err(_))) = next.await {
+                            changes = None;
+                        }
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         }
     });
     Box::pin(head.chain(rest))
+}
+
+type DirEvents = inotify::EventStream<[u8; 1024]>;
+
+/// Changes to the files of `dir` (and its own removal), or None without inotify.
+fn watch_dir(dir: &std::path::Path) -> Option<DirEvents> {
+    use inotify::{Inotify, WatchMask};
+    let watch = || -> std::io::Result<DirEvents> {
+        let inotify = Inotify::init()?;
+        inotify.watches().add(
+            dir,
+            WatchMask::MODIFY
+                | WatchMask::CREATE
+                | WatchMask::MOVED_TO
+                | WatchMask::DELETE_SELF
+                | WatchMask::MOVE_SELF,
+        )?;
+        inotify.into_event_stream([0u8; 1024])
+    };
+    watch()
+        .inspect_err(
+            |e| tracing::debug!(dir = %dir.display(), error = %e, "no inotify; polling the log"),
+        )
+        .ok()
+}
+
+/// What `path` holds past `offset`, and the file's length (shorter than `offset` when it
+/// was rotated).
+fn appended(path: &std::path::Path, offset: u64) -> std::io::Result<(Vec<u8>, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut raw = Vec::new();
+    if len > offset {
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_to_end(&mut raw)?;
+    }
+    Ok((raw, len))
 }
 
 #[cfg(test)]
@@ -256,5 +307,45 @@ mod tests {
         assert!(text.starts_with("2024-01-01T00:00:00Z one\n"), "{text}");
         assert_eq!(tail("a\nb\nc\n".into(), 2), "b\nc\n");
         assert_eq!(tail("a\nb\n".into(), -1), "a\nb\n");
+    }
+
+    #[tokio::test]
+    async fn following_reads_appends_starts_over_on_rotation_and_ends_on_a_new_run() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        let line = |t: &str| format!("2026-11-26T00:00:00Z stdout F {t}\n");
+        std::fs::write(&path, line("first")).expect("write");
+        let offset = std::fs::metadata(&path).expect("stat").len();
+        assert!(watch_dir(dir.path()).is_some(), "inotify is available here");
+        let mut s = async_stream(
+            "first\n".into(),
+            true,
+            path.clone(),
+            offset,
+            dir.path().to_path_buf(),
+            0,
+            false,
+        );
+        let mut next = async || {
+            let c = tokio::time::timeout(Duration::from_secs(20), s.next())
+                .await
+                .expect("a chunk before the deadline");
+            c.map(|c| String::from_utf8(c.expect("chunk").data.to_vec()).expect("utf-8"))
+        };
+        assert_eq!(next().await.as_deref(), Some("first\n"));
+        // An append, written in two pieces: only whole lines come out.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
+        let second = line("second");
+        f.write_all(&second.as_bytes()[..10]).expect("write");
+        f.flush().expect("flush");
+        f.write_all(&second.as_bytes()[10..]).expect("write");
+        assert_eq!(next().await.as_deref(), Some("second\n"));
+        // Rotated (truncated and rewritten shorter): read again from the start.
+        std::fs::write(&path, line("r")).expect("rotate");
+        assert_eq!(next().await.as_deref(), Some("r\n"));
+        // The container ran again: the follower ends.
+        std::fs::write(dir.path().join("1.log"), line("next run")).expect("write");
+        assert_eq!(next().await, None);
     }
 }
