@@ -111,7 +111,7 @@ enum Command {
         #[arg(long)]
         timestamps: bool,
     },
-    /// Run a command in a container (no terminal, no stdin).
+    /// Run a command in a container; its output streams back (no terminal, no stdin).
     Exec {
         pod: String,
         #[arg(short = 'c', long)]
@@ -274,8 +274,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             use std::io::Write;
             let client = connect(server).await?;
             let pod = pod.strip_prefix("pod/").unwrap_or(&pod).to_string();
-            let (output, code) = client
-                .pod_exec(skiff_api::proto::PodExecRequest {
+            let mut output = client
+                .pod_exec_stream(skiff_api::proto::PodExecRequest {
                     namespace: ns.to_string(),
                     name: pod,
                     container: container.unwrap_or_default(),
@@ -283,12 +283,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!(cli::server_error(&e)))?;
-            std::io::stdout().write_all(&output)?;
-            std::io::stdout().flush()?;
-            if code != 0 {
-                std::process::exit(code);
+            // Each chunk as the command writes it, to our stdout or stderr as it wrote it.
+            while let Some(msg) = futures::StreamExt::next(&mut output).await {
+                let msg = msg.map_err(|e| anyhow::anyhow!(cli::server_error(&e)))?;
+                if msg.done {
+                    if msg.exit_code != 0 {
+                        std::process::exit(msg.exit_code);
+                    }
+                    return Ok(());
+                }
+                if msg.stream == 2 {
+                    std::io::stderr().write_all(&msg.output)?;
+                } else {
+                    std::io::stdout().write_all(&msg.output)?;
+                    std::io::stdout().flush()?;
+                }
             }
-            Ok(())
+            anyhow::bail!("the node closed the exec stream without an exit code")
         }
         Command::Apply { files } => cli::apply(&connect(server).await?, &files, ns, false).await,
         Command::Create { files, args } => {

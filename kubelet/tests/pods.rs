@@ -1026,6 +1026,47 @@ fn logs_and_exec_through_the_api_server() -> Result<(), Failed> {
     check(out == "hi\ntalker\n" && code == 3, || {
         format!("{out:?} {code}")
     })?;
+    // Exec streams: the first line arrives while the command still runs (it waits for a
+    // file a second exec creates), and stdout and stderr come apart.
+    let exec = |command: &str| PodExecRequest {
+        namespace: n.ns.clone(),
+        name: "talker".into(),
+        command: vec!["sh".into(), "-c".into(), command.into()],
+        ..Default::default()
+    };
+    let (first, rest) = n.rt.block_on(async {
+        let next = async |s: &mut skiff_client::skiff_api::local::ExecStream| {
+            tokio::time::timeout(Duration::from_secs(20), s.next())
+                .await
+                .map_err(|_| "no exec output within 20 s")?
+                .ok_or("the exec stream ended")?
+                .map_err(|e| format!("{e}"))
+        };
+        let mut s = n
+            .client
+            .pod_exec_stream(exec(
+                "echo out; until [ -e /tmp/go ]; do sleep 0.05; done; echo err >&2; exit 4",
+            ))
+            .await?;
+        let first = next(&mut s).await?;
+        n.client.pod_exec(exec("touch /tmp/go")).await?;
+        let mut rest = vec![next(&mut s).await?];
+        while !rest.last().is_some_and(|m| m.done) {
+            rest.push(next(&mut s).await?);
+        }
+        Ok::<_, Failed>((first, rest))
+    })?;
+    check(
+        first.stream == 1 && &first.output[..] == b"out\n" && !first.done,
+        || format!("{first:?}"),
+    )?;
+    check(
+        rest.len() == 2
+            && rest[0].stream == 2
+            && &rest[0].output[..] == b"err\n"
+            && rest[1].exit_code == 4,
+        || format!("{rest:?}"),
+    )?;
     // A pod that does not exist is the API server's NotFound.
     let err =
         n.rt.block_on(n.client.pod_logs(req("nope")))

@@ -402,22 +402,13 @@ impl Client {
     }
 
     /// Runs a command in a container; returns its output and exit code.
+    /// Runs a command in a container; its stdout and stderr (combined, each in its order)
+    /// and exit code once it ends.
     pub async fn pod_exec(
         &self,
         req: skiff_api::proto::PodExecRequest,
     ) -> Result<(Vec<u8>, i32), ApiError> {
-        let mut stream: ExecStream = match self.grpc() {
-            Ok(mut c) => {
-                let address = self.address.clone();
-                let stream = c
-                    .pod_exec(req)
-                    .await
-                    .map_err(|s| grpc_error(s, &address))?
-                    .into_inner();
-                Box::pin(stream.map(move |m| m.map_err(|s| grpc_error(s, &address))))
-            }
-            Err(local) => local.pod_exec(req).await?,
-        };
+        let mut stream = self.pod_exec_stream(req).await?;
         let mut out = Vec::new();
         while let Some(msg) = stream.next().await {
             let msg = msg?;
@@ -430,6 +421,26 @@ impl Client {
             Reason::InternalError,
             "the node closed the exec stream without an exit code",
         ))
+    }
+
+    /// Runs a command in a container: what it writes (tagged stdout 1, stderr 2) as it
+    /// writes it, then a message with `done` and its exit code.
+    pub async fn pod_exec_stream(
+        &self,
+        req: skiff_api::proto::PodExecRequest,
+    ) -> Result<ExecStream, ApiError> {
+        Ok(match self.grpc() {
+            Ok(mut c) => {
+                let address = self.address.clone();
+                let stream = c
+                    .pod_exec(req)
+                    .await
+                    .map_err(|s| grpc_error(s, &address))?
+                    .into_inner();
+                Box::pin(stream.map(move |m| m.map_err(|s| grpc_error(s, &address))))
+            }
+            Err(local) => local.pod_exec(req).await?,
+        })
     }
 
     /// Watches `resource`. An empty `resource_version` starts with the current state as

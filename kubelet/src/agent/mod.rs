@@ -139,7 +139,7 @@ pub(crate) enum CoreMsg {
         uid: String,
         container: String,
         command: Vec<String>,
-        reply: tokio::sync::oneshot::Sender<Result<(i32, String), String>>,
+        reply: server::ExecReply,
     },
     Stop,
 }
@@ -274,8 +274,8 @@ impl Agent {
                                         });
                                     }
                                     None => {
-                                        let _ =
-                                            reply.send(Err("the pod is not running here".into()));
+                                        let _ = reply
+                                            .try_send(Err("the pod is not running here".into()));
                                     }
                                 },
                                 CoreMsg::Stop => break,

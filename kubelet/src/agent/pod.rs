@@ -72,7 +72,7 @@ pub enum PodMsg {
     Exec {
         container: String,
         command: Vec<String>,
-        reply: tokio::sync::oneshot::Sender<Result<(i32, String), String>>,
+        reply: super::server::ExecReply,
     },
     /// One probe result.
     Probe {
@@ -1361,24 +1361,18 @@ impl PodWorker {
     }
 
     /// Runs a command in a running container; the reply carries its exit code and output.
-    fn exec(
-        &self,
-        container: &str,
-        command: Vec<String>,
-        reply: tokio::sync::oneshot::Sender<Result<(i32, String), String>>,
-    ) {
+    fn exec(&self, container: &str, command: Vec<String>, reply: super::server::ExecReply) {
         let Some(idx) = self.ctrs.iter().position(|c| c.name == container) else {
-            let _ = reply.send(Err(format!("container {container} not found")));
+            let _ = reply.try_send(Err(format!("container {container} not found")));
             return;
         };
         let target = self.k8s_container(idx).and_then(|kc| self.target(idx, &kc));
         let Some(target) = target else {
-            let _ = reply.send(Err(format!("container {container} is not running")));
+            let _ = reply.try_send(Err(format!("container {container} is not running")));
             return;
         };
         tokio::task::spawn_local(async move {
-            let r = probe::exec_limited(&target, &command, super::server::EXEC_OUTPUT_LIMIT).await;
-            let _ = reply.send(r);
+            probe::exec_streaming(&target, &command, reply).await;
         });
     }
 
@@ -1742,7 +1736,7 @@ impl PodWorker {
                 Some(PodMsg::Exited { idx, run, status }) => self.on_exit(idx, run, status).await,
                 Some(PodMsg::Update(p)) => self.pod = p,
                 Some(PodMsg::Exec { reply, .. }) => {
-                    let _ = reply.send(Err("the pod is terminating".into()));
+                    let _ = reply.try_send(Err("the pod is terminating".into()));
                 }
                 Some(PodMsg::Detach | PodMsg::Gone | PodMsg::Probe { .. }) | None => {}
             }

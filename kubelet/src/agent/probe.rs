@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
     Container as K8sContainer, ExecAction, HTTPGetAction, Probe, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use skiff_api::proto::ExecOutput;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::runtime::ContainerSpec;
@@ -290,6 +291,80 @@ pub async fn exec_limited(
     let status = c.wait().await.map_err(|e| e.to_string())?;
     let out = reader.await.unwrap_or_default();
     Ok((status.code(), out))
+}
+
+/// Runs `argv` in the target container (`kubectl exec`), streaming what it writes to
+/// stdout and stderr into `out` as it writes it, then its exit code. The channel is
+/// bounded: a reader that falls behind holds the command's writes back, and one that goes
+/// away closes its pipes.
+pub async fn exec_streaming(target: &Target, argv: &[String], out: super::server::ExecReply) {
+    let run = async {
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string());
+        let ((out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?);
+        let mut spec = target.exec_template.clone();
+        spec.id = format!("{}-exec-{}", spec.id, uuid_suffix());
+        spec.argv = argv.to_vec();
+        spec.exec_in = Some(target.pid);
+        spec.stdout = Some(0);
+        spec.stderr = Some(1);
+        spec.stdin = None;
+        spec.keep = Vec::new();
+        let mut c = target
+            .runtime
+            .create(
+                &spec,
+                &[
+                    std::os::fd::AsFd::as_fd(&out_w),
+                    std::os::fd::AsFd::as_fd(&err_w),
+                ],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        drop((out_w, err_w));
+        let pumps = [(out_r, 1), (err_r, 2)].map(|(r, stream)| {
+            let out = out.clone();
+            tokio::task::spawn_blocking(move || pump(r, stream, &out))
+        });
+        if let Err(e) = c.started().await {
+            let _ = c.wait().await;
+            return Err(e.to_string());
+        }
+        let status = c.wait().await.map_err(|e| e.to_string())?;
+        for p in pumps {
+            let _ = p.await;
+        }
+        Ok(status.code())
+    };
+    let last = run.await.map(|code| ExecOutput {
+        done: true,
+        exit_code: code,
+        ..Default::default()
+    });
+    let _ = out.send(last).await;
+}
+
+/// Copies one of an exec's pipes into its output channel until the end of the pipe or of
+/// the channel.
+fn pump(r: std::os::fd::OwnedFd, stream: i32, out: &super::server::ExecReply) {
+    let mut f = std::fs::File::from(r);
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match std::io::Read::read(&mut f, &mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                let chunk = ExecOutput {
+                    output: bytes::Bytes::copy_from_slice(&buf[..n]),
+                    stream,
+                    ..Default::default()
+                };
+                if out.blocking_send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 fn uuid_suffix() -> String {

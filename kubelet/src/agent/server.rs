@@ -12,14 +12,14 @@ use skiff_api::proto::node_server::Node;
 use skiff_api::proto::{ExecOutput, LogChunk, PodExecRequest, PodLogsRequest};
 use skiff_client::informer::Reader;
 use tokio::sync::mpsc::UnboundedSender;
-use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use super::CoreMsg;
 use super::logs;
 
-/// Most output an exec returns.
-pub const EXEC_OUTPUT_LIMIT: u64 = 1 << 20;
+/// Where an exec's output goes, in order: chunks as the command writes them, then the
+/// message that carries its exit code; an error first instead when it could not run.
+pub type ExecReply = tokio::sync::mpsc::Sender<Result<ExecOutput, String>>;
 
 pub struct NodeService {
     pub(crate) log_dir: PathBuf,
@@ -170,7 +170,8 @@ impl Node for NodeService {
         let pod = self.pod(&r.namespace, &r.name)?;
         let container = Self::container(&pod, &r.container)?;
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let (tx, rx) = oneshot::channel();
+        // A few chunks in flight: a client that stops reading stops the command's writes.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         let core = super::shard(&uid, self.cores.len());
         self.cores[core]
             .send(CoreMsg::Exec {
@@ -180,16 +181,18 @@ impl Node for NodeService {
                 reply: tx,
             })
             .map_err(|_| Status::unavailable("the node agent is stopping"))?;
-        let (code, output) = rx
+        // A command that cannot run is the call's error; after its first message, the rest
+        // streams.
+        let first = rx
+            .recv()
             .await
-            .map_err(|_| Status::unavailable("the pod is gone"))?
+            .ok_or_else(|| Status::unavailable("the pod is gone"))?
             .map_err(Status::invalid_argument)?;
-        let msg = ExecOutput {
-            output: output.into_bytes().into(),
-            done: true,
-            exit_code: code,
-        };
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(msg)]))))
+        let rest =
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(|m| m.map_err(Status::internal));
+        Ok(Response::new(Box::pin(
+            futures::stream::iter([Ok(first)]).chain(rest),
+        )))
     }
 }
 
@@ -335,7 +338,10 @@ mod tests {
         };
         assert_eq!(next().await.as_deref(), Some("first\n"));
         // An append, written in two pieces: only whole lines come out.
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
         let second = line("second");
         f.write_all(&second.as_bytes()[..10]).expect("write");
         f.flush().expect("flush");
