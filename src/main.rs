@@ -111,9 +111,12 @@ enum Command {
         #[arg(long)]
         timestamps: bool,
     },
-    /// Run a command in a container; its output streams back (no terminal, no stdin).
+    /// Run a command in a container; its output streams back (no terminal).
     Exec {
         pod: String,
+        /// Pass our stdin to the command (its end closes the command's stdin).
+        #[arg(short = 'i', long)]
+        stdin: bool,
         #[arg(short = 'c', long)]
         container: Option<String>,
         #[arg(last = true, required = true)]
@@ -268,19 +271,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Exec {
             pod,
+            stdin,
             container,
             command,
         } => {
             use std::io::Write;
             let client = connect(server).await?;
             let pod = pod.strip_prefix("pod/").unwrap_or(&pod).to_string();
+            let input = stdin.then(cli::stdin_chunks);
             let mut output = client
-                .pod_exec_stream(skiff_api::proto::PodExecRequest {
-                    namespace: ns.to_string(),
-                    name: pod,
-                    container: container.unwrap_or_default(),
-                    command,
-                })
+                .pod_exec_stream(
+                    skiff_api::proto::PodExecRequest {
+                        namespace: ns.to_string(),
+                        name: pod,
+                        container: container.unwrap_or_default(),
+                        command,
+                        stdin,
+                    },
+                    input,
+                )
                 .await
                 .map_err(|e| anyhow::anyhow!(cli::server_error(&e)))?;
             // Each chunk as the command writes it, to our stdout or stderr as it wrote it.

@@ -49,6 +49,25 @@ impl LocalCluster {
             .expect("run skiff")
     }
 
+    /// `skiff` with `input` as its stdin.
+    fn skiff_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(SKIFF)
+            .arg("--server")
+            .arg(&self.address)
+            .args(args)
+            .env("SKIFF_LOG", "error")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run skiff");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input).expect("write stdin");
+        drop(stdin);
+        child.wait_with_output().expect("skiff ends")
+    }
+
     fn netns(&self, host: &str) -> PathBuf {
         PathBuf::from("/run/skiff/clusters")
             .join(&self.name)
@@ -318,6 +337,29 @@ async fn scenario(cluster: &LocalCluster) {
         seen, replicas,
         "every replica answers through the ClusterIP"
     );
+
+    // exec: stdout and stderr apart, the command's exit code; -i passes our stdin.
+    let out = cluster.skiff(&[
+        "exec",
+        &from_pod,
+        "--",
+        "sh",
+        "-c",
+        "echo o; echo e >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "o\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("e\n"),
+        "{}",
+        text(&out)
+    );
+    let out = cluster.skiff_with_stdin(
+        &["exec", "-i", &from_pod, "--", "sh", "-c", "cat; echo eof"],
+        b"piped\n",
+    );
+    assert!(out.status.success(), "exec -i: {}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped\neof\n");
 
     // NodePort from outside, through either node (XDP, Maglev, SNAT to the other node).
     for node in ["198.18.0.10", "198.18.0.11"] {

@@ -1044,9 +1044,10 @@ fn logs_and_exec_through_the_api_server() -> Result<(), Failed> {
         };
         let mut s = n
             .client
-            .pod_exec_stream(exec(
-                "echo out; until [ -e /tmp/go ]; do sleep 0.05; done; echo err >&2; exit 4",
-            ))
+            .pod_exec_stream(
+                exec("echo out; until [ -e /tmp/go ]; do sleep 0.05; done; echo err >&2; exit 4"),
+                None,
+            )
             .await?;
         let first = next(&mut s).await?;
         n.client.pod_exec(exec("touch /tmp/go")).await?;
@@ -1067,6 +1068,34 @@ fn logs_and_exec_through_the_api_server() -> Result<(), Failed> {
             && rest[1].exit_code == 4,
         || format!("{rest:?}"),
     )?;
+    // exec -i: the command reads what we send, and the end of our stream is its end of
+    // file.
+    let (out, code) = n.rt.block_on(async {
+        let stdin: skiff_client::StdinStream = Box::pin(futures::stream::iter([
+            bytes::Bytes::from_static(b"hello\n"),
+            bytes::Bytes::from_static(b"world\n"),
+        ]));
+        let mut s = n
+            .client
+            .pod_exec_stream(exec("cat; echo eof"), Some(stdin))
+            .await?;
+        let mut out = Vec::new();
+        while let Some(m) = tokio::time::timeout(Duration::from_secs(20), s.next())
+            .await
+            .map_err(|_| "exec -i: no output within 20 s")?
+        {
+            let m = m?;
+            out.extend_from_slice(&m.output);
+            if m.done {
+                return Ok::<_, Failed>((out, m.exit_code));
+            }
+        }
+        Err("exec -i: the stream ended without an exit code".into())
+    })?;
+    let out = String::from_utf8_lossy(&out).to_string();
+    check(out == "hello\nworld\neof\n" && code == 0, || {
+        format!("{out:?} {code}")
+    })?;
     // A pod that does not exist is the API server's NotFound.
     let err =
         n.rt.block_on(n.client.pod_logs(req("nope")))

@@ -81,6 +81,8 @@ impl<O> RawEvent<O> {
 pub type ObjectWatch = Pin<Box<dyn Stream<Item = Result<RawEvent<RawObject>, ApiError>> + Send>>;
 /// A container's log as chunks.
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>;
+/// An exec's stdin, as chunks; its end closes the command's stdin.
+pub type StdinStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 /// A command's output as it runs, then its exit code.
 pub type ExecStream =
     Pin<Box<dyn Stream<Item = Result<crate::proto::ExecOutput, ApiError>> + Send>>;
@@ -138,5 +140,10 @@ pub trait LocalApi: Send + Sync + 'static {
         send_initial_events: bool,
     ) -> Result<ObjectWatch, ApiError>;
     async fn pod_logs(&self, req: PodLogsRequest) -> Result<LogStream, ApiError>;
-    async fn pod_exec(&self, req: PodExecRequest) -> Result<ExecStream, ApiError>;
+    /// `stdin` feeds the command when `req.stdin` is set.
+    async fn pod_exec(
+        &self,
+        req: PodExecRequest,
+        stdin: StdinStream,
+    ) -> Result<ExecStream, ApiError>;
 }

@@ -10,9 +10,9 @@ use skiff_api::proto::api_server::Api;
 use skiff_api::proto::node_client::NodeClient;
 use skiff_api::proto::{
     BindBatchRequest, BindBatchResponse, BindRequest, BindResult, CreateRequest, DeleteRequest,
-    DeleteResponse, ExecOutput, GetRequest, ListRequest, ListResponse, LogChunk, ObjectResponse,
-    PatchRequest, PodExecRequest, PodLogsRequest, UpdateRequest, VersionRequest, VersionResponse,
-    WatchRequest,
+    DeleteResponse, ExecInput, ExecOutput, GetRequest, ListRequest, ListResponse, LogChunk,
+    ObjectResponse, PatchRequest, PodExecRequest, PodLogsRequest, UpdateRequest, VersionRequest,
+    VersionResponse, WatchRequest,
 };
 use skiff_api::raw::RawObject;
 use skiff_api::watch_batch::WatchBatch;
@@ -41,6 +41,22 @@ fn unavailable(msg: String) -> Status {
     skiff_api::ApiError::new(skiff_api::Reason::ServiceUnavailable, msg).into()
 }
 
+type NodeExecCall = Pin<
+    Box<
+        dyn std::future::Future<Output = Result<Response<tonic::Streaming<ExecOutput>>, Status>>
+            + Send,
+    >,
+>;
+
+/// The node's exec call, boxed where its future's type is concrete (with a boxed `dyn
+/// Stream` as its input, rustc cannot prove the client-streaming future `Send`).
+fn exec_call(
+    mut node: NodeClient<tonic::transport::Channel>,
+    input: tokio_stream::wrappers::ReceiverStream<ExecInput>,
+) -> NodeExecCall {
+    Box::pin(async move { node.exec(input).await })
+}
+
 /// A node's error as the API server's own (a Kubernetes Status in the details).
 fn from_node(s: Status) -> Status {
     skiff_api::ApiError::from_grpc(&s).into()
@@ -57,6 +73,42 @@ impl ApiService {
                 .map(|_| ())
         }))
         .await
+    }
+
+    /// Runs an exec on the node of its pod: the request, then stdin (when asked for) as the
+    /// node's call's further messages; the node's output back.
+    pub(crate) async fn exec_on_node(
+        &self,
+        start: PodExecRequest,
+        stdin: skiff_api::local::StdinStream,
+    ) -> Result<ExecStream, Status> {
+        let node = self.node_of(&start.namespace, &start.name).await?;
+        let attach = start.stdin;
+        let first = ExecInput {
+            start: Some(start),
+            stdin: bytes::Bytes::new(),
+        };
+        // The call's messages go through a channel: the request, then stdin as it comes.
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let _ = tx.try_send(first);
+        if attach {
+            let mut stdin = stdin;
+            tokio::spawn(async move {
+                while let Some(stdin) = stdin.next().await {
+                    if tx.send(ExecInput { start: None, stdin }).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        } else {
+            drop(tx);
+        }
+        let input = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let stream = exec_call(node, input)
+            .await
+            .map_err(from_node)?
+            .into_inner();
+        Ok(Box::pin(stream.map(|r| r.map_err(from_node))))
     }
 
     /// A connection to the node agent running pod `ns/name` (kube-apiserver's proxy to the
@@ -252,13 +304,24 @@ impl Api for ApiService {
         )))
     }
 
-    async fn pod_exec(&self, req: Request<PodExecRequest>) -> Result<Response<ExecStream>, Status> {
-        let r = req.into_inner();
-        let mut node = self.node_of(&r.namespace, &r.name).await?;
-        let stream = node.exec(r).await.map_err(from_node)?.into_inner();
-        Ok(Response::new(Box::pin(
-            stream.map(|r| r.map_err(from_node)),
-        )))
+    async fn pod_exec(
+        &self,
+        req: Request<tonic::Streaming<ExecInput>>,
+    ) -> Result<Response<ExecStream>, Status> {
+        let mut input = req.into_inner();
+        let start = input
+            .message()
+            .await?
+            .and_then(|m| m.start)
+            .ok_or_else(|| Status::invalid_argument("exec: the first message names no command"))?;
+        // The rest is stdin, until the caller ends its side (or breaks the call).
+        let stdin = futures::stream::unfold(input, |mut input| async move {
+            let m = input.message().await.ok().flatten()?;
+            Some((m.stdin, input))
+        });
+        self.exec_on_node(start, Box::pin(stdin))
+            .await
+            .map(Response::new)
     }
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use skiff_api::ApiError;
 use skiff_api::local::{
-    DeleteParams, ExecStream, ListParams, LocalApi, LogStream, ObjectWatch, RawList,
+    DeleteParams, ExecStream, ListParams, LocalApi, LogStream, ObjectWatch, RawList, StdinStream,
 };
 use skiff_api::proto::api_server::Api;
 use skiff_api::proto::{BindRequest, PodExecRequest, PodLogsRequest};
@@ -170,11 +170,15 @@ impl LocalApi for ApiService {
         })))
     }
 
-    async fn pod_exec(&self, req: PodExecRequest) -> Result<ExecStream, ApiError> {
-        let stream = Api::pod_exec(self, Request::new(req))
+    async fn pod_exec(
+        &self,
+        req: PodExecRequest,
+        stdin: StdinStream,
+    ) -> Result<ExecStream, ApiError> {
+        let stream = self
+            .exec_on_node(req, stdin)
             .await
-            .map_err(|s| ApiError::from_grpc(&s))?
-            .into_inner();
+            .map_err(|s| ApiError::from_grpc(&s))?;
         Ok(Box::pin(
             stream.map(|m| m.map_err(|s| ApiError::from_grpc(&s))),
         ))

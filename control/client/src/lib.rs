@@ -31,6 +31,7 @@ use tonic::transport::{Channel, Endpoint};
 pub use skiff_api;
 pub use skiff_api::local::{
     DeleteParams, ExecStream, ListParams, LocalApi, LogStream, ObjectWatch, RawEvent, RawList,
+    StdinStream,
 };
 
 /// Default API server address.
@@ -408,7 +409,7 @@ impl Client {
         &self,
         req: skiff_api::proto::PodExecRequest,
     ) -> Result<(Vec<u8>, i32), ApiError> {
-        let mut stream = self.pod_exec_stream(req).await?;
+        let mut stream = self.pod_exec_stream(req, None).await?;
         let mut out = Vec::new();
         while let Some(msg) = stream.next().await {
             let msg = msg?;
@@ -424,22 +425,41 @@ impl Client {
     }
 
     /// Runs a command in a container: what it writes (tagged stdout 1, stderr 2) as it
-    /// writes it, then a message with `done` and its exit code.
+    /// writes it, then a message with `done` and its exit code. With `stdin`, the command
+    /// reads it (`kubectl exec -i`), and its end closes the command's stdin.
     pub async fn pod_exec_stream(
         &self,
-        req: skiff_api::proto::PodExecRequest,
+        mut req: skiff_api::proto::PodExecRequest,
+        stdin: Option<StdinStream>,
     ) -> Result<ExecStream, ApiError> {
+        req.stdin = stdin.is_some();
+        let mut stdin: StdinStream = stdin.unwrap_or_else(|| Box::pin(futures::stream::empty()));
         Ok(match self.grpc() {
             Ok(mut c) => {
                 let address = self.address.clone();
+                // The call's messages: the request, then stdin as it comes (through a channel:
+                // the generated client-streaming call needs a concrete stream type to be Send).
+                let (tx, rx) = tokio::sync::mpsc::channel(16);
+                let _ = tx.try_send(skiff_api::proto::ExecInput {
+                    start: Some(req),
+                    stdin: Bytes::new(),
+                });
+                tokio::spawn(async move {
+                    while let Some(stdin) = stdin.next().await {
+                        let m = skiff_api::proto::ExecInput { start: None, stdin };
+                        if tx.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                });
                 let stream = c
-                    .pod_exec(req)
+                    .pod_exec(tokio_stream::wrappers::ReceiverStream::new(rx))
                     .await
                     .map_err(|s| grpc_error(s, &address))?
                     .into_inner();
                 Box::pin(stream.map(move |m| m.map_err(|s| grpc_error(s, &address))))
             }
-            Err(local) => local.pod_exec(req).await?,
+            Err(local) => local.pod_exec(req, stdin).await?,
         })
     }
 

@@ -139,6 +139,7 @@ pub(crate) enum CoreMsg {
         uid: String,
         container: String,
         command: Vec<String>,
+        stdin: Option<server::ExecStdin>,
         reply: server::ExecReply,
     },
     Stop,
@@ -264,12 +265,14 @@ impl Agent {
                                     uid,
                                     container,
                                     command,
+                                    stdin,
                                     reply,
                                 } => match pods.get(&uid) {
                                     Some(tx) => {
                                         let _ = tx.send(PodMsg::Exec {
                                             container,
                                             command,
+                                            stdin,
                                             reply,
                                         });
                                     }

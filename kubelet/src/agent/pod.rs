@@ -72,6 +72,7 @@ pub enum PodMsg {
     Exec {
         container: String,
         command: Vec<String>,
+        stdin: Option<super::server::ExecStdin>,
         reply: super::server::ExecReply,
     },
     /// One probe result.
@@ -364,8 +365,9 @@ impl PodWorker {
                 Some(PodMsg::Exec {
                     container,
                     command,
+                    stdin,
                     reply,
-                }) => self.exec(&container, command, reply),
+                }) => self.exec(&container, command, stdin, reply),
                 Some(PodMsg::Detach) => {
                     self.persist();
                     return;
@@ -1361,7 +1363,13 @@ impl PodWorker {
     }
 
     /// Runs a command in a running container; the reply carries its exit code and output.
-    fn exec(&self, container: &str, command: Vec<String>, reply: super::server::ExecReply) {
+    fn exec(
+        &self,
+        container: &str,
+        command: Vec<String>,
+        stdin: Option<super::server::ExecStdin>,
+        reply: super::server::ExecReply,
+    ) {
         let Some(idx) = self.ctrs.iter().position(|c| c.name == container) else {
             let _ = reply.try_send(Err(format!("container {container} not found")));
             return;
@@ -1372,7 +1380,7 @@ impl PodWorker {
             return;
         };
         tokio::task::spawn_local(async move {
-            probe::exec_streaming(&target, &command, reply).await;
+            probe::exec_streaming(&target, &command, stdin, reply).await;
         });
     }
 

@@ -297,30 +297,53 @@ pub async fn exec_limited(
 /// stdout and stderr into `out` as it writes it, then its exit code. The channel is
 /// bounded: a reader that falls behind holds the command's writes back, and one that goes
 /// away closes its pipes.
-pub async fn exec_streaming(target: &Target, argv: &[String], out: super::server::ExecReply) {
+pub async fn exec_streaming(
+    target: &Target,
+    argv: &[String],
+    stdin: Option<super::server::ExecStdin>,
+    out: super::server::ExecReply,
+) {
     let run = async {
         let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string());
         let ((out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?);
+        let input = match stdin {
+            Some(rx) => Some((pipe()?, rx)),
+            None => None,
+        };
         let mut spec = target.exec_template.clone();
         spec.id = format!("{}-exec-{}", spec.id, uuid_suffix());
         spec.argv = argv.to_vec();
         spec.exec_in = Some(target.pid);
         spec.stdout = Some(0);
         spec.stderr = Some(1);
-        spec.stdin = None;
+        spec.stdin = input.as_ref().map(|_| 2);
         spec.keep = Vec::new();
+        let mut fds = vec![
+            std::os::fd::AsFd::as_fd(&out_w),
+            std::os::fd::AsFd::as_fd(&err_w),
+        ];
+        if let Some(((r, _), _)) = &input {
+            fds.push(std::os::fd::AsFd::as_fd(r));
+        }
         let mut c = target
             .runtime
-            .create(
-                &spec,
-                &[
-                    std::os::fd::AsFd::as_fd(&out_w),
-                    std::os::fd::AsFd::as_fd(&err_w),
-                ],
-            )
+            .create(&spec, &fds)
             .await
             .map_err(|e| e.to_string())?;
+        drop(fds);
         drop((out_w, err_w));
+        // stdin: written as it comes; the end of the channel closes the pipe.
+        if let Some(((r, w), mut rx)) = input {
+            drop(r);
+            tokio::task::spawn_blocking(move || {
+                let mut w = std::fs::File::from(w);
+                while let Some(chunk) = rx.blocking_recv() {
+                    if std::io::Write::write_all(&mut w, &chunk).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let pumps = [(out_r, 1), (err_r, 2)].map(|(r, stream)| {
             let out = out.clone();
             tokio::task::spawn_blocking(move || pump(r, stream, &out))

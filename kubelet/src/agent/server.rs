@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use skiff_api::proto::node_server::Node;
-use skiff_api::proto::{ExecOutput, LogChunk, PodExecRequest, PodLogsRequest};
+use skiff_api::proto::{ExecInput, ExecOutput, LogChunk, PodLogsRequest};
 use skiff_client::informer::Reader;
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::{Request, Response, Status};
@@ -20,6 +20,8 @@ use super::logs;
 /// Where an exec's output goes, in order: chunks as the command writes them, then the
 /// message that carries its exit code; an error first instead when it could not run.
 pub type ExecReply = tokio::sync::mpsc::Sender<Result<ExecOutput, String>>;
+/// An exec's stdin as it comes; the channel's end closes it.
+pub type ExecStdin = tokio::sync::mpsc::Receiver<bytes::Bytes>;
 
 pub struct NodeService {
     pub(crate) log_dir: PathBuf,
@@ -160,8 +162,29 @@ impl Node for NodeService {
         Ok(Response::new(stream))
     }
 
-    async fn exec(&self, req: Request<PodExecRequest>) -> Result<Response<ExecStream>, Status> {
-        let r = req.into_inner();
+    async fn exec(
+        &self,
+        req: Request<tonic::Streaming<ExecInput>>,
+    ) -> Result<Response<ExecStream>, Status> {
+        let mut input = req.into_inner();
+        let r = input
+            .message()
+            .await?
+            .and_then(|m| m.start)
+            .ok_or_else(|| Status::invalid_argument("exec: the first message names no command"))?;
+        // stdin: the call's further messages, through a bounded channel (a command that does
+        // not read holds the caller back); the call's end closes it.
+        let stdin = r.stdin.then(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = input.message().await {
+                    if tx.send(m.stdin).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        });
         if r.command.is_empty() {
             return Err(Status::invalid_argument(
                 "you must specify at least one command",
@@ -178,6 +201,7 @@ impl Node for NodeService {
                 uid,
                 container,
                 command: r.command,
+                stdin,
                 reply: tx,
             })
             .map_err(|_| Status::unavailable("the node agent is stopping"))?;
