@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod defaults;
 pub mod error;
+pub mod exec;
 pub mod grpc_codec;
 pub mod local;
 pub mod object;

@@ -309,11 +309,7 @@ impl Api for ApiService {
         req: Request<tonic::Streaming<ExecInput>>,
     ) -> Result<Response<ExecStream>, Status> {
         let mut input = req.into_inner();
-        let start = input
-            .message()
-            .await?
-            .and_then(|m| m.start)
-            .ok_or_else(|| Status::invalid_argument("exec: the first message names no command"))?;
+        let start = skiff_api::exec::first_request(&mut input).await?;
         // The rest is stdin, until the caller ends its side (or breaks the call).
         let stdin = futures::stream::unfold(input, |mut input| async move {
             let m = input.message().await.ok().flatten()?;

@@ -167,11 +167,7 @@ impl Node for NodeService {
         req: Request<tonic::Streaming<ExecInput>>,
     ) -> Result<Response<ExecStream>, Status> {
         let mut input = req.into_inner();
-        let r = input
-            .message()
-            .await?
-            .and_then(|m| m.start)
-            .ok_or_else(|| Status::invalid_argument("exec: the first message names no command"))?;
+        let r = skiff_api::exec::first_request(&mut input).await?;
         // stdin: the call's further messages, through a bounded channel (a command that does
         // not read holds the caller back); the call's end closes it.
         let stdin = r.stdin.then(|| {
