@@ -115,7 +115,7 @@ pub fn decode_strict<K: DeserializeOwned + Serialize>(value: &Value) -> Result<K
     let round =
         serde_json::to_value(&typed).map_err(|e| vec![Cause::invalid("", "", &e.to_string())])?;
     let mut unknown = Vec::new();
-    find_unknown_fields(value, &round, "", &mut unknown);
+    find_unknown_fields(value, &round, &mut unknown);
     if unknown.is_empty() {
         Ok(typed)
     } else {
@@ -130,27 +130,60 @@ pub fn decode_strict<K: DeserializeOwned + Serialize>(value: &Value) -> Result<K
     }
 }
 
-fn find_unknown_fields(original: &Value, round: &Value, path: &str, out: &mut Vec<String>) {
+/// One step of a field path: an object key or an array index.
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// `spec.containers[0].name` for the steps taken.
+fn render_path(steps: &[Step]) -> String {
+    let mut p = String::new();
+    for s in steps {
+        match s {
+            Step::Key(k) => {
+                if !p.is_empty() {
+                    p.push('.');
+                }
+                p.push_str(k);
+            }
+            Step::Index(i) => p.push_str(&format!("[{i}]")),
+        }
+    }
+    p
+}
+
+/// The fields of `original` that the round trip through the typed object dropped (unknown
+/// fields), as paths; a path is written only for a field reported.
+fn find_unknown_fields(original: &Value, round: &Value, out: &mut Vec<String>) {
+    unknown_below(original, round, &mut Vec::new(), out);
+}
+
+fn unknown_below<'a>(
+    original: &'a Value,
+    round: &Value,
+    steps: &mut Vec<Step<'a>>,
+    out: &mut Vec<String>,
+) {
     match (original, round) {
         (Value::Object(o), Value::Object(r)) => {
             for (k, v) in o {
                 if v.is_null() {
                     continue;
                 }
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                steps.push(Step::Key(k));
                 match r.get(k) {
-                    Some(rv) => find_unknown_fields(v, rv, &p, out),
-                    None => out.push(p),
+                    Some(rv) => unknown_below(v, rv, steps, out),
+                    None => out.push(render_path(steps)),
                 }
+                steps.pop();
             }
         }
         (Value::Array(o), Value::Array(r)) => {
             for (i, (ov, rv)) in o.iter().zip(r).enumerate() {
-                find_unknown_fields(ov, rv, &format!("{path}[{i}]"), out);
+                steps.push(Step::Index(i));
+                unknown_below(ov, rv, steps, out);
+                steps.pop();
             }
         }
         _ => {}
@@ -172,7 +205,7 @@ fn admit_typed<K: Kind>(info: &ResourceInfo, value: Value) -> Result<Value, ApiE
     let moves_fields = info.kind == "Secret";
     let unknown = |checked: &Value| {
         let mut found = Vec::new();
-        find_unknown_fields(&value, checked, "", &mut found);
+        find_unknown_fields(&value, checked, &mut found);
         found
             .into_iter()
             .map(|field| Cause {
@@ -321,5 +354,20 @@ mod tests {
             "spec": {"replica": 3, "selector": {}, "template": {}}});
         let err = admit(deployments(), d).expect_err("unknown");
         assert_eq!(err.causes[0].message, "unknown field \"spec.replica\"");
+        // Inside arrays, and more than one.
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"},
+            "spec": {"selector": {"matchLabels": {"a": "b"}},
+                "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [
+                    {"name": "c", "image": "i"},
+                    {"name": "d", "image": "i", "imagePullPolcy": "Always", "ports": [{"containerPort": 80, "proto": "TCP"}]}]}}}});
+        let err = admit(deployments(), d).expect_err("unknown");
+        let fields: Vec<&str> = err.causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.template.spec.containers[1].imagePullPolcy",
+                "spec.template.spec.containers[1].ports[0].proto"
+            ]
+        );
     }
 }
