@@ -41,22 +41,6 @@ fn unavailable(msg: String) -> Status {
     skiff_api::ApiError::new(skiff_api::Reason::ServiceUnavailable, msg).into()
 }
 
-type NodeExecCall = Pin<
-    Box<
-        dyn std::future::Future<Output = Result<Response<tonic::Streaming<ExecOutput>>, Status>>
-            + Send,
-    >,
->;
-
-/// The node's exec call, boxed where its future's type is concrete (with a boxed `dyn
-/// Stream` as its input, rustc cannot prove the client-streaming future `Send`).
-fn exec_call(
-    mut node: NodeClient<tonic::transport::Channel>,
-    input: tokio_stream::wrappers::ReceiverStream<ExecInput>,
-) -> NodeExecCall {
-    Box::pin(async move { node.exec(input).await })
-}
-
 /// A node's error as the API server's own (a Kubernetes Status in the details).
 fn from_node(s: Status) -> Status {
     skiff_api::ApiError::from_grpc(&s).into()
@@ -82,29 +66,9 @@ impl ApiService {
         start: PodExecRequest,
         stdin: skiff_api::local::StdinStream,
     ) -> Result<ExecStream, Status> {
-        let node = self.node_of(&start.namespace, &start.name).await?;
-        let attach = start.stdin;
-        let first = ExecInput {
-            start: Some(start),
-            stdin: bytes::Bytes::new(),
-        };
-        // The call's messages go through a channel: the request, then stdin as it comes.
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let _ = tx.try_send(first);
-        if attach {
-            let mut stdin = stdin;
-            tokio::spawn(async move {
-                while let Some(stdin) = stdin.next().await {
-                    if tx.send(ExecInput { start: None, stdin }).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        } else {
-            drop(tx);
-        }
-        let input = tokio_stream::wrappers::ReceiverStream::new(rx);
-        let stream = exec_call(node, input)
+        let mut node = self.node_of(&start.namespace, &start.name).await?;
+        let stream = node
+            .exec(skiff_api::exec::CallInput::new(start, stdin))
             .await
             .map_err(from_node)?
             .into_inner();
@@ -310,12 +274,7 @@ impl Api for ApiService {
     ) -> Result<Response<ExecStream>, Status> {
         let mut input = req.into_inner();
         let start = skiff_api::exec::first_request(&mut input).await?;
-        // The rest is stdin, until the caller ends its side (or breaks the call).
-        let stdin = futures::stream::unfold(input, |mut input| async move {
-            let m = input.message().await.ok().flatten()?;
-            Some((m.stdin, input))
-        });
-        self.exec_on_node(start, Box::pin(stdin))
+        self.exec_on_node(start, skiff_api::exec::stdin_of(input))
             .await
             .map(Response::new)
     }

@@ -433,27 +433,12 @@ impl Client {
         stdin: Option<StdinStream>,
     ) -> Result<ExecStream, ApiError> {
         req.stdin = stdin.is_some();
-        let mut stdin: StdinStream = stdin.unwrap_or_else(|| Box::pin(futures::stream::empty()));
+        let stdin: StdinStream = stdin.unwrap_or_else(|| Box::pin(futures::stream::empty()));
         Ok(match self.grpc() {
             Ok(mut c) => {
                 let address = self.address.clone();
-                // The call's messages: the request, then stdin as it comes (through a channel:
-                // the generated client-streaming call needs a concrete stream type to be Send).
-                let (tx, rx) = tokio::sync::mpsc::channel(16);
-                let _ = tx.try_send(skiff_api::proto::ExecInput {
-                    start: Some(req),
-                    stdin: Bytes::new(),
-                });
-                tokio::spawn(async move {
-                    while let Some(stdin) = stdin.next().await {
-                        let m = skiff_api::proto::ExecInput { start: None, stdin };
-                        if tx.send(m).await.is_err() {
-                            break;
-                        }
-                    }
-                });
                 let stream = c
-                    .pod_exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .pod_exec(skiff_api::exec::CallInput::new(req, stdin))
                     .await
                     .map_err(|s| grpc_error(s, &address))?
                     .into_inner();

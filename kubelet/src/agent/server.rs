@@ -172,9 +172,10 @@ impl Node for NodeService {
         // not read holds the caller back); the call's end closes it.
         let stdin = r.stdin.then(|| {
             let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+            let mut chunks = skiff_api::exec::stdin_of(input);
             tokio::spawn(async move {
-                while let Ok(Some(m)) = input.message().await {
-                    if tx.send(m.stdin).await.is_err() {
+                while let Some(chunk) = chunks.next().await {
+                    if tx.send(chunk).await.is_err() {
                         break;
                     }
                 }
