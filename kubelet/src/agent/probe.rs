@@ -257,6 +257,25 @@ pub async fn exec(target: &Target, argv: &[String]) -> Result<(i32, String), Str
     exec_limited(target, argv, 10 * 1024).await
 }
 
+/// A command run in the target container's namespaces with its identity and limits:
+/// stdout is the first passed descriptor, stderr and stdin the ones given (by index).
+fn exec_spec(
+    target: &Target,
+    argv: &[String],
+    stderr: Option<usize>,
+    stdin: Option<usize>,
+) -> ContainerSpec {
+    let mut spec = target.exec_template.clone();
+    spec.id = format!("{}-exec-{}", spec.id, uuid_suffix());
+    spec.argv = argv.to_vec();
+    spec.exec_in = Some(target.pid);
+    spec.stdout = Some(0);
+    spec.stderr = stderr;
+    spec.stdin = stdin;
+    spec.keep = Vec::new();
+    spec
+}
+
 /// [`exec`] keeping up to `limit` bytes of output.
 pub async fn exec_limited(
     target: &Target,
@@ -264,14 +283,7 @@ pub async fn exec_limited(
     limit: u64,
 ) -> Result<(i32, String), String> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
-    let mut spec = target.exec_template.clone();
-    spec.id = format!("{}-exec-{}", spec.id, uuid_suffix());
-    spec.argv = argv.to_vec();
-    spec.exec_in = Some(target.pid);
-    spec.stdout = Some(0);
-    spec.stderr = Some(0);
-    spec.stdin = None;
-    spec.keep = Vec::new();
+    let spec = exec_spec(target, argv, Some(0), None);
     let mut c = target
         .runtime
         .create(&spec, &[std::os::fd::AsFd::as_fd(&w)])
@@ -310,14 +322,7 @@ pub async fn exec_streaming(
             Some(rx) => Some((pipe()?, rx)),
             None => None,
         };
-        let mut spec = target.exec_template.clone();
-        spec.id = format!("{}-exec-{}", spec.id, uuid_suffix());
-        spec.argv = argv.to_vec();
-        spec.exec_in = Some(target.pid);
-        spec.stdout = Some(0);
-        spec.stderr = Some(1);
-        spec.stdin = input.as_ref().map(|_| 2);
-        spec.keep = Vec::new();
+        let spec = exec_spec(target, argv, Some(1), input.as_ref().map(|_| 2));
         let mut fds = vec![
             std::os::fd::AsFd::as_fd(&out_w),
             std::os::fd::AsFd::as_fd(&err_w),
