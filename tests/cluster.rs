@@ -39,33 +39,7 @@ struct LocalCluster {
 
 impl LocalCluster {
     fn skiff(&self, args: &[&str]) -> Output {
-        Command::new(SKIFF)
-            .arg("--server")
-            .arg(&self.address)
-            .args(args)
-            .env("SKIFF_LOG", "error")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run skiff")
-    }
-
-    /// `skiff` with `input` as its stdin.
-    fn skiff_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(SKIFF)
-            .arg("--server")
-            .arg(&self.address)
-            .args(args)
-            .env("SKIFF_LOG", "error")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run skiff");
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(input).expect("write stdin");
-        drop(stdin);
-        child.wait_with_output().expect("skiff ends")
+        support::run_skiff(&self.address, None, args, None)
     }
 
     fn netns(&self, host: &str) -> PathBuf {
@@ -354,9 +328,11 @@ async fn scenario(cluster: &LocalCluster) {
         "{}",
         text(&out)
     );
-    let out = cluster.skiff_with_stdin(
+    let out = support::run_skiff(
+        &cluster.address,
+        None,
         &["exec", "-i", &from_pod, "--", "sh", "-c", "cat; echo eof"],
-        b"piped\n",
+        Some("piped\n"),
     );
     assert!(out.status.success(), "exec -i: {}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "piped\neof\n");

@@ -63,28 +63,46 @@ impl Server {
 
     /// Runs `skiff <args>` against this server; `stdin` is fed if given.
     pub fn skiff(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new(SKIFF);
-        cmd.arg("--server").arg(&self.address).args(args);
-        cmd.env("SKIFF_CONFIG", self.dir.join("client-config"))
-            .env("SKIFF_LOG", "error");
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn skiff");
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.as_bytes())
-                .expect("write stdin");
-        }
-        child.wait_with_output().expect("skiff output")
+        run_skiff(
+            &self.address,
+            Some(&self.dir.join("client-config")),
+            args,
+            stdin,
+        )
     }
+}
+
+/// Runs `skiff --server <address> <args>` (with its client config at `config`, when
+/// given); `stdin` is fed if given, else it reads /dev/null.
+pub fn run_skiff(
+    address: &str,
+    config: Option<&Path>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
+    let mut cmd = Command::new(SKIFF);
+    cmd.arg("--server").arg(address).args(args);
+    if let Some(config) = config {
+        cmd.env("SKIFF_CONFIG", config);
+    }
+    cmd.env("SKIFF_LOG", "error");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn skiff");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    child.wait_with_output().expect("skiff output")
 }
 
 impl Drop for Server {
