@@ -83,16 +83,22 @@ pub(crate) mod tempdir {
     /// A temp directory removed on drop (kept dependency-free).
     pub struct Dir(pub std::path::PathBuf);
     impl Dir {
-        /// A new, empty directory under the temp dir, unique to this process and call.
+        /// A new, empty directory under the temp dir, unique to this call (process, counter
+        /// and clock: a directory a killed earlier process with the same pid left is not
+        /// reused).
         pub fn new(prefix: &str) -> std::io::Result<Dir> {
             use std::sync::atomic::{AtomicU32, Ordering};
             static NEXT: AtomicU32 = AtomicU32::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
             let d = std::env::temp_dir().join(format!(
-                "{prefix}-{}-{}",
+                "{prefix}-{}-{}-{nanos}",
                 std::process::id(),
                 NEXT.fetch_add(1, Ordering::Relaxed)
             ));
-            std::fs::create_dir_all(&d)?;
+            std::fs::create_dir(&d)?;
             Ok(Dir(d))
         }
     }
@@ -125,12 +131,7 @@ pub(crate) fn server_address(lines: &mut std::io::Lines<impl BufRead>) -> anyhow
 
 impl SkiffServer {
     pub fn start(extra: &[&str]) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "skiff-bench-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos() ^ rand_u64()
-        ));
-        std::fs::create_dir_all(&dir)?;
+        let dir = tempdir::Dir::new("skiff-bench")?;
         let mut child = Command::new(skiff_bin()?)
             .args([
                 "server",
@@ -139,7 +140,7 @@ impl SkiffServer {
                 "127.0.0.1:0",
                 "--data-dir",
             ])
-            .arg(&dir)
+            .arg(&dir.0)
             .args(extra)
             .env("SKIFF_LOG", "warn")
             .stdin(Stdio::null())
@@ -154,7 +155,7 @@ impl SkiffServer {
         Ok(SkiffServer {
             child,
             address,
-            _dir: tempdir::Dir(dir),
+            _dir: dir,
         })
     }
 
@@ -168,13 +169,6 @@ impl Drop for SkiffServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn rand_u64() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
 }
 
 /// Resident memory of a process, in bytes.
