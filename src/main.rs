@@ -111,12 +111,16 @@ enum Command {
         #[arg(long)]
         timestamps: bool,
     },
-    /// Run a command in a container; its output streams back (no terminal).
+    /// Run a command in a container; its output streams back.
     Exec {
         pod: String,
         /// Pass our stdin to the command (its end closes the command's stdin).
         #[arg(short = 'i', long)]
         stdin: bool,
+        /// Run the command on a terminal (our stdin must be one): raw input, its size
+        /// followed, stdout and stderr as one.
+        #[arg(short = 't', long)]
+        tty: bool,
         #[arg(short = 'c', long)]
         container: Option<String>,
         #[arg(last = true, required = true)]
@@ -272,43 +276,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Exec {
             pod,
             stdin,
+            tty,
             container,
             command,
         } => {
-            use std::io::Write;
             let client = connect(server).await?;
             let pod = pod.strip_prefix("pod/").unwrap_or(&pod).to_string();
-            let input = stdin.then(cli::stdin_chunks);
-            let mut output = client
-                .pod_exec_stream(
-                    skiff_api::proto::PodExecRequest {
-                        namespace: ns.to_string(),
-                        name: pod,
-                        container: container.unwrap_or_default(),
-                        command,
-                        stdin,
-                    },
-                    input,
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!(cli::server_error(&e)))?;
-            // Each chunk as the command writes it, to our stdout or stderr as it wrote it.
-            while let Some(msg) = futures::StreamExt::next(&mut output).await {
-                let msg = msg.map_err(|e| anyhow::anyhow!(cli::server_error(&e)))?;
-                if msg.done {
-                    if msg.exit_code != 0 {
-                        std::process::exit(msg.exit_code);
-                    }
-                    return Ok(());
-                }
-                if msg.stream == 2 {
-                    std::io::stderr().write_all(&msg.output)?;
-                } else {
-                    std::io::stdout().write_all(&msg.output)?;
-                    std::io::stdout().flush()?;
-                }
+            let req = skiff_api::proto::PodExecRequest {
+                namespace: ns.to_string(),
+                name: pod,
+                container: container.unwrap_or_default(),
+                command,
+                stdin,
+                ..Default::default()
+            };
+            let code = cli::terminal::exec(&client, req, tty).await?;
+            if code != 0 {
+                std::process::exit(code);
             }
-            anyhow::bail!("the node closed the exec stream without an exit code")
+            Ok(())
         }
         Command::Apply { files } => cli::apply(&connect(server).await?, &files, ns, false).await,
         Command::Create { files, args } => {

@@ -336,6 +336,49 @@ async fn scenario(cluster: &LocalCluster) {
     );
     assert!(out.status.success(), "exec -i: {}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "piped\neof\n");
+    // exec -t without a terminal to read: kubectl's warning, and the command runs without.
+    let out = support::run_skiff(
+        &cluster.address,
+        None,
+        &[
+            "exec",
+            "-it",
+            &from_pod,
+            "--",
+            "sh",
+            "-c",
+            "[ -t 0 ] || cat",
+        ],
+        Some("no tty\n"),
+    );
+    assert!(out.status.success(), "exec -it, piped: {}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no tty\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unable to use a TTY"),
+        "{}",
+        text(&out)
+    );
+    // exec -it on a terminal: the command gets one of our terminal's size, reads what we
+    // type (raw: our Enter is its newline), and our terminal is as it was afterwards.
+    let (code, written, restored) = skiff_on_terminal(
+        &cluster.address,
+        &[
+            "exec",
+            "-it",
+            &from_pod,
+            "--",
+            "sh",
+            "-c",
+            "stty size; read l; echo \"got $l\"; exit 7",
+        ],
+        "typed\r",
+    );
+    assert_eq!(code, Some(7), "exec -it: {written:?}");
+    assert!(
+        written.contains("24 80\r\n") && written.contains("got typed\r\n"),
+        "exec -it: {written:?}"
+    );
+    assert!(restored, "exec -it left the terminal in raw mode");
 
     // NodePort from outside, through either node (XDP, Maglev, SNAT to the other node).
     for node in ["198.18.0.10", "198.18.0.11"] {
@@ -518,4 +561,65 @@ async fn scenario(cluster: &LocalCluster) {
     })
     .await;
     assert_eq!(answers(&outside, to, 60), names(&moved));
+}
+
+/// Runs skiff on a new pseudo-terminal of 24 rows and 80 columns (its stdin, stdout and
+/// stderr), types `typed` once skiff has put it in raw mode, and returns skiff's exit code,
+/// what it wrote, and whether it left the terminal's modes as they were.
+fn skiff_on_terminal(address: &str, args: &[&str], typed: &str) -> (Option<i32>, String, bool) {
+    use nix::sys::termios::{LocalFlags, tcgetattr};
+    let size = nix::pty::Winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    let before = tcgetattr(&pty.slave).expect("tcgetattr");
+    let end = || Stdio::from(pty.slave.try_clone().expect("dup"));
+    let mut child = Command::new(SKIFF)
+        .arg("--server")
+        .arg(address)
+        .args(args)
+        .env("SKIFF_LOG", "error")
+        .stdin(end())
+        .stdout(end())
+        .stderr(end())
+        .spawn()
+        .expect("spawn skiff");
+    let mut master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone().expect("dup");
+    // Everything skiff writes, until the terminal's last far end closes (EIO).
+    let output = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tcgetattr(&pty.slave)
+        .expect("tcgetattr")
+        .local_flags
+        .contains(LocalFlags::ICANON)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "skiff never put the terminal in raw mode"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    master.write_all(typed.as_bytes()).expect("type");
+    let status = child.wait().expect("wait for skiff");
+    let after = tcgetattr(&pty.slave).expect("tcgetattr");
+    drop(pty.slave);
+    let written = String::from_utf8_lossy(&output.join().expect("reader")).into_owned();
+    let restored = before.local_flags == after.local_flags
+        && before.input_flags == after.input_flags
+        && before.output_flags == after.output_flags;
+    (status.code(), written, restored)
 }

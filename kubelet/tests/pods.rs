@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{Value, json};
 use skiff_apiserver::registry::{Config, Registry};
+use skiff_client::skiff_api::proto::{ExecInput, TerminalSize};
 use skiff_client::{Client, DeleteParams};
 use skiff_dataplane::netns::Netns;
 use skiff_kubelet::agent::{Agent, AgentConfig, purge};
@@ -1071,10 +1072,12 @@ fn logs_and_exec_through_the_api_server() -> Result<(), Failed> {
     // exec -i: the command reads what we send, and the end of our stream is its end of
     // file.
     let (out, code) = n.rt.block_on(async {
-        let stdin: skiff_client::StdinStream = Box::pin(futures::stream::iter([
-            bytes::Bytes::from_static(b"hello\n"),
-            bytes::Bytes::from_static(b"world\n"),
-        ]));
+        let stdin: skiff_client::ExecInputStream = Box::pin(futures::stream::iter(
+            [&b"hello\n"[..], b"world\n"].map(|b| ExecInput {
+                stdin: bytes::Bytes::from_static(b),
+                ..Default::default()
+            }),
+        ));
         let mut s = n
             .client
             .pod_exec_stream(exec("cat; echo eof"), Some(stdin))
@@ -1096,6 +1099,53 @@ fn logs_and_exec_through_the_api_server() -> Result<(), Failed> {
     check(out == "hello\nworld\neof\n" && code == 0, || {
         format!("{out:?} {code}")
     })?;
+    // exec -t: the command runs on a terminal of the size asked for (stdin and stdout are
+    // terminals, its newlines come back as the terminal writes them), a resize reaches it,
+    // and what we type is its input.
+    let (out, code) = n.rt.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel::<ExecInput>(4);
+        let input: skiff_client::ExecInputStream =
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut req = exec("stty size; [ -t 0 ] && [ -t 1 ] && echo on-a-tty; read l; stty size; echo \"got $l\"; exit 5");
+        req.stdin = true;
+        req.tty = true;
+        req.size = Some(TerminalSize { width: 100, height: 30 });
+        let mut s = n.client.pod_exec_stream(req, Some(input)).await?;
+        let mut out = Vec::new();
+        let mut typed = false;
+        while let Some(m) = tokio::time::timeout(Duration::from_secs(20), s.next())
+            .await
+            .map_err(|_| "exec -t: no output within 20 s")?
+        {
+            let m = m?;
+            if m.done {
+                return Ok::<_, Failed>((out, m.exit_code));
+            }
+            if m.stream != 1 {
+                return Err(format!("exec -t: output on stream {}", m.stream).into());
+            }
+            out.extend_from_slice(&m.output);
+            if !typed && String::from_utf8_lossy(&out).contains("on-a-tty\r\n") {
+                typed = true;
+                let resize = TerminalSize { width: 120, height: 40 };
+                for m in [
+                    ExecInput { resize: Some(resize), ..Default::default() },
+                    ExecInput { stdin: bytes::Bytes::from_static(b"hello\n"), ..Default::default() },
+                ] {
+                    tx.send(m).await.map_err(|_| "exec -t: input closed")?;
+                }
+            }
+        }
+        Err("exec -t: the stream ended without an exit code".into())
+    })?;
+    let out = String::from_utf8_lossy(&out).to_string();
+    check(
+        code == 5
+            && out.starts_with("30 100\r\non-a-tty\r\n")
+            && out.contains("hello\r\n")
+            && out.ends_with("40 120\r\ngot hello\r\n"),
+        || format!("{out:?} {code}"),
+    )?;
     // A pod that does not exist is the API server's NotFound.
     let err =
         n.rt.block_on(n.client.pod_logs(req("nope")))

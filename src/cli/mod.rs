@@ -4,6 +4,7 @@
 pub mod describe;
 pub mod rollout;
 pub mod table;
+pub mod terminal;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -33,30 +34,6 @@ impl std::fmt::Display for Reported {
 impl std::error::Error for Reported {}
 
 /// `Error from server (NotFound): pods "x" not found`
-/// This process's stdin as chunks, read on a thread of its own (a blocking read must not
-/// hold a runtime thread); the stream ends at end of file.
-pub fn stdin_chunks() -> skiff_client::StdinStream {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match std::io::Read::read(&mut std::io::stdin(), &mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if tx
-                        .blocking_send(bytes::Bytes::copy_from_slice(&buf[..n]))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-}
-
 pub fn server_error(e: &ApiError) -> String {
     match e.reason {
         Reason::ServiceUnavailable if e.message.starts_with("The connection") => e.message.clone(),

@@ -1,13 +1,13 @@
 //! The exec call's framing, shared by the client, the API server and the node agent: its
-//! first message names the command, the others carry stdin, and the end of the caller's
-//! messages closes the command's stdin.
+//! first message names the command, the others carry stdin or a new terminal size, and the
+//! end of the caller's messages closes the command's stdin.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::Stream;
 
-use crate::local::StdinStream;
+use crate::local::ExecInputStream;
 use crate::proto::{ExecInput, PodExecRequest};
 
 /// The command an exec call asks for (its first message).
@@ -21,32 +21,33 @@ pub async fn first_request(
         .ok_or_else(|| tonic::Status::invalid_argument("exec: the first message names no command"))
 }
 
-/// The rest of an exec call's messages as stdin, until the caller ends its side (or the
-/// call breaks).
-pub fn stdin_of(input: tonic::Streaming<ExecInput>) -> StdinStream {
+/// The rest of an exec call's messages (stdin, terminal sizes), until the caller ends its
+/// side (or the call breaks).
+pub fn input_of(input: tonic::Streaming<ExecInput>) -> ExecInputStream {
     Box::pin(futures::stream::unfold(input, |mut input| async move {
-        let m = input.message().await.ok().flatten()?;
-        Some((m.stdin, input))
+        let mut m = input.message().await.ok().flatten()?;
+        m.start = None;
+        Some((m, input))
     }))
 }
 
-/// An exec call's messages: `start`, then `stdin` when `start.stdin` asks for it. A type of
-/// its own (not a combinator chain over the boxed stdin): tonic's client-streaming call is
-/// only provably `Send` with a concrete input stream.
+/// An exec call's messages: `start`, then the input when `start` asks for stdin or a
+/// terminal. A type of its own (not a combinator chain over the boxed input): tonic's
+/// client-streaming call is only provably `Send` with a concrete input stream.
 pub struct CallInput {
     start: Option<ExecInput>,
-    stdin: Option<StdinStream>,
+    input: Option<ExecInputStream>,
 }
 
 impl CallInput {
-    pub fn new(start: PodExecRequest, stdin: StdinStream) -> CallInput {
-        let attach = start.stdin;
+    pub fn new(start: PodExecRequest, input: ExecInputStream) -> CallInput {
+        let attach = start.stdin || start.tty;
         CallInput {
             start: Some(ExecInput {
                 start: Some(start),
-                stdin: bytes::Bytes::new(),
+                ..Default::default()
             }),
-            stdin: attach.then_some(stdin),
+            input: attach.then_some(input),
         }
     }
 }
@@ -58,12 +59,9 @@ impl Stream for CallInput {
         if let Some(first) = self.start.take() {
             return Poll::Ready(Some(first));
         }
-        match self.stdin.as_mut() {
+        match self.input.as_mut() {
             None => Poll::Ready(None),
-            Some(s) => s
-                .as_mut()
-                .poll_next(cx)
-                .map(|chunk| chunk.map(|stdin| ExecInput { start: None, stdin })),
+            Some(s) => s.as_mut().poll_next(cx),
         }
     }
 }

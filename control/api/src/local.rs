@@ -81,8 +81,9 @@ impl<O> RawEvent<O> {
 pub type ObjectWatch = Pin<Box<dyn Stream<Item = Result<RawEvent<RawObject>, ApiError>> + Send>>;
 /// A container's log as chunks.
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>;
-/// An exec's stdin, as chunks; its end closes the command's stdin.
-pub type StdinStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+/// An exec's input after its first message: stdin chunks and terminal sizes (`start`
+/// unset); its end closes the command's stdin.
+pub type ExecInputStream = Pin<Box<dyn Stream<Item = crate::proto::ExecInput> + Send>>;
 /// A command's output as it runs, then its exit code.
 pub type ExecStream =
     Pin<Box<dyn Stream<Item = Result<crate::proto::ExecOutput, ApiError>> + Send>>;
@@ -140,10 +141,11 @@ pub trait LocalApi: Send + Sync + 'static {
         send_initial_events: bool,
     ) -> Result<ObjectWatch, ApiError>;
     async fn pod_logs(&self, req: PodLogsRequest) -> Result<LogStream, ApiError>;
-    /// `stdin` feeds the command when `req.stdin` is set.
+    /// `input` feeds the command's stdin when `req.stdin` is set, and resizes its terminal
+    /// when `req.tty` is.
     async fn pod_exec(
         &self,
         req: PodExecRequest,
-        stdin: StdinStream,
+        input: ExecInputStream,
     ) -> Result<ExecStream, ApiError>;
 }

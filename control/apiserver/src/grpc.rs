@@ -64,7 +64,7 @@ impl ApiService {
     pub(crate) async fn exec_on_node(
         &self,
         start: PodExecRequest,
-        stdin: skiff_api::local::StdinStream,
+        stdin: skiff_api::local::ExecInputStream,
     ) -> Result<ExecStream, Status> {
         let mut node = self.node_of(&start.namespace, &start.name).await?;
         let stream = node
@@ -274,7 +274,7 @@ impl Api for ApiService {
     ) -> Result<Response<ExecStream>, Status> {
         let mut input = req.into_inner();
         let start = skiff_api::exec::first_request(&mut input).await?;
-        self.exec_on_node(start, skiff_api::exec::stdin_of(input))
+        self.exec_on_node(start, skiff_api::exec::input_of(input))
             .await
             .map(Response::new)
     }

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use skiff_api::ApiError;
 use skiff_api::local::{
-    DeleteParams, ExecStream, ListParams, LocalApi, LogStream, ObjectWatch, RawList, StdinStream,
+    DeleteParams, ExecInputStream, ExecStream, ListParams, LocalApi, LogStream, ObjectWatch,
+    RawList,
 };
 use skiff_api::proto::api_server::Api;
 use skiff_api::proto::{BindRequest, PodExecRequest, PodLogsRequest};
@@ -173,7 +174,7 @@ impl LocalApi for ApiService {
     async fn pod_exec(
         &self,
         req: PodExecRequest,
-        stdin: StdinStream,
+        stdin: ExecInputStream,
     ) -> Result<ExecStream, ApiError> {
         let stream = self
             .exec_on_node(req, stdin)

@@ -30,8 +30,8 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use skiff_api;
 pub use skiff_api::local::{
-    DeleteParams, ExecStream, ListParams, LocalApi, LogStream, ObjectWatch, RawEvent, RawList,
-    StdinStream,
+    DeleteParams, ExecInputStream, ExecStream, ListParams, LocalApi, LogStream, ObjectWatch,
+    RawEvent, RawList,
 };
 
 /// Default API server address.
@@ -430,10 +430,10 @@ impl Client {
     pub async fn pod_exec_stream(
         &self,
         mut req: skiff_api::proto::PodExecRequest,
-        stdin: Option<StdinStream>,
+        stdin: Option<ExecInputStream>,
     ) -> Result<ExecStream, ApiError> {
         req.stdin = stdin.is_some();
-        let stdin: StdinStream = stdin.unwrap_or_else(|| Box::pin(futures::stream::empty()));
+        let stdin: ExecInputStream = stdin.unwrap_or_else(|| Box::pin(futures::stream::empty()));
         Ok(match self.grpc() {
             Ok(mut c) => {
                 let address = self.address.clone();

@@ -138,8 +138,7 @@ pub(crate) enum CoreMsg {
     Exec {
         uid: String,
         container: String,
-        command: Vec<String>,
-        stdin: Option<server::ExecStdin>,
+        call: server::ExecCall,
         reply: server::ExecReply,
     },
     Stop,
@@ -264,15 +263,13 @@ impl Agent {
                                 CoreMsg::Exec {
                                     uid,
                                     container,
-                                    command,
-                                    stdin,
+                                    call,
                                     reply,
                                 } => match pods.get(&uid) {
                                     Some(tx) => {
                                         let _ = tx.send(PodMsg::Exec {
                                             container,
-                                            command,
-                                            stdin,
+                                            call,
                                             reply,
                                         });
                                     }

@@ -71,8 +71,7 @@ pub enum PodMsg {
     /// Run a command in a container (the node API's exec).
     Exec {
         container: String,
-        command: Vec<String>,
-        stdin: Option<super::server::ExecStdin>,
+        call: super::server::ExecCall,
         reply: super::server::ExecReply,
     },
     /// One probe result.
@@ -364,10 +363,9 @@ impl PodWorker {
                 }) => self.on_probe(idx, run, kind, result),
                 Some(PodMsg::Exec {
                     container,
-                    command,
-                    stdin,
+                    call,
                     reply,
-                }) => self.exec(&container, command, stdin, reply),
+                }) => self.exec(&container, call, reply),
                 Some(PodMsg::Detach) => {
                     self.persist();
                     return;
@@ -1046,6 +1044,7 @@ impl PodWorker {
             stdin: None,
             stdout: Some(0),
             stderr: Some(1),
+            tty: false,
             keep: vec![2, 3],
             exec_in: None,
             oci_runtime: None,
@@ -1366,8 +1365,7 @@ impl PodWorker {
     fn exec(
         &self,
         container: &str,
-        command: Vec<String>,
-        stdin: Option<super::server::ExecStdin>,
+        call: super::server::ExecCall,
         reply: super::server::ExecReply,
     ) {
         let Some(idx) = self.ctrs.iter().position(|c| c.name == container) else {
@@ -1380,7 +1378,7 @@ impl PodWorker {
             return;
         };
         tokio::task::spawn_local(async move {
-            probe::exec_streaming(&target, &command, stdin, reply).await;
+            probe::exec_streaming(&target, call, reply).await;
         });
     }
 

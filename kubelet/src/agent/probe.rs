@@ -7,6 +7,7 @@
 //! 399.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -305,54 +306,38 @@ pub async fn exec_limited(
     Ok((status.code(), out))
 }
 
-/// Runs `argv` in the target container (`kubectl exec`), streaming what it writes to
-/// stdout and stderr into `out` as it writes it, then its exit code. The channel is
-/// bounded: a reader that falls behind holds the command's writes back, and one that goes
-/// away closes its pipes.
+/// Runs `call` in the target container (`kubectl exec`), streaming its output into `out`
+/// as it writes it (stdout and stderr apart, or the terminal's output with a tty), then its
+/// exit code. The channel is bounded: a reader that falls behind holds the command's writes
+/// back, and one that goes away closes its output.
 pub async fn exec_streaming(
     target: &Target,
-    argv: &[String],
-    stdin: Option<super::server::ExecStdin>,
+    call: super::server::ExecCall,
     out: super::server::ExecReply,
 ) {
     let run = async {
-        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string());
-        let ((out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?);
-        let input = match stdin {
-            Some(rx) => Some((pipe()?, rx)),
-            None => None,
+        let (spec, fds, feed, pumps) = match call.tty {
+            None => exec_on_pipes(target, call)?,
+            Some(size) => exec_on_terminal(target, call, size)?,
         };
-        let spec = exec_spec(target, argv, Some(1), input.as_ref().map(|_| 2));
-        let mut fds = vec![
-            std::os::fd::AsFd::as_fd(&out_w),
-            std::os::fd::AsFd::as_fd(&err_w),
-        ];
-        if let Some(((r, _), _)) = &input {
-            fds.push(std::os::fd::AsFd::as_fd(r));
-        }
         let mut c = target
             .runtime
-            .create(&spec, &fds)
+            .create(&spec, &fds.iter().map(|f| f.as_fd()).collect::<Vec<_>>())
             .await
             .map_err(|e| e.to_string())?;
+        // The command's ends of its pipes or terminal are the command's alone now: the
+        // readers see their end when it (and whatever it started) is gone.
         drop(fds);
-        drop((out_w, err_w));
-        // stdin: written as it comes; the end of the channel closes the pipe.
-        if let Some(((r, w), mut rx)) = input {
-            drop(r);
-            tokio::task::spawn_blocking(move || {
-                let mut w = std::fs::File::from(w);
-                while let Some(chunk) = rx.blocking_recv() {
-                    if std::io::Write::write_all(&mut w, &chunk).is_err() {
-                        break;
-                    }
-                }
-            });
+        if let Some(feed) = feed {
+            tokio::task::spawn_blocking(feed);
         }
-        let pumps = [(out_r, 1), (err_r, 2)].map(|(r, stream)| {
-            let out = out.clone();
-            tokio::task::spawn_blocking(move || pump(r, stream, &out))
-        });
+        let pumps: Vec<_> = pumps
+            .into_iter()
+            .map(|(r, stream)| {
+                let out = out.clone();
+                tokio::task::spawn_blocking(move || pump(r, stream, &out))
+            })
+            .collect();
         if let Err(e) = c.started().await {
             let _ = c.wait().await;
             return Err(e.to_string());
@@ -371,9 +356,97 @@ pub async fn exec_streaming(
     let _ = out.send(last).await;
 }
 
+/// What an exec needs besides its spec: the descriptors sent with it, what feeds its input
+/// (run on a blocking thread), and the readers of its output with their stream numbers.
+type ExecParts = (
+    ContainerSpec,
+    Vec<OwnedFd>,
+    Option<Box<dyn FnOnce() + Send>>,
+    Vec<(OwnedFd, i32)>,
+);
+
+/// Without a terminal: stdout and stderr through a pipe each, stdin through a third when
+/// asked for (the end of the input closes it).
+fn exec_on_pipes(target: &Target, call: super::server::ExecCall) -> Result<ExecParts, String> {
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string());
+    let ((out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?);
+    let mut fds = vec![out_w, err_w];
+    let mut feed: Option<Box<dyn FnOnce() + Send>> = None;
+    let stdin = match call.input.filter(|_| call.stdin) {
+        Some(mut rx) => {
+            let (r, w) = pipe()?;
+            fds.push(r);
+            feed = Some(Box::new(move || {
+                let mut w = std::fs::File::from(w);
+                while let Some(m) = rx.blocking_recv() {
+                    if std::io::Write::write_all(&mut w, &m.stdin).is_err() {
+                        break;
+                    }
+                }
+            }));
+            Some(2)
+        }
+        None => None,
+    };
+    let spec = exec_spec(target, &call.command, Some(1), stdin);
+    Ok((spec, fds, feed, vec![(out_r, 1), (err_r, 2)]))
+}
+
+/// On a pseudo-terminal of `size`: the command's stdin, stdout and stderr are its far end
+/// (and its controlling terminal); the input's sizes resize it, its stdin chunks are typed
+/// into it; everything the command writes comes back as stream 1.
+fn exec_on_terminal(
+    target: &Target,
+    call: super::server::ExecCall,
+    size: skiff_api::proto::TerminalSize,
+) -> Result<ExecParts, String> {
+    let pty = nix::pty::openpty(Some(&winsize(&size)), None).map_err(|e| e.to_string())?;
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let reader = pty.master.try_clone().map_err(|e| e.to_string())?;
+    let mut feed: Option<Box<dyn FnOnce() + Send>> = None;
+    if let Some(mut rx) = call.input {
+        let (master, stdin) = (pty.master, call.stdin);
+        feed = Some(Box::new(move || {
+            let mut w = std::fs::File::from(master);
+            while let Some(m) = rx.blocking_recv() {
+                if let Some(size) = m.resize {
+                    let ws = winsize(&size);
+                    // SAFETY: TIOCSWINSZ reads one winsize, which lives across the call.
+                    unsafe { libc::ioctl(w.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                }
+                if stdin
+                    && !m.stdin.is_empty()
+                    && std::io::Write::write_all(&mut w, &m.stdin).is_err()
+                {
+                    break;
+                }
+            }
+        }));
+    }
+    let mut spec = exec_spec(target, &call.command, Some(0), Some(0));
+    spec.tty = true;
+    Ok((spec, vec![pty.slave], feed, vec![(reader, 1)]))
+}
+
+fn winsize(size: &skiff_api::proto::TerminalSize) -> libc::winsize {
+    let clamp = |v: u32| v.min(u16::MAX as u32) as u16;
+    libc::winsize {
+        ws_row: clamp(size.height),
+        ws_col: clamp(size.width),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
 /// Copies one of an exec's pipes into its output channel until the end of the pipe or of
 /// the channel.
-fn pump(r: std::os::fd::OwnedFd, stream: i32, out: &super::server::ExecReply) {
+fn pump(r: OwnedFd, stream: i32, out: &super::server::ExecReply) {
     let mut f = std::fs::File::from(r);
     let mut buf = vec![0u8; 32 * 1024];
     loop {

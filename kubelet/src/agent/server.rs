@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use skiff_api::proto::node_server::Node;
-use skiff_api::proto::{ExecInput, ExecOutput, LogChunk, PodLogsRequest};
+use skiff_api::proto::{ExecInput, ExecOutput, LogChunk, PodLogsRequest, TerminalSize};
 use skiff_client::informer::Reader;
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::{Request, Response, Status};
@@ -20,8 +20,20 @@ use super::logs;
 /// Where an exec's output goes, in order: chunks as the command writes them, then the
 /// message that carries its exit code; an error first instead when it could not run.
 pub type ExecReply = tokio::sync::mpsc::Sender<Result<ExecOutput, String>>;
-/// An exec's stdin as it comes; the channel's end closes it.
-pub type ExecStdin = tokio::sync::mpsc::Receiver<bytes::Bytes>;
+/// An exec's input as it comes (stdin chunks, terminal sizes); the channel's end closes
+/// its stdin.
+pub type ExecInputRx = tokio::sync::mpsc::Receiver<ExecInput>;
+
+/// What an exec runs and what it is attached to.
+#[derive(Debug)]
+pub struct ExecCall {
+    pub command: Vec<String>,
+    /// Stdin chunks (when `stdin`) and terminal sizes (when `tty`); None when neither.
+    pub input: Option<ExecInputRx>,
+    pub stdin: bool,
+    /// Run on a pseudo-terminal of this first size (0 x 0: the kernel's default).
+    pub tty: Option<TerminalSize>,
+}
 
 pub struct NodeService {
     pub(crate) log_dir: PathBuf,
@@ -168,11 +180,11 @@ impl Node for NodeService {
     ) -> Result<Response<ExecStream>, Status> {
         let mut input = req.into_inner();
         let r = skiff_api::exec::first_request(&mut input).await?;
-        // stdin: the call's further messages, through a bounded channel (a command that does
-        // not read holds the caller back); the call's end closes it.
-        let stdin = r.stdin.then(|| {
-            let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
-            let mut chunks = skiff_api::exec::stdin_of(input);
+        // stdin and terminal sizes: the call's further messages, through a bounded channel
+        // (a command that does not read holds the caller back); the call's end closes stdin.
+        let channel = (r.stdin || r.tty).then(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel::<ExecInput>(16);
+            let mut chunks = skiff_api::exec::input_of(input);
             tokio::spawn(async move {
                 while let Some(chunk) = chunks.next().await {
                     if tx.send(chunk).await.is_err() {
@@ -197,8 +209,12 @@ impl Node for NodeService {
             .send(CoreMsg::Exec {
                 uid,
                 container,
-                command: r.command,
-                stdin,
+                call: ExecCall {
+                    command: r.command,
+                    input: channel,
+                    stdin: r.stdin,
+                    tty: r.tty.then(|| r.size.unwrap_or_default()),
+                },
                 reply: tx,
             })
             .map_err(|_| Status::unavailable("the node agent is stopping"))?;

@@ -153,6 +153,7 @@ fn setup(
 
     setsid().map_err(|e| create_err(format!("setsid: {e}")))?;
     stdio(spec, fds)?;
+    controlling_terminal(spec)?;
     // Every descriptor above stdio (the spawner's sockets and ring, the error pipe) goes
     // at execve.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only marks descriptors close-on-exec.
@@ -256,6 +257,10 @@ fn exec_in(
     }
     chdir("/").map_err(|e| create_err(format!("chdir /: {e}")))?;
     stdio(spec, fds)?;
+    if spec.tty {
+        setsid().map_err(|e| create_err(format!("setsid: {e}")))?;
+        controlling_terminal(spec)?;
+    }
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only marks descriptors close-on-exec.
     unsafe {
         libc::syscall(
@@ -500,6 +505,23 @@ fn stdio(spec: &ContainerSpec, fds: &[RawFd]) -> Result<(), Failure> {
                 std::io::Error::last_os_error()
             )));
         }
+    }
+    Ok(())
+}
+
+/// With a terminal, stdin (the pseudo-terminal's far end) becomes the controlling terminal
+/// of this process's session, so the shell gets job control and ^C.
+fn controlling_terminal(spec: &ContainerSpec) -> Result<(), Failure> {
+    if !spec.tty {
+        return Ok(());
+    }
+    // SAFETY: TIOCSCTTY on descriptor 0 with argument 0 (take it only if no other session
+    // has it) reads and writes no memory of ours.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(create_err(format!(
+            "making stdin the controlling terminal: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(())
 }

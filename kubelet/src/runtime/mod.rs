@@ -72,6 +72,10 @@ pub struct ContainerSpec {
     pub stdin: Option<usize>,
     pub stdout: Option<usize>,
     pub stderr: Option<usize>,
+    /// Stdin is a pseudo-terminal's far end: it becomes the process's controlling terminal
+    /// (in a session of its own).
+    #[serde(default)]
+    pub tty: bool,
     /// Descriptors (indices) the spawner holds while the container lives and hands to
     /// whoever adopts it: the read ends of the log pipes, so a restarted agent keeps
     /// reading what the container writes.
