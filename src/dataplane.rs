@@ -136,9 +136,26 @@ async fn serve(
 }
 
 /// `skiff dataplane stats`: the node's frontends, named after their Services when the API
-/// server knows them, with their counters.
+/// server knows them, with their counters. The node's agent serves them (its data plane
+/// runs in-process); a standalone `skiff dataplane` on this machine leaves them pinned
+/// instead.
 async fn stats(node: &str, client: &Client) -> anyhow::Result<()> {
-    let rows = skiff_dataplane::stats::read(&skiff_dataplane::stats::pin_dir(node))?;
+    let rows = match client.dataplane_stats(node).await {
+        Ok(rows) => rows,
+        Err(api) => {
+            let pinned = skiff_dataplane::stats::read(&skiff_dataplane::stats::pin_dir(node))
+                .map_err(|local| {
+                    anyhow::anyhow!(
+                        "{}; and no standalone data plane of node {node} runs here: {local}",
+                        crate::cli::server_error(&api)
+                    )
+                })?;
+            pinned
+                .iter()
+                .map(|(f, c)| skiff_dataplane::stats::to_proto(f, c))
+                .collect()
+        }
+    };
     let mut names = std::collections::HashMap::new();
     if let Ok(list) = client
         .api::<k8s_openapi::api::core::v1::Service>("")
@@ -172,28 +189,20 @@ async fn stats(node: &str, client: &Client) -> anyhow::Result<()> {
         "BYTES".into(),
         "CONNECTIONS".into(),
     ]];
-    for (f, c) in rows {
-        let proto = match f.proto {
-            skiff_dataplane::Proto::Tcp => "TCP",
-            skiff_dataplane::Proto::Udp => "UDP",
-        };
-        let frontend = format!("{}:{}/{proto}", f.addr, f.port);
+    for f in rows {
+        let frontend = format!("{}:{}/{}", f.address, f.port, f.protocol);
         let name = names
             .get(&frontend)
-            .or_else(|| names.get(&format!("*:{}/{proto}", f.port)))
+            .or_else(|| names.get(&format!("*:{}/{}", f.port, f.protocol)))
             .cloned()
             .unwrap_or_else(|| "<unknown>".into());
-        let scope = if f.scope == skiff_dataplane::maps::SVC_SCOPE_NODEPORT {
-            " (NodePort)"
-        } else {
-            ""
-        };
+        let scope = if f.node_port { " (NodePort)" } else { "" };
         table.push(vec![
             name,
             format!("{frontend}{scope}"),
-            c.packets.to_string(),
-            c.bytes.to_string(),
-            c.connections.to_string(),
+            f.packets.to_string(),
+            f.bytes.to_string(),
+            f.connections.to_string(),
         ]);
     }
     print!("{}", crate::cli::table::render(&table));

@@ -389,6 +389,31 @@ async fn scenario(cluster: &LocalCluster) {
             "every replica answers through NodePort on {node}"
         );
     }
+    // Each node agent serves its data plane's counters: the Service's ClusterIP and
+    // NodePort frontends, with the connections just made counted.
+    let mut connections = 0u64;
+    for node in ["node-0", "node-1"] {
+        let out = cluster.skiff(&["dataplane", "stats", "--node", node]);
+        assert!(out.status.success(), "dataplane stats: {}", text(&out));
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .filter(|l| l.starts_with("default/who "))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert!(
+            rows.iter().any(|r| r[1] == format!("{cluster_ip}:80/TCP"))
+                && rows
+                    .iter()
+                    .any(|r| r[1].ends_with(&format!(":{node_port}/TCP")) && r[2] == "(NodePort)"),
+            "{node}: {table}"
+        );
+        connections += rows
+            .iter()
+            .filter_map(|r| r.last()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    assert!(connections > 0, "no connection counted");
 
     // A deleted pod is replaced; the Service keeps answering meanwhile.
     let victim = replicas.iter().next().cloned().expect("a replica");

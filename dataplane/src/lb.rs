@@ -447,6 +447,14 @@ impl LoadBalancer {
         )))
     }
 
+    /// Every frontend in the kernel's maps with its service port's counters (summed over
+    /// CPUs), sorted: what `skiff dataplane stats` shows.
+    pub fn frontend_counters(
+        &self,
+    ) -> Result<Vec<(Frontend, ServiceCounters)>, crate::stats::StatsError> {
+        crate::stats::frontends(&self.services_map, &self.stats)
+    }
+
     /// What the kernel's maps say: each frontend and the backends in its current slots
     /// (sorted). Read back from the maps, not from this struct's bookkeeping.
     #[allow(clippy::type_complexity)]

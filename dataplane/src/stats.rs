@@ -1,7 +1,9 @@
-//! Per-service counters for other processes: the running data plane pins its service and
-//! counter maps in a bpffs of its own (`/run/skiff/bpf/<node>`), and `skiff dataplane
-//! stats` reads them from there. The bpffs is mounted by the data plane and unmounted when
-//! it stops, which releases the pins: nothing outlives the process.
+//! Per-service counters: read from a data plane's own maps (the node agent serves them
+//! through the API server), or, for the standalone `skiff dataplane`, from other processes:
+//! it pins its service and counter maps in a bpffs of its own (`/run/skiff/bpf/<node>`),
+//! and `skiff dataplane stats` reads them from there. The bpffs is mounted by the data
+//! plane and unmounted when it stops, which releases the pins: nothing outlives the
+//! process.
 
 use std::ffi::CString;
 use std::net::Ipv4Addr;
@@ -101,6 +103,15 @@ pub fn read(dir: &Path) -> Result<Vec<(Frontend, ServiceCounters)>, StatsError> 
                 source,
             }
         })?;
+    frontends(&services, &stats)
+}
+
+/// Every frontend in a services map, with its service's counters from the counters map
+/// (summed over CPUs), sorted.
+pub fn frontends(
+    services: &BpfHashMap<MapData, SvcKey, SvcValue>,
+    stats: &PerCpuArray<MapData, SvcStats>,
+) -> Result<Vec<(Frontend, ServiceCounters)>, StatsError> {
     let mut out = Vec::new();
     for entry in services.iter() {
         let (k, v) = entry.map_err(|source| StatsError::Map {
@@ -128,4 +139,24 @@ pub fn read(dir: &Path) -> Result<Vec<(Frontend, ServiceCounters)>, StatsError> 
     }
     out.sort_by_key(|(f, _)| *f);
     Ok(out)
+}
+
+/// A frontend and its counters as the node API carries them.
+pub fn to_proto(
+    f: &Frontend,
+    c: &ServiceCounters,
+) -> skiff_client::skiff_api::proto::FrontendCounters {
+    skiff_client::skiff_api::proto::FrontendCounters {
+        address: f.addr.to_string(),
+        port: f.port.into(),
+        protocol: match f.proto {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+        }
+        .into(),
+        node_port: f.scope == maps::SVC_SCOPE_NODEPORT,
+        packets: c.packets,
+        bytes: c.bytes,
+        connections: c.connections,
+    }
 }

@@ -148,4 +148,9 @@ pub trait LocalApi: Send + Sync + 'static {
         req: PodExecRequest,
         input: ExecInputStream,
     ) -> Result<ExecStream, ApiError>;
+    /// Node `node`'s data plane counters, from its agent.
+    async fn dataplane_stats(
+        &self,
+        node: &str,
+    ) -> Result<Vec<crate::proto::FrontendCounters>, ApiError>;
 }

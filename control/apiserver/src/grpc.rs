@@ -9,10 +9,10 @@ use skiff_api::ApiError;
 use skiff_api::proto::api_server::Api;
 use skiff_api::proto::node_client::NodeClient;
 use skiff_api::proto::{
-    BindBatchRequest, BindBatchResponse, BindRequest, BindResult, CreateRequest, DeleteRequest,
-    DeleteResponse, ExecInput, ExecOutput, GetRequest, ListRequest, ListResponse, LogChunk,
-    ObjectResponse, PatchRequest, PodExecRequest, PodLogsRequest, UpdateRequest, VersionRequest,
-    VersionResponse, WatchRequest,
+    BindBatchRequest, BindBatchResponse, BindRequest, BindResult, CreateRequest,
+    DataplaneStatsRequest, DataplaneStatsResponse, DeleteRequest, DeleteResponse, ExecInput,
+    ExecOutput, GetRequest, ListRequest, ListResponse, LogChunk, ObjectResponse, PatchRequest,
+    PodExecRequest, PodLogsRequest, UpdateRequest, VersionRequest, VersionResponse, WatchRequest,
 };
 use skiff_api::raw::RawObject;
 use skiff_api::watch_batch::WatchBatch;
@@ -95,7 +95,16 @@ impl ApiService {
                 )))
             })?
             .to_string();
-        let obj = self.registry.get("nodes", "", &node).await?;
+        self.node_client(&node).await
+    }
+
+    /// A connection to node `node`'s agent: its InternalIP (or the preferred address
+    /// type) and daemon endpoint port.
+    pub(crate) async fn node_client(
+        &self,
+        node: &str,
+    ) -> Result<NodeClient<tonic::transport::Channel>, Status> {
+        let obj = self.registry.get("nodes", "", node).await?;
         let obj: serde_json::Value =
             serde_json::from_slice(&obj).map_err(|e| Status::internal(e.to_string()))?;
         let addresses = obj
@@ -277,6 +286,15 @@ impl Api for ApiService {
         self.exec_on_node(start, skiff_api::exec::input_of(input))
             .await
             .map(Response::new)
+    }
+
+    async fn dataplane_stats(
+        &self,
+        req: Request<DataplaneStatsRequest>,
+    ) -> Result<Response<DataplaneStatsResponse>, Status> {
+        let r = req.into_inner();
+        let mut node = self.node_client(&r.node).await?;
+        node.dataplane_stats(r).await.map_err(from_node)
     }
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {

@@ -184,4 +184,15 @@ impl LocalApi for ApiService {
             stream.map(|m| m.map_err(|s| ApiError::from_grpc(&s))),
         ))
     }
+
+    async fn dataplane_stats(
+        &self,
+        node: &str,
+    ) -> Result<Vec<skiff_api::proto::FrontendCounters>, ApiError> {
+        let req = skiff_api::proto::DataplaneStatsRequest { node: node.into() };
+        Api::dataplane_stats(self, Request::new(req))
+            .await
+            .map(|r| r.into_inner().frontends)
+            .map_err(|s| ApiError::from_grpc(&s))
+    }
 }

@@ -402,7 +402,23 @@ impl Client {
         })))
     }
 
-    /// Runs a command in a container; returns its output and exit code.
+    /// Node `node`'s data plane counters: every programmed frontend with its service
+    /// port's packets, bytes and connections (served by the node's agent).
+    pub async fn dataplane_stats(
+        &self,
+        node: &str,
+    ) -> Result<Vec<skiff_api::proto::FrontendCounters>, ApiError> {
+        let mut c = match self.grpc() {
+            Ok(c) => c,
+            Err(local) => return local.dataplane_stats(node).await,
+        };
+        let req = skiff_api::proto::DataplaneStatsRequest { node: node.into() };
+        c.dataplane_stats(req)
+            .await
+            .map(|r| r.into_inner().frontends)
+            .map_err(|s| grpc_error(s, &self.address))
+    }
+
     /// Runs a command in a container; its stdout and stderr (combined, each in its order)
     /// and exit code once it ends.
     pub async fn pod_exec(

@@ -22,7 +22,9 @@ use skiff_client::{Client, ListParams};
 use skiff_dataplane::maps::NodeConfig;
 use skiff_dataplane::netns::Netns;
 use skiff_dataplane::podnet::PodNetwork;
-use skiff_dataplane::{DataPlane, ServiceSync, TcLink, XdpAttach};
+use skiff_dataplane::{
+    DataPlane, Frontend, LoadBalancer, ServiceCounters, ServiceSync, TcLink, XdpAttach,
+};
 
 /// How the data plane attaches.
 #[derive(Debug, Clone)]
@@ -49,6 +51,7 @@ enum Msg {
 pub struct NodeDataplane {
     tx: tokio::sync::mpsc::UnboundedSender<Msg>,
     thread: Option<std::thread::JoinHandle<()>>,
+    lb: Arc<Mutex<LoadBalancer>>,
 }
 
 impl Drop for NodeDataplane {
@@ -79,7 +82,7 @@ impl NodeDataplane {
         podnet: Option<Arc<PodNetwork>>,
     ) -> anyhow::Result<NodeDataplane> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
-        let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), String>>();
+        let (ready_tx, ready_rx) = std_mpsc::channel::<Result<Arc<Mutex<LoadBalancer>>, String>>();
         let thread =
             std::thread::Builder::new()
                 .name("skiff-dataplane".into())
@@ -137,9 +140,9 @@ impl NodeDataplane {
                                 return;
                             }
                         };
-                        let sync = ServiceSync::start(&client, lb, Some(node.ip));
+                        let sync = ServiceSync::start(&client, lb.clone(), Some(node.ip));
                         let _routes = podnet.map(|pn| routes(&client, &node.name, pn));
-                        let _ = ready_tx.send(Ok(()));
+                        let _ = ready_tx.send(Ok(lb));
                         let mut links: HashMap<String, TcLink> = HashMap::new();
                         while let Some(msg) = rx.recv().await {
                             match msg {
@@ -171,9 +174,10 @@ impl NodeDataplane {
                     });
                 })?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(NodeDataplane {
+            Ok(Ok(lb)) => Ok(NodeDataplane {
                 tx,
                 thread: Some(thread),
+                lb,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -184,6 +188,15 @@ impl NodeDataplane {
                 anyhow::bail!("data plane: its thread ended before attaching")
             }
         }
+    }
+
+    /// Every programmed frontend with its service port's counters (`skiff dataplane
+    /// stats`), read from the kernel's maps.
+    pub fn counters(&self) -> Result<Vec<(Frontend, ServiceCounters)>, String> {
+        self.lb
+            .lock()
+            .frontend_counters()
+            .map_err(|e| e.to_string())
     }
 
     /// Attaches the pod program to a pod's veth (host side); blocks until done.

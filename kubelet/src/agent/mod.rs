@@ -371,6 +371,7 @@ async fn control(
     }
     if let Some(l) = listener {
         let svc = server::NodeService {
+            shared: core.shared.clone(),
             log_dir: cfg.log_dir.clone(),
             pods: _informer.reader.clone(),
             cores: all_cores,

@@ -9,7 +9,10 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use skiff_api::proto::node_server::Node;
-use skiff_api::proto::{ExecInput, ExecOutput, LogChunk, PodLogsRequest, TerminalSize};
+use skiff_api::proto::{
+    DataplaneStatsRequest, DataplaneStatsResponse, ExecInput, ExecOutput, LogChunk, PodLogsRequest,
+    TerminalSize,
+};
 use skiff_client::informer::Reader;
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::{Request, Response, Status};
@@ -36,6 +39,7 @@ pub struct ExecCall {
 }
 
 pub struct NodeService {
+    pub(crate) shared: std::sync::Arc<super::Shared>,
     pub(crate) log_dir: PathBuf,
     pub(crate) pods: Reader<Pod>,
     pub(crate) cores: Vec<UnboundedSender<CoreMsg>>,
@@ -172,6 +176,25 @@ impl Node for NodeService {
         let timestamps = r.timestamps;
         let stream = async_stream(first, follow, path, used as u64, dir, run, timestamps);
         Ok(Response::new(stream))
+    }
+
+    async fn dataplane_stats(
+        &self,
+        _req: Request<DataplaneStatsRequest>,
+    ) -> Result<Response<DataplaneStatsResponse>, Status> {
+        let dp = self.shared.dataplane.as_ref().ok_or_else(|| {
+            Status::not_found(format!(
+                "node {} runs no data plane (skiff node --dataplane)",
+                self.shared.cfg.node_name
+            ))
+        })?;
+        let rows = dp.counters().map_err(Status::internal)?;
+        Ok(Response::new(DataplaneStatsResponse {
+            frontends: rows
+                .iter()
+                .map(|(f, c)| skiff_dataplane::stats::to_proto(f, c))
+                .collect(),
+        }))
     }
 
     async fn exec(
