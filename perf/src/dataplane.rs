@@ -103,6 +103,7 @@ impl Bench {
     /// timed; then a close that completes before the next connection. Latencies in µs.
     fn connect_latency(&self, services: usize, n: usize) -> anyhow::Result<Histogram<u64>> {
         let mut h = Histogram::<u64>::new(3)?;
+        crate::settle();
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let samples = self.cgroup.run_as_member(|| {
             self.client.run(|| {
@@ -647,6 +648,7 @@ fn udp_run(peer: UdpPeer, secs: f64) -> anyhow::Result<UdpResult> {
         .ns
         .run(|| std::net::UdpSocket::bind("0.0.0.0:0"))??;
     sender.connect(SocketAddrV4::new(node.host.ip, NODE_PORT))?;
+    crate::settle();
     // Warm up: the first packets resolve neighbours and create conntrack entries.
     for _ in 0..16 {
         mmsg(&sender, true);

@@ -199,6 +199,35 @@ pub fn cpu_time(pid: u32) -> Duration {
 }
 
 /// The median of some runs.
+/// Waits (up to 15 s) until the machine is quiet: less than 10% of its CPU time busy over
+/// 100 ms. Latency measurements start from there, so the kernel's asynchronous clean-up of
+/// an earlier run (a namespace with 10,000 services' rules going away) does not land in
+/// the next run's figures, whichever peer that is.
+pub fn settle() {
+    let busy_total = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let total: u64 = v.iter().take(8).sum();
+        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+        Some((total - idle, total))
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let Some((b0, t0)) = busy_total() else { return };
+        std::thread::sleep(Duration::from_millis(100));
+        let Some((b1, t1)) = busy_total() else { return };
+        if (b1 - b0) * 10 < (t1 - t0).max(1) {
+            return;
+        }
+    }
+}
+
 pub fn median(mut xs: Vec<f64>) -> f64 {
     if xs.is_empty() {
         return f64::NAN;
