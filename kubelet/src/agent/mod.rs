@@ -11,6 +11,7 @@
 
 pub mod dataplane;
 pub mod events;
+pub mod inbox;
 pub mod logs;
 pub mod node;
 pub mod pod;
@@ -146,7 +147,7 @@ pub(crate) enum CoreMsg {
 
 /// A running node agent.
 pub struct Agent {
-    cores: Vec<UnboundedSender<CoreMsg>>,
+    cores: Vec<inbox::Mailer<CoreMsg>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -216,12 +217,12 @@ impl Agent {
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..n {
-            let (tx, rx) = unbounded_channel();
+            let (tx, rx) = inbox::inbox()?;
             senders.push(tx);
             receivers.push(rx);
         }
         let mut threads = Vec::new();
-        for (i, mut rx) in receivers.into_iter().enumerate() {
+        for (i, inbox) in receivers.into_iter().enumerate() {
             let shared = shared.clone();
             let socket = spawner_socket.to_path_buf();
             let all = senders.clone();
@@ -230,6 +231,13 @@ impl Agent {
                 .name(format!("skiff-core-{i}"))
                 .spawn(move || {
                     tokio_uring::start(async move {
+                        let mut rx = match inbox.open() {
+                            Ok(rx) => rx,
+                            Err(e) => {
+                                tracing::error!(core = i, error = %e, "core cannot open its inbox");
+                                return;
+                            }
+                        };
                         let core = match connect_core(shared, &socket) {
                             Ok(c) => Rc::new(c),
                             Err(e) => {
@@ -321,7 +329,7 @@ fn connect_core(shared: Arc<Shared>, socket: &Path) -> anyhow::Result<Core> {
 /// Core 0's extra duties: the Node, its Lease and status, and the pod informer.
 async fn control(
     core: Rc<Core>,
-    cores: Vec<UnboundedSender<CoreMsg>>,
+    cores: Vec<inbox::Mailer<CoreMsg>>,
     listener: Option<std::net::TcpListener>,
 ) {
     let cfg = &core.shared.cfg;

@@ -14,7 +14,6 @@ use skiff_api::proto::{
     TerminalSize,
 };
 use skiff_client::informer::Reader;
-use tokio::sync::mpsc::UnboundedSender;
 use tonic::{Request, Response, Status};
 
 use super::CoreMsg;
@@ -42,7 +41,7 @@ pub struct NodeService {
     pub(crate) shared: std::sync::Arc<super::Shared>,
     pub(crate) log_dir: PathBuf,
     pub(crate) pods: Reader<Pod>,
-    pub(crate) cores: Vec<UnboundedSender<CoreMsg>>,
+    pub(crate) cores: Vec<super::inbox::Mailer<CoreMsg>>,
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
