@@ -87,6 +87,10 @@ fn main() -> ExitCode {
             volumes_env_and_secrets_reach_the_container,
         ),
         Trial::test(
+            "stdin_and_tty_containers_get_an_open_stdin_and_a_terminal",
+            stdin_and_tty_containers_get_an_open_stdin_and_a_terminal,
+        ),
+        Trial::test(
             "startup_probe_gates_the_others_and_logs_rotate",
             startup_probe_gates_the_others_and_logs_rotate,
         ),
@@ -1216,6 +1220,45 @@ fn oci_runtimes_crun_and_runc_run_the_same_pods() -> Result<(), Failed> {
         check(mounts == 0, || format!("{rt}: {mounts} mounts left"))?;
     }
     Ok(())
+}
+
+/// `stdin: true` keeps the container's stdin open (a shell reading it waits instead of
+/// ending); `tty: true` runs it on a terminal (its controlling one) whose output is its
+/// log; without either, stdin is at end of file.
+fn stdin_and_tty_containers_get_an_open_stdin_and_a_terminal() -> Result<(), Failed> {
+    let n = TestNode::new(|_| {})?;
+    let pod = n.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "interactive"},
+        "spec": {"containers": [
+            {"name": "shell", "image": IMAGE, "stdin": true,
+                "command": ["sh", "-c", "echo waiting; read line; echo \"stdin ended: $line\""]},
+            {"name": "term", "image": IMAGE, "tty": true, "stdin": true,
+                "command": ["sh", "-c", "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo on-a-tty; echo ctty=$(cut -d' ' -f7 /proc/self/stat); sleep 1000"]},
+            {"name": "plain", "image": IMAGE,
+                "command": ["sh", "-c", "read line || echo stdin-at-eof; sleep 1000"]}
+        ]}
+    }))?;
+    n.wait("interactive", 30, |s| condition(s, "Ready") == "True")?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = n.wait("interactive", 5, |_| true)?;
+    let shell = st["containerStatuses"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "shell"))
+        .cloned()
+        .unwrap_or_default();
+    check(
+        shell["restartCount"] == 0 && shell["state"]["running"].is_object(),
+        || format!("the stdin container should still wait on its stdin: {shell:#}"),
+    )?;
+    let shell_log = n.log(&pod, "shell", 0);
+    check(shell_log == "waiting\n", || format!("{shell_log:?}"))?;
+    let term = n.log(&pod, "term", 0);
+    check(
+        term.starts_with("on-a-tty\nctty=") && !term.contains("ctty=0\n"),
+        || format!("{term:?}"),
+    )?;
+    let plain = n.log(&pod, "plain", 0);
+    check(plain == "stdin-at-eof\n", || format!("{plain:?}"))
 }
 
 fn volumes_env_and_secrets_reach_the_container() -> Result<(), Failed> {

@@ -131,7 +131,8 @@ fn entries(stream: &str, data: &[u8], pending: &mut Vec<u8>, eof: bool) -> Vec<u
     out
 }
 
-/// Copies one stream of a container into its log until the pipe closes.
+/// Copies one stream of a container into its log until the pipe closes (or the terminal
+/// hangs up).
 pub async fn pump(pipe: OwnedFd, stream: &'static str, log: LogFile) -> std::io::Result<()> {
     let pipe = tokio_uring::fs::File::from_std(std::fs::File::from(pipe));
     let mut pending = Vec::new();
@@ -143,6 +144,8 @@ pub async fn pump(pipe: OwnedFd, stream: &'static str, log: LogFile) -> std::io:
         let n = match res {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A terminal's master reads EIO once its last far end is closed: its end.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => 0,
             Err(e) => return Err(e),
         };
         let out = entries(stream, &buf[..n], &mut pending, n == 0);

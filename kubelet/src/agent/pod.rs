@@ -1074,29 +1074,17 @@ impl PodWorker {
             ..spec.clone()
         };
         let log_path = logs::container_log(&self.log_dir, &self.ctrs[idx].name, run);
-        let pipes = (|| -> std::io::Result<_> {
-            let (or, ow) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-            let (er, ew) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-            Ok((or, ow, er, ew))
-        })();
-        let Ok((out_r, out_w, err_r, err_w)) = pipes else {
+        let Ok(stdio) = Stdio::new(&mut spec, kc.stdin == Some(true), kc.tty == Some(true)) else {
             self.fail_start(
                 idx,
                 "CreateContainerError",
-                "cannot create log pipes".into(),
+                "cannot create the container's stdio".into(),
             );
             let _ = cgroup.remove(Duration::from_millis(100));
             return;
         };
-        let created = self
-            .core
-            .runtime
-            .create(
-                &spec,
-                &[out_w.as_fd(), err_w.as_fd(), out_r.as_fd(), err_r.as_fd()],
-            )
-            .await;
-        drop((out_w, err_w));
+        let created = self.core.runtime.create(&spec, &stdio.sent()).await;
+        let (out_r, err_r) = stdio.into_log_sources();
         let mut proc = match created {
             Ok(p) => p,
             Err(e) => {
@@ -1113,7 +1101,9 @@ impl PodWorker {
         };
         tracing::debug!(pod = %self.name, us = t.elapsed().as_micros() as u64, "process created");
         let log_cfg = (shared.cfg.log_max_bytes, shared.cfg.log_max_files);
-        spawn_log_pumps(out_r, err_r, log_path, log_cfg);
+        if let Some(out_r) = out_r {
+            spawn_log_pumps(out_r, err_r, log_path, log_cfg);
+        }
         let started = proc.started().await;
         tracing::debug!(pod = %self.name, us = t.elapsed().as_micros() as u64, "program executed");
         let c = &mut self.ctrs[idx];
@@ -1990,8 +1980,16 @@ impl PodWorker {
                 &resources(&kc),
             )
             .map_err(|e| e.to_string())?;
+            // The kept descriptors: the log sources (a terminal has one), then a stdin
+            // pipe's write end, which the spawner holds open for the container.
             let mut kept = proc.take_kept().into_iter();
-            if let (Some(out_r), Some(err_r)) = (kept.next(), kept.next()) {
+            let out_r = kept.next();
+            let err_r = if kc.tty == Some(true) {
+                None
+            } else {
+                kept.next()
+            };
+            if let Some(out_r) = out_r {
                 let log_path = logs::container_log(&self.log_dir, &pc.name, pc.run);
                 spawn_log_pumps(
                     out_r,
@@ -2077,9 +2075,79 @@ impl PodWorker {
 }
 
 /// Starts the stdout and stderr pumps of one run on this core.
+/// A container's stdio (`spec`'s descriptors): stdout and stderr through a pipe each, or
+/// with `tty` one pseudo-terminal for all three (the container's controlling terminal, its
+/// output logged as stdout); with `stdin` (and no terminal) a pipe that stays open for as
+/// long as the container lives (the spawner holds its write end), as Kubernetes keeps a
+/// `stdin: true` container's stdin open.
+struct Stdio {
+    /// The container's ends, then the ends the spawner keeps, in `spec`'s index order.
+    fds: Vec<OwnedFd>,
+    /// Where in `fds` the logs' sources are: stdout (the terminal with a tty) and stderr.
+    out: usize,
+    err: Option<usize>,
+}
+
+impl Stdio {
+    fn new(spec: &mut ContainerSpec, stdin: bool, tty: bool) -> std::io::Result<Stdio> {
+        let pipe = || -> std::io::Result<(OwnedFd, OwnedFd)> {
+            Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+        };
+        if tty {
+            let pty = nix::pty::openpty(None, None)?;
+            for fd in [&pty.master, &pty.slave] {
+                nix::fcntl::fcntl(
+                    fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                )?;
+            }
+            (spec.stdin, spec.stdout, spec.stderr) = (Some(0), Some(0), Some(0));
+            spec.tty = true;
+            spec.keep = vec![1];
+            return Ok(Stdio {
+                fds: vec![pty.slave, pty.master],
+                out: 1,
+                err: None,
+            });
+        }
+        let ((out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?);
+        spec.tty = false;
+        (spec.stdout, spec.stderr) = (Some(0), Some(1));
+        if stdin {
+            let (in_r, in_w) = pipe()?;
+            (spec.stdin, spec.keep) = (Some(2), vec![3, 4, 5]);
+            return Ok(Stdio {
+                fds: vec![out_w, err_w, in_r, out_r, err_r, in_w],
+                out: 3,
+                err: Some(4),
+            });
+        }
+        (spec.stdin, spec.keep) = (None, vec![2, 3]);
+        Ok(Stdio {
+            fds: vec![out_w, err_w, out_r, err_r],
+            out: 2,
+            err: Some(3),
+        })
+    }
+
+    fn sent(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.fds.iter().map(|f| f.as_fd()).collect()
+    }
+
+    /// What the logs read (stdout's or the terminal's source, and stderr's); every other
+    /// descriptor closes here: the container's ends, and a stdin pipe's write end, which
+    /// the spawner holds.
+    fn into_log_sources(self) -> (Option<OwnedFd>, Option<OwnedFd>) {
+        let mut fds: Vec<Option<OwnedFd>> = self.fds.into_iter().map(Some).collect();
+        let out = fds.get_mut(self.out).and_then(Option::take);
+        let err = self.err.and_then(|i| fds.get_mut(i).and_then(Option::take));
+        (out, err)
+    }
+}
+
 fn spawn_log_pumps(
     out_r: OwnedFd,
-    err_r: OwnedFd,
+    err_r: Option<OwnedFd>,
     path: PathBuf,
     (max_bytes, max_files): (u64, u32),
 ) {
@@ -2092,7 +2160,12 @@ fn spawn_log_pumps(
             }
         };
         let a = logs::pump(out_r, "stdout", log.clone());
-        let b = logs::pump(err_r, "stderr", log);
+        let b = async move {
+            match err_r {
+                Some(err_r) => logs::pump(err_r, "stderr", log).await,
+                None => Ok(()),
+            }
+        };
         let (ra, rb) = futures::join!(a, b);
         for r in [ra, rb] {
             if let Err(e) = r {

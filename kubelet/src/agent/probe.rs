@@ -273,6 +273,7 @@ fn exec_spec(
     spec.stdout = Some(0);
     spec.stderr = stderr;
     spec.stdin = stdin;
+    spec.tty = false;
     spec.keep = Vec::new();
     spec
 }
