@@ -448,11 +448,12 @@ async fn scenario(cluster: &LocalCluster) {
         std::thread::spawn(move || {
             let outside = Netns::open(&ns).expect("client namespace");
             let mut errors = Vec::new();
+            let start = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 match get(&outside, to) {
                     Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
-                        errors.push(e);
+                        errors.push(format!("at {:?}: {e}", start.elapsed()));
                         failed.fetch_add(1, Ordering::Relaxed)
                     }
                 };
@@ -485,12 +486,16 @@ async fn scenario(cluster: &LocalCluster) {
     let errors = load.join().expect("load thread");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert!(ok > 50, "only {ok} requests during the rollout");
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} requests failed: {errors:?}",
-        ok + failed
-    );
+    if failed > 0 {
+        // What the cluster saw meanwhile, to tell a late endpoint update from a hook
+        // that failed (the load started 500 ms before the template changed).
+        let events = cluster.skiff(&["get", "events"]);
+        panic!(
+            "{failed} of {} requests failed: {errors:?}\nevents:\n{}",
+            ok + failed,
+            text(&events)
+        );
+    }
 
     // The rollout verbs: history, undo back to revision 1's template, status.
     let out = cluster.skiff(&["rollout", "history", "deployment/who"]);
