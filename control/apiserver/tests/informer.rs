@@ -16,10 +16,12 @@ use support::{body, configmap, eventually, log_events, start_with};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// A TCP proxy whose connections can be cut, to break clients' streams on demand.
+/// A TCP proxy whose connections can be cut, to break clients' streams on demand, and
+/// which can turn new connections away for a while.
 struct Proxy {
     address: String,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    held: Arc<std::sync::atomic::AtomicBool>,
     _accept: JoinHandle<()>,
 }
 
@@ -28,9 +30,13 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("addr").to_string();
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let c = conns.clone();
+        let held: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let (c, h) = (conns.clone(), held.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut down, _)) = listener.accept().await {
+                if h.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the client sees its connection closed
+                }
                 let upstream = upstream.clone();
                 c.lock().push(tokio::spawn(async move {
                     if let Ok(mut up) = TcpStream::connect(&upstream).await {
@@ -42,8 +48,18 @@ impl Proxy {
         Proxy {
             address,
             conns,
+            held,
             _accept: accept,
         }
+    }
+
+    /// Turns new connections away until `release`.
+    fn hold(&self) {
+        self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn release(&self) {
+        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn cut(&self) {
@@ -144,9 +160,10 @@ async fn lists_watches_resumes_and_relists(compact: bool) {
     eventually("resume after a cut", || log.lock().len() == 1).await;
     assert_eq!(*log.lock(), vec!["add e"]);
 
-    // Cut again and write far more than the 8-event window: the resume is Expired, the
-    // informer relists, and reports the net difference.
+    // Cut again and write far more than the 8-event window while the informer cannot come
+    // back: its resume is Expired, it relists, and reports the net difference.
     log.lock().clear();
+    proxy.hold();
     proxy.cut();
     let registry = s.registry.clone();
     for i in 0..20 {
@@ -174,6 +191,7 @@ async fn lists_watches_resumes_and_relists(compact: bool) {
         )
         .await
         .expect("create");
+    proxy.release();
     eventually("relist after expiry", || {
         reader.get("default/f").is_some() && reader.get("default/d").is_none()
     })
