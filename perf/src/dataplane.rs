@@ -546,21 +546,6 @@ pub fn services(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
 const NODE_PORT: u16 = 30080;
 const UDP_PORT: u16 = 9000;
 
-/// Busy and softirq jiffies of the whole machine (`/proc/stat`; softirq time is sampled
-/// at ticks on this kernel, which has no IRQ time accounting).
-fn cpu_jiffies() -> anyhow::Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().context("/proc/stat is empty")?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    Ok((total - idle, v.get(6).copied().unwrap_or(0)))
-}
-
 enum UdpPeer {
     Skiff,
     KubeProxy,
@@ -621,23 +606,6 @@ fn steer(ns: &Netns, dev: &str, cpu: usize) -> anyhow::Result<()> {
         std::fs::write(&path, format!("{:x}", 1u64 << cpu)).with_context(|| path.clone())?;
         Ok(())
     })?
-}
-
-/// Busy jiffies of one CPU (everything but idle and iowait).
-fn cpu_busy_jiffies(cpu: usize) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let name = format!("cpu{cpu}");
-    let line = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
-        .with_context(|| format!("/proc/stat has no {name}"))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    Ok(total - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0))
 }
 
 /// An outside host blasts 18-byte UDP datagrams at node:NodePort for `secs`; a pod on the
@@ -754,15 +722,13 @@ fn udp_run(peer: UdpPeer, secs: f64, steering: Steering) -> anyhow::Result<UdpRe
     });
     barrier.wait();
     let before = received.load(Ordering::Relaxed);
-    let (busy0, softirq0) = cpu_jiffies()?;
-    let fwd0 = cpu_busy_jiffies(1)?;
+    let (all0, fwd0) = (crate::cpu_stat(None)?, crate::cpu_stat(Some(1))?);
     barrier.wait();
     let elapsed = sending
         .join()
         .map_err(|_| anyhow::anyhow!("the sender panicked"))?;
     std::thread::sleep(Duration::from_millis(100));
-    let (busy1, softirq1) = cpu_jiffies()?;
-    let fwd1 = cpu_busy_jiffies(1)?;
+    let (all1, fwd1) = (crate::cpu_stat(None)?, crate::cpu_stat(Some(1))?);
     let got = received.load(Ordering::Relaxed) - before;
     stop.store(true, Ordering::Relaxed);
     let _ = receiver.join();
@@ -770,9 +736,9 @@ fn udp_run(peer: UdpPeer, secs: f64, steering: Steering) -> anyhow::Result<UdpRe
     let per_packet = |jiffies: u64| jiffies as f64 * 10_000_000.0 / got.max(1) as f64;
     Ok(UdpResult {
         pps: got as f64 / elapsed,
-        cpu_ns_per_packet: per_packet(busy1 - busy0),
-        softirq_ns_per_packet: per_packet(softirq1 - softirq0),
-        forwarding_ns_per_packet: per_packet(fwd1 - fwd0),
+        cpu_ns_per_packet: per_packet(all1.busy - all0.busy),
+        softirq_ns_per_packet: per_packet(all1.softirq - all0.softirq),
+        forwarding_ns_per_packet: per_packet(fwd1.busy - fwd0.busy),
     })
 }
 

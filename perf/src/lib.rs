@@ -204,28 +204,47 @@ pub fn cpu_time(pid: u32) -> Duration {
 /// an earlier run (a namespace with 10,000 services' rules going away) does not land in
 /// the next run's figures, whichever peer that is.
 pub fn settle() {
-    let busy_total = || -> Option<(u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let v: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let total: u64 = v.iter().take(8).sum();
-        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-        Some((total - idle, total))
-    };
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        let Some((b0, t0)) = busy_total() else { return };
+        let Ok(a) = cpu_stat(None) else { return };
         std::thread::sleep(Duration::from_millis(100));
-        let Some((b1, t1)) = busy_total() else { return };
-        if (b1 - b0) * 10 < (t1 - t0).max(1) {
+        let Ok(b) = cpu_stat(None) else { return };
+        if (b.busy - a.busy) * 10 < (b.total - a.total).max(1) {
             return;
         }
     }
+}
+
+/// CPU time from `/proc/stat`, in jiffies (USER_HZ, 10 ms on Linux).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuStat {
+    /// Everything but idle and iowait.
+    pub busy: u64,
+    pub total: u64,
+    /// Softirq time (sampled at ticks on a kernel without IRQ time accounting).
+    pub softirq: u64,
+}
+
+/// The whole machine's CPU time (`cpu` None) or one CPU's.
+pub fn cpu_stat(cpu: Option<usize>) -> anyhow::Result<CpuStat> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let name = cpu.map_or_else(|| "cpu".to_string(), |c| format!("cpu{c}"));
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .ok_or_else(|| anyhow::anyhow!("/proc/stat has no {name} line"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok(CpuStat {
+        busy: total - idle,
+        total,
+        softirq: v.get(6).copied().unwrap_or(0),
+    })
 }
 
 pub fn median(mut xs: Vec<f64>) -> f64 {
