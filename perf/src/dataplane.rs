@@ -15,9 +15,7 @@
 //!   the client pod, sequentially, p50/p99 (each connection closed, client first, before
 //!   the next).
 //! - NodePort: an outside host blasts small UDP datagrams through the node to a pod:
-//!   packets/s and CPU per packet for the whole machine, and again with the forwarding
-//!   node's receive path steered (RPS) onto a CPU of its own, whose busy time per packet is
-//!   the node's forwarding cost alone.
+//!   packets/s and CPU per packet for the whole machine.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -557,60 +555,11 @@ struct UdpResult {
     /// Softirq time per packet: the network path (bridge, node, delivery into the pod),
     /// without the sender's and receiver's system calls.
     softirq_ns_per_packet: f64,
-    /// With receive steering (`Steering::ForwardingCpu`): CPU 1's busy time per packet,
-    /// which is the forwarding node's work alone.
-    forwarding_ns_per_packet: f64,
-}
-
-/// Where the packets' work runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Steering {
-    /// Where the kernel puts it (mostly on the sender's CPU).
-    None,
-    /// The forwarding node on a CPU of its own: the sender and the receiver run on CPU 0,
-    /// the node's uplink hands every packet to CPU 1 (RPS), and the pod's interface hands
-    /// it back to CPU 0. CPU 1 then does the node's receive path, its NodePort translation
-    /// (XDP or netfilter) and the transmit into the pod's veth, and nothing else: its busy
-    /// time per packet is the forwarding node's CPU per forwarded packet.
-    ForwardingCpu,
-}
-
-/// Sets `dev`'s receive packet steering (in `ns`) to `cpu`: a thread of the namespace with
-/// a mount namespace of its own mounts that namespace's sysfs for the write, and takes both
-/// along when it ends.
-fn steer(ns: &Netns, dev: &str, cpu: usize) -> anyhow::Result<()> {
-    ns.run(|| -> anyhow::Result<()> {
-        // SAFETY: unshare and mount take flags and NUL-terminated strings that outlive the
-        // calls; they change only this thread's mount namespace.
-        unsafe {
-            if libc::unshare(libc::CLONE_NEWNS) != 0
-                || libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-                || libc::mount(
-                    c"sysfs".as_ptr(),
-                    c"/sys".as_ptr(),
-                    c"sysfs".as_ptr(),
-                    0,
-                    std::ptr::null(),
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error()).context("a sysfs of the namespace");
-            }
-        }
-        let path = format!("/sys/class/net/{dev}/queues/rx-0/rps_cpus");
-        std::fs::write(&path, format!("{:x}", 1u64 << cpu)).with_context(|| path.clone())?;
-        Ok(())
-    })?
 }
 
 /// An outside host blasts 18-byte UDP datagrams at node:NodePort for `secs`; a pod on the
 /// node counts what arrives.
-fn udp_run(peer: UdpPeer, secs: f64, steering: Steering) -> anyhow::Result<UdpResult> {
+fn udp_run(peer: UdpPeer, secs: f64) -> anyhow::Result<UdpResult> {
     use skiff_dataplane::localnet::Underlay;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -634,9 +583,6 @@ fn udp_run(peer: UdpPeer, secs: f64, steering: Steering) -> anyhow::Result<UdpRe
     let stop = Arc::new(AtomicBool::new(false));
     let stop_rx = stop.clone();
     let receiver = std::thread::spawn(move || {
-        if steering == Steering::ForwardingCpu {
-            pin_to_cpu(0);
-        }
         while !stop_rx.load(Ordering::Relaxed) {
             counter.fetch_add(mmsg(&sock, false) as u64, Ordering::Relaxed);
         }
@@ -688,24 +634,17 @@ fn udp_run(peer: UdpPeer, secs: f64, steering: Steering) -> anyhow::Result<UdpRe
         }
     }
 
-    if steering == Steering::ForwardingCpu {
-        steer(&node.host.ns, &node.host.uplink, 1)?;
-        steer(&pod, "eth0", 0)?;
-    }
     let sender = outside
         .ns
         .run(|| std::net::UdpSocket::bind("0.0.0.0:0"))??;
     sender.connect(SocketAddrV4::new(node.host.ip, NODE_PORT))?;
     crate::settle();
-    // The sender on a thread of its own (on CPU 0 when steering): it warms up (the first
+    // The sender on a thread of its own: it warms up (the first
     // packets resolve neighbours and create conntrack entries), waits for the counters to
     // be read, then sends for `secs`.
     let barrier = Arc::new(std::sync::Barrier::new(2));
     let go = barrier.clone();
     let sending = std::thread::spawn(move || {
-        if steering == Steering::ForwardingCpu {
-            pin_to_cpu(0);
-        }
         for _ in 0..16 {
             mmsg(&sender, true);
         }
@@ -722,13 +661,13 @@ fn udp_run(peer: UdpPeer, secs: f64, steering: Steering) -> anyhow::Result<UdpRe
     });
     barrier.wait();
     let before = received.load(Ordering::Relaxed);
-    let (all0, fwd0) = (crate::cpu_stat(None)?, crate::cpu_stat(Some(1))?);
+    let all0 = crate::cpu_stat(None)?;
     barrier.wait();
     let elapsed = sending
         .join()
         .map_err(|_| anyhow::anyhow!("the sender panicked"))?;
     std::thread::sleep(Duration::from_millis(100));
-    let (all1, fwd1) = (crate::cpu_stat(None)?, crate::cpu_stat(Some(1))?);
+    let all1 = crate::cpu_stat(None)?;
     let got = received.load(Ordering::Relaxed) - before;
     stop.store(true, Ordering::Relaxed);
     let _ = receiver.join();
@@ -738,7 +677,6 @@ fn udp_run(peer: UdpPeer, secs: f64, steering: Steering) -> anyhow::Result<UdpRe
         pps: got as f64 / elapsed,
         cpu_ns_per_packet: per_packet(all1.busy - all0.busy),
         softirq_ns_per_packet: per_packet(all1.softirq - all0.softirq),
-        forwarding_ns_per_packet: per_packet(fwd1.busy - fwd0.busy),
     })
 }
 
@@ -802,19 +740,16 @@ fn nodeport_ruleset(backend: Ipv4Addr) -> String {
     )
 }
 
-/// Small UDP packets through a NodePort on veth: XDP (Skiff) vs iptables DNAT, with the
-/// kernel's own placement of the work and with the forwarding node on a CPU of its own.
+/// Small UDP packets through a NodePort on veth: XDP (Skiff) vs iptables DNAT.
 pub fn nodeport_udp(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
     let (secs, repeats) = match mode {
         Mode::Quick => (0.5, 1),
         Mode::Full => (3.0, 3),
     };
     let (mut pps, mut cpu, mut softirq) = ((vec![], vec![]), (vec![], vec![]), (vec![], vec![]));
-    let (mut fwd, mut fwd_pps) = ((vec![], vec![]), (vec![], vec![]));
-    let steer = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
     for _ in 0..repeats {
-        let s = udp_run(UdpPeer::Skiff, secs, Steering::None)?;
-        let k = udp_run(UdpPeer::KubeProxy, secs, Steering::None)?;
+        let s = udp_run(UdpPeer::Skiff, secs)?;
+        let k = udp_run(UdpPeer::KubeProxy, secs)?;
         eprintln!(
             "UDP NodePort: {:.0} vs {:.0} packets/s, {:.0} vs {:.0} ns CPU/packet, {:.0} vs {:.0} ns softirq/packet",
             s.pps,
@@ -830,22 +765,10 @@ pub fn nodeport_udp(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
         pps.1.push(k.pps);
         cpu.0.push(s.cpu_ns_per_packet);
         cpu.1.push(k.cpu_ns_per_packet);
-        if steer {
-            let s = udp_run(UdpPeer::Skiff, secs, Steering::ForwardingCpu)?;
-            let k = udp_run(UdpPeer::KubeProxy, secs, Steering::ForwardingCpu)?;
-            eprintln!(
-                "UDP NodePort, forwarding node on CPU 1: {:.0} vs {:.0} ns/packet there, {:.0} vs {:.0} packets/s",
-                s.forwarding_ns_per_packet, k.forwarding_ns_per_packet, s.pps, k.pps
-            );
-            fwd.0.push(s.forwarding_ns_per_packet);
-            fwd.1.push(k.forwarding_ns_per_packet);
-            fwd_pps.0.push(s.pps);
-            fwd_pps.1.push(k.pps);
-        }
     }
     let label = "18-byte UDP, outside host -> NodePort -> pod, one flow, veth";
     let goal = ">= 3x on packets/s or CPU, no worse on the other";
-    let mut out = vec![
+    Ok(vec![
         Measurement::higher_better(
             &format!("NodePort packets/s ({label})"),
             median(pps.0),
@@ -860,7 +783,7 @@ pub fn nodeport_udp(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
             median(cpu.1),
             "ns",
             PEER,
-            "",
+            goal,
         ),
         Measurement::lower_better(
             &format!(
@@ -872,28 +795,7 @@ pub fn nodeport_udp(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
             PEER,
             "",
         ),
-    ];
-    if steer {
-        out.push(Measurement::lower_better(
-            &format!(
-                "Forwarding node CPU per forwarded packet: its receive path on a CPU of its own by RPS, sender and pod on the other ({label})"
-            ),
-            median(fwd.0),
-            median(fwd.1),
-            "ns",
-            PEER,
-            goal,
-        ));
-        out.push(Measurement::higher_better(
-            &format!("NodePort packets/s with the forwarding node on a CPU of its own ({label})"),
-            median(fwd_pps.0),
-            median(fwd_pps.1),
-            "packets/s",
-            PEER,
-            "",
-        ));
-    }
-    Ok(out)
+    ])
 }
 
 // ---- memory -----------------------------------------------------------------------------
