@@ -1041,11 +1041,12 @@ impl PodWorker {
             mounts,
             readonly_rootfs: sc.read_only_root_filesystem == Some(true),
             seccomp,
+            // Stdio (descriptors, terminal, what the spawner keeps): `Stdio::new` below.
             stdin: None,
-            stdout: Some(0),
-            stderr: Some(1),
+            stdout: None,
+            stderr: None,
             tty: false,
-            keep: vec![2, 3],
+            keep: Vec::new(),
             exec_in: None,
             oci_runtime: None,
             oci_bundle: None,
@@ -1980,15 +1981,7 @@ impl PodWorker {
                 &resources(&kc),
             )
             .map_err(|e| e.to_string())?;
-            // The kept descriptors: the log sources (a terminal has one), then a stdin
-            // pipe's write end, which the spawner holds open for the container.
-            let mut kept = proc.take_kept().into_iter();
-            let out_r = kept.next();
-            let err_r = if kc.tty == Some(true) {
-                None
-            } else {
-                kept.next()
-            };
+            let (out_r, err_r) = Stdio::kept_log_sources(proc.take_kept(), kc.tty == Some(true));
             if let Some(out_r) = out_r {
                 let log_path = logs::container_log(&self.log_dir, &pc.name, pc.run);
                 spawn_log_pumps(
@@ -2074,7 +2067,6 @@ impl PodWorker {
     }
 }
 
-/// Starts the stdout and stderr pumps of one run on this core.
 /// A container's stdio (`spec`'s descriptors): stdout and stderr through a pipe each, or
 /// with `tty` one pseudo-terminal for all three (the container's controlling terminal, its
 /// output logged as stdout); with `stdin` (and no terminal) a pipe that stays open for as
@@ -2094,18 +2086,12 @@ impl Stdio {
             Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
         };
         if tty {
-            let pty = nix::pty::openpty(None, None)?;
-            for fd in [&pty.master, &pty.slave] {
-                nix::fcntl::fcntl(
-                    fd,
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-                )?;
-            }
+            let (master, slave) = crate::runtime::pty(None)?;
             (spec.stdin, spec.stdout, spec.stderr) = (Some(0), Some(0), Some(0));
             spec.tty = true;
             spec.keep = vec![1];
             return Ok(Stdio {
-                fds: vec![pty.slave, pty.master],
+                fds: vec![slave, master],
                 out: 1,
                 err: None,
             });
@@ -2143,8 +2129,19 @@ impl Stdio {
         let err = self.err.and_then(|i| fds.get_mut(i).and_then(Option::take));
         (out, err)
     }
+
+    /// The log sources among what the spawner kept for a container (an adopting agent's
+    /// view of the same layout): the terminal's master alone with `tty`, else stdout's and
+    /// stderr's read ends; a stdin pipe's write end after them stays the spawner's.
+    fn kept_log_sources(kept: Vec<OwnedFd>, tty: bool) -> (Option<OwnedFd>, Option<OwnedFd>) {
+        let mut kept = kept.into_iter();
+        let out = kept.next();
+        let err = if tty { None } else { kept.next() };
+        (out, err)
+    }
 }
 
+/// Starts the stdout (or terminal) and stderr pumps of one run on this core.
 fn spawn_log_pumps(
     out_r: OwnedFd,
     err_r: Option<OwnedFd>,

@@ -317,7 +317,12 @@ pub async fn exec_streaming(
     out: super::server::ExecReply,
 ) {
     let run = async {
-        let (spec, fds, feed, pumps) = match call.tty {
+        let ExecParts {
+            spec,
+            fds,
+            feed,
+            pumps,
+        } = match call.tty {
             None => exec_on_pipes(target, call)?,
             Some(size) => exec_on_terminal(target, call, size)?,
         };
@@ -357,14 +362,16 @@ pub async fn exec_streaming(
     let _ = out.send(last).await;
 }
 
-/// What an exec needs besides its spec: the descriptors sent with it, what feeds its input
-/// (run on a blocking thread), and the readers of its output with their stream numbers.
-type ExecParts = (
-    ContainerSpec,
-    Vec<OwnedFd>,
-    Option<Box<dyn FnOnce() + Send>>,
-    Vec<(OwnedFd, i32)>,
-);
+/// An exec ready to create.
+struct ExecParts {
+    spec: ContainerSpec,
+    /// The command's ends, sent with the spec.
+    fds: Vec<OwnedFd>,
+    /// What feeds its input, run on a blocking thread.
+    feed: Option<Box<dyn FnOnce() + Send>>,
+    /// The readers of its output, with their stream numbers.
+    pumps: Vec<(OwnedFd, i32)>,
+}
 
 /// Without a terminal: stdout and stderr through a pipe each, stdin through a third when
 /// asked for (the end of the input closes it).
@@ -390,7 +397,12 @@ fn exec_on_pipes(target: &Target, call: super::server::ExecCall) -> Result<ExecP
         None => None,
     };
     let spec = exec_spec(target, &call.command, Some(1), stdin);
-    Ok((spec, fds, feed, vec![(out_r, 1), (err_r, 2)]))
+    Ok(ExecParts {
+        spec,
+        fds,
+        feed,
+        pumps: vec![(out_r, 1), (err_r, 2)],
+    })
 }
 
 /// On a pseudo-terminal of `size`: the command's stdin, stdout and stderr are its far end
@@ -401,18 +413,13 @@ fn exec_on_terminal(
     call: super::server::ExecCall,
     size: skiff_api::proto::TerminalSize,
 ) -> Result<ExecParts, String> {
-    let pty = nix::pty::openpty(Some(&winsize(&size)), None).map_err(|e| e.to_string())?;
-    for fd in [&pty.master, &pty.slave] {
-        nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )
-        .map_err(|e| e.to_string())?;
-    }
-    let reader = pty.master.try_clone().map_err(|e| e.to_string())?;
+    let ws = winsize(&size);
+    let (master, slave) =
+        crate::runtime::pty(Some((ws.ws_row, ws.ws_col))).map_err(|e| e.to_string())?;
+    let reader = master.try_clone().map_err(|e| e.to_string())?;
     let mut feed: Option<Box<dyn FnOnce() + Send>> = None;
     if let Some(mut rx) = call.input {
-        let (master, stdin) = (pty.master, call.stdin);
+        let stdin = call.stdin;
         feed = Some(Box::new(move || {
             let mut w = std::fs::File::from(master);
             while let Some(m) = rx.blocking_recv() {
@@ -432,7 +439,12 @@ fn exec_on_terminal(
     }
     let mut spec = exec_spec(target, &call.command, Some(0), Some(0));
     spec.tty = true;
-    Ok((spec, vec![pty.slave], feed, vec![(reader, 1)]))
+    Ok(ExecParts {
+        spec,
+        fds: vec![slave],
+        feed,
+        pumps: vec![(reader, 1)],
+    })
 }
 
 fn winsize(size: &skiff_api::proto::TerminalSize) -> libc::winsize {

@@ -25,6 +25,7 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod spawner;
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -116,6 +117,26 @@ impl ExitStatus {
             ExitStatus::Signaled(s) => 128 + s,
         }
     }
+}
+
+/// A pseudo-terminal for a container's or an exec's stdio: (master, far end), both
+/// close-on-exec (the far end reaches the process through the spawner, never by
+/// inheritance), of `rows` x `cols` when given.
+pub fn pty(size: Option<(u16, u16)>) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let ws = size.map(|(rows, cols)| nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    });
+    let pty = nix::pty::openpty(ws.as_ref(), None)?;
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+    }
+    Ok((pty.master, pty.slave))
 }
 
 /// Mounts `spec`'s overlayfs (its layers, topmost first, under its upper and work dirs)
