@@ -1082,10 +1082,9 @@ fn logs_and_exec_through_the_api_server() -> Result<(), Failed> {
                 ..Default::default()
             }),
         ));
-        let mut s = n
-            .client
-            .pod_exec_stream(exec("cat; echo eof"), Some(stdin))
-            .await?;
+        let mut req = exec("cat; echo eof");
+        req.stdin = true;
+        let mut s = n.client.pod_exec_stream(req, Some(stdin)).await?;
         let mut out = Vec::new();
         while let Some(m) = tokio::time::timeout(Duration::from_secs(20), s.next())
             .await

@@ -59,16 +59,16 @@ impl ApiService {
         .await
     }
 
-    /// Runs an exec on the node of its pod: the request, then stdin (when asked for) as the
-    /// node's call's further messages; the node's output back.
+    /// Runs an exec on the node of its pod: the request, then its input (stdin, terminal
+    /// sizes; when asked for) as the node's call's further messages; the node's output back.
     pub(crate) async fn exec_on_node(
         &self,
         start: PodExecRequest,
-        stdin: skiff_api::local::ExecInputStream,
+        input: skiff_api::local::ExecInputStream,
     ) -> Result<ExecStream, Status> {
         let mut node = self.node_of(&start.namespace, &start.name).await?;
         let stream = node
-            .exec(skiff_api::exec::CallInput::new(start, stdin))
+            .exec(skiff_api::exec::CallInput::new(start, input))
             .await
             .map_err(from_node)?
             .into_inner();

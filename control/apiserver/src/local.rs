@@ -174,10 +174,10 @@ impl LocalApi for ApiService {
     async fn pod_exec(
         &self,
         req: PodExecRequest,
-        stdin: ExecInputStream,
+        input: ExecInputStream,
     ) -> Result<ExecStream, ApiError> {
         let stream = self
-            .exec_on_node(req, stdin)
+            .exec_on_node(req, input)
             .await
             .map_err(|s| ApiError::from_grpc(&s))?;
         Ok(Box::pin(

@@ -440,27 +440,29 @@ impl Client {
         ))
     }
 
-    /// Runs a command in a container: what it writes (tagged stdout 1, stderr 2) as it
-    /// writes it, then a message with `done` and its exit code. With `stdin`, the command
-    /// reads it (`kubectl exec -i`), and its end closes the command's stdin.
+    /// Runs a command in a container: what it writes (tagged stdout 1, stderr 2, or 1 for
+    /// all on a terminal) as it writes it, then a message with `done` and its exit code.
+    /// `input` carries stdin chunks (read by the command when `req.stdin`, `kubectl exec
+    /// -i`; its end closes the command's stdin) and terminal sizes (when `req.tty`); without
+    /// it the command's stdin is empty.
     pub async fn pod_exec_stream(
         &self,
         mut req: skiff_api::proto::PodExecRequest,
-        stdin: Option<ExecInputStream>,
+        input: Option<ExecInputStream>,
     ) -> Result<ExecStream, ApiError> {
-        req.stdin = stdin.is_some();
-        let stdin: ExecInputStream = stdin.unwrap_or_else(|| Box::pin(futures::stream::empty()));
+        req.stdin &= input.is_some();
+        let input: ExecInputStream = input.unwrap_or_else(|| Box::pin(futures::stream::empty()));
         Ok(match self.grpc() {
             Ok(mut c) => {
                 let address = self.address.clone();
                 let stream = c
-                    .pod_exec(skiff_api::exec::CallInput::new(req, stdin))
+                    .pod_exec(skiff_api::exec::CallInput::new(req, input))
                     .await
                     .map_err(|s| grpc_error(s, &address))?
                     .into_inner();
                 Box::pin(stream.map(move |m| m.map_err(|s| grpc_error(s, &address))))
             }
-            Err(local) => local.pod_exec(req, stdin).await?,
+            Err(local) => local.pod_exec(req, input).await?,
         })
     }
 
