@@ -10,6 +10,7 @@
 pub mod cgroup2;
 pub mod ethtool;
 pub mod hash;
+pub mod ipam;
 pub mod lb;
 pub mod loader;
 pub mod localnet;

@@ -6,17 +6,16 @@
 //! bridge, no ARP proxying. The node has a /32 route per pod over its veth and one route
 //! per other node's pod CIDR through that node's address on the underlay.
 //!
-//! Addresses are allocated by creating a file named after the address in the state
-//! directory (`O_EXCL`), holding the pod's id: two allocations can never get the same
-//! address, and a restarted agent finds every allocation where it left it.
+//! Addresses come from the node's allocation table (`ipam`), kept in the state directory:
+//! two allocations never get the same address, and a restarted agent finds every
+//! allocation where it left it.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
+use crate::ipam::Ipam;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{Netns, sysctl};
 
@@ -51,20 +50,19 @@ pub struct PodInterface {
 pub struct PodNetwork {
     node: Netns,
     cidr: Ipv4Net,
-    state: PathBuf,
+    ipam: Ipam,
 }
 
 impl PodNetwork {
     /// The pod network of the node whose namespace is `node`, handing out `cidr`, keeping
     /// its allocations in `state_dir`. Enables forwarding in the node's namespace.
     pub fn new(node: Netns, cidr: Ipv4Net, state_dir: &Path) -> Result<Self, PodNetError> {
-        let state = state_dir.join("ipam");
-        std::fs::create_dir_all(&state).map_err(|source| PodNetError::State {
-            path: state.clone(),
+        let ipam = Ipam::open(state_dir, cidr).map_err(|source| PodNetError::State {
+            path: state_dir.join("ipam.table"),
             source,
         })?;
         node.run(|| sysctl("net/ipv4/ip_forward", "1"))??;
-        Ok(PodNetwork { node, cidr, state })
+        Ok(PodNetwork { node, cidr, ipam })
     }
 
     pub fn cidr(&self) -> Ipv4Net {
@@ -125,12 +123,9 @@ impl PodNetwork {
             let nl = Netlink::open()?;
             nl.del_link(&host_veth).await
         })??;
-        for (ip, owner) in self.allocations()? {
-            if owner == id {
-                self.release(ip);
-            }
-        }
-        Ok(())
+        self.ipam
+            .release_owner(id)
+            .map_err(|source| self.state_error(source))
     }
 
     /// Routes another node's pod CIDR through that node's underlay address.
@@ -145,50 +140,28 @@ impl PodNetwork {
 
     /// Every allocated address and the pod holding it.
     pub fn allocations(&self) -> Result<Vec<(Ipv4Addr, String)>, PodNetError> {
-        let dir = std::fs::read_dir(&self.state).map_err(|source| PodNetError::State {
-            path: self.state.clone(),
-            source,
-        })?;
-        let mut out = Vec::new();
-        for entry in dir.flatten() {
-            let Some(ip) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<Ipv4Addr>().ok())
-            else {
-                continue;
-            };
-            let owner = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            out.push((ip, owner));
-        }
-        out.sort();
-        Ok(out)
+        self.ipam
+            .allocations()
+            .map_err(|source| self.state_error(source))
     }
 
     /// The address of pod `id`: the one it already holds, or the first free one.
     fn allocate(&self, id: &str) -> Result<Ipv4Addr, PodNetError> {
-        if let Some((ip, _)) = self.allocations()?.into_iter().find(|(_, o)| o == id) {
-            return Ok(ip);
-        }
-        // .0 is the network, .1 is left to the node, the last is the broadcast address.
-        for ip in self.cidr.hosts().skip(1) {
-            let path = self.state.join(ip.to_string());
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    f.write_all(id.as_bytes())
-                        .and_then(|()| f.sync_all())
-                        .map_err(|source| PodNetError::State { path, source })?;
-                    return Ok(ip);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(source) => return Err(PodNetError::State { path, source }),
-            }
-        }
-        Err(PodNetError::Exhausted(self.cidr))
+        self.ipam
+            .allocate(id)
+            .map_err(|source| self.state_error(source))?
+            .ok_or(PodNetError::Exhausted(self.cidr))
     }
 
     fn release(&self, ip: Ipv4Addr) {
-        let _ = std::fs::remove_file(self.state.join(ip.to_string()));
+        let _ = self.ipam.release(ip);
+    }
+
+    fn state_error(&self, source: std::io::Error) -> PodNetError {
+        PodNetError::State {
+            path: self.ipam.path().to_path_buf(),
+            source,
+        }
     }
 }
 

@@ -157,6 +157,7 @@ pub async fn pod_startup(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
     let mut to_bind: Vec<f64> = Vec::new();
     let mut latencies: Vec<f64> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
+    let verbose = std::env::var_os("SKIFF_BENCH_VERBOSE").is_some();
     while latencies.len() < replicas {
         let Ok(Some(ev)) = tokio::time::timeout_at(deadline.into(), watch.next()).await else {
             anyhow::bail!("only {} of {replicas} pods started", latencies.len());
@@ -168,6 +169,20 @@ pub async fn pod_startup(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
         };
         let s: Seen = serde_json::from_slice(&b)?;
         let now = Instant::now();
+        if verbose {
+            let phase = s
+                .status
+                .as_ref()
+                .and_then(|x| x.phase.clone())
+                .unwrap_or_default();
+            eprintln!(
+                "{:8.1} ms {} node={:?} phase={phase} started={}",
+                t0.elapsed().as_secs_f64() * 1000.0,
+                s.metadata.name,
+                s.spec.as_ref().and_then(|x| x.node_name.clone()),
+                started(&s)
+            );
+        }
         let at = *created.entry(s.metadata.name.clone()).or_insert(now);
         if s.spec.as_ref().and_then(|x| x.node_name.as_ref()).is_some()
             && bound.insert(s.metadata.name.clone())

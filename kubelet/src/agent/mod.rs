@@ -151,6 +151,34 @@ pub struct Agent {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// Marks a directory whose subdirectories (one per pod) are unrelated trees as the top of
+/// directory hierarchies (`chattr +T`), so that ext4's Orlov allocator spreads them over
+/// block groups instead of packing every pod's inodes into the parent's group. On ext4
+/// without a journal an inode freed in the last 60 to 300 s is not reused and every
+/// allocation in its group walks past it (`recently_deleted`); with pods created and
+/// removed all day in one group, each new file cost up to 0.3 ms (measured: 15 µs with
+/// the flag, 50 to 340 µs without). Other filesystems ignore the hint or refuse it, which
+/// is fine.
+fn top_of_hierarchies(dir: &Path) {
+    /// `FS_TOPDIR_FL` from linux/fs.h (not in the libc crate).
+    const FS_TOPDIR_FL: libc::c_long = 0x0002_0000;
+    let Ok(f) = std::fs::File::open(dir) else {
+        return;
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one long into `flags`, which outlives the call; `fd`
+    // is open for the duration.
+    if unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) } != 0
+        || flags & FS_TOPDIR_FL != 0
+    {
+        return;
+    }
+    flags |= FS_TOPDIR_FL;
+    // SAFETY: FS_IOC_SETFLAGS reads one long from `flags`; `fd` is open for the duration.
+    let _ = unsafe { libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &flags) };
+}
+
 pub(crate) fn shard(uid: &str, cores: usize) -> usize {
     (skiff_dataplane::hash::fnv1a(uid.bytes()) as usize) % cores.max(1)
 }
@@ -160,6 +188,10 @@ impl Agent {
     /// called before any thread existed).
     pub fn start(mut cfg: AgentConfig, spawner_socket: &Path) -> anyhow::Result<Agent> {
         std::fs::create_dir_all(&cfg.data_dir)?;
+        for d in [cfg.data_dir.join("pods"), cfg.log_dir.clone()] {
+            std::fs::create_dir_all(&d)?;
+            top_of_hierarchies(&d);
+        }
         let listener = match cfg.serve_addr {
             Some(addr) => {
                 let l = std::net::TcpListener::bind(addr)

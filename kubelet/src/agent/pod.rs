@@ -1901,10 +1901,7 @@ impl PodWorker {
         if self.persisted.as_deref() == Some(body.as_slice()) {
             return;
         }
-        let tmp = self.dir.join("state.json.tmp");
-        if std::fs::write(&tmp, &body).is_ok()
-            && std::fs::rename(&tmp, self.dir.join("state.json")).is_ok()
-        {
+        if overwrite_padded(&self.dir.join("state.json"), &body).is_ok() {
             self.persisted = Some(body);
         }
     }
@@ -2172,10 +2169,52 @@ fn spawn_log_pumps(
     });
 }
 
+/// Rewrites a small state file in place with one write, padded with spaces (which JSON
+/// ignores) to the length it had, so that no state ever needs a new file: each
+/// write-a-temp-then-rename left a freed inode behind, and on ext4 without a journal every
+/// later inode allocation in that block group walks past the inodes freed in the last
+/// 30 s (`recently_deleted`), which made the node's file creation grow with its pod churn.
+/// One `pwrite` of a regular file is whole or not done at all if the agent is killed (the
+/// state only has to survive the agent, not the machine: a reboot ends the containers).
+fn overwrite_padded(path: &std::path::Path, body: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let old = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
+    if old <= body.len() {
+        return f.write_all_at(body, 0);
+    }
+    let mut padded = Vec::with_capacity(old);
+    padded.extend_from_slice(body);
+    padded.resize(old, b' ');
+    f.write_all_at(&padded, 0)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::expand;
+    use super::{expand, overwrite_padded};
     use std::collections::BTreeMap;
+
+    #[test]
+    fn state_is_rewritten_in_place_and_still_parses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        overwrite_padded(&path, br#"{"a":[1,2,3,4,5,6]}"#).expect("first");
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).expect("stat"));
+        overwrite_padded(&path, br#"{"a":1}"#).expect("shorter");
+        let meta = std::fs::metadata(&path).expect("stat");
+        assert_eq!(std::os::unix::fs::MetadataExt::ino(&meta), ino, "same file");
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("parses");
+        assert_eq!(v, serde_json::json!({"a": 1}));
+        overwrite_padded(&path, br#"{"a":[1,2,3,4,5,6,7,8,9,10,11]}"#).expect("longer");
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("parses");
+        assert_eq!(v["a"][10], 11);
+    }
 
     #[test]
     fn variable_references_expand_as_kubernetes_does() {

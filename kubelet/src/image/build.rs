@@ -36,7 +36,7 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
 pub fn busybox_layer(busybox: &Path) -> std::io::Result<Vec<u8>> {
     let bin = std::fs::read(busybox)?;
     let mut b = tar::Builder::new(Vec::new());
-    for d in ["bin", "etc", "tmp", "var", "var/www"] {
+    for d in ["bin", "dev", "etc", "proc", "sys", "tmp", "var", "var/www"] {
         let mode = if d == "tmp" { 0o1777 } else { 0o755 };
         b.append_data(
             &mut header(tar::EntryType::Directory, mode, 0),
