@@ -200,12 +200,11 @@ impl Netlink {
             Err(NetlinkError::NoLink(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.handle
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .map_err(req(format!("delete link {name}")))
+        match self.handle.link().del(index).execute().await {
+            // Gone meanwhile (a veth goes with its peer's namespace): as good as deleted.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+            r => r.map_err(req(format!("delete link {name}"))),
+        }
     }
 
     pub async fn add_address(

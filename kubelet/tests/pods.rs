@@ -556,6 +556,12 @@ fn init_then_two_containers_share_localhost_and_empty_dir() -> Result<(), Failed
     })??;
     check(links.iter().all(|name| name == "lo"), || {
         format!("links left: {links:?}")
+    })?;
+    // And its address is free again.
+    let ipam = skiff_dataplane::ipam::Ipam::open(&n.cfg.data_dir, n.cfg.pod_cidr)?;
+    let held = ipam.allocations()?;
+    check(held.is_empty(), || {
+        format!("addresses still allocated: {held:?}")
     })
 }
 
@@ -704,6 +710,17 @@ fn restarted_agent_adopts_running_containers() -> Result<(), Failed> {
         format!("container replaced: {id} -> {}", c["containerID"])
     })?;
     check(c["restartCount"] == 0, || format!("{c:#}"))?;
+    // The spawner still holds the pod's namespaces: the new agent found them (same
+    // address, no second sandbox).
+    check(
+        after["status"]["podIP"] == before["status"]["podIP"],
+        || {
+            format!(
+                "pod IP {} -> {}",
+                before["status"]["podIP"], after["status"]["podIP"]
+            )
+        },
+    )?;
     // The log kept flowing through the restart: consecutive ticks, none lost.
     let log = n.log(&pod, "tick", 0);
     let ticks: Vec<u64> = log
@@ -792,13 +809,14 @@ fn purge_removes_what_a_stopped_agent_left() -> Result<(), Failed> {
                             "volumeMounts": [{"name": "mem", "mountPath": "/mem"}]}]}
     }))?;
     n.wait("left", 30, |s| condition(s, "Ready") == "True")?;
-    // The agent stops; its container, sandbox mounts and tmpfs volume stay (for adoption).
+    // The agent stops; its container, the spawner holding the sandbox and the tmpfs
+    // volume stay (for adoption). Sandboxes are not mounts.
     if let Some(a) = n.agent.take() {
         a.stop();
     }
     let data = n.cfg.data_dir.clone();
     let mounted = || purge::mounts_under(&data).map_or(0, |m| m.len());
-    check(mounted() >= 4, || {
+    check(mounted() == 1, || {
         format!("{} mounts before the purge", mounted())
     })?;
     let purged =

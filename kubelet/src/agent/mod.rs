@@ -478,6 +478,7 @@ async fn cleanup_orphans(
     };
     for entry in rd.flatten() {
         let uid = entry.file_name().to_string_lossy().to_string();
+        let uid_owned = uid.clone();
         if known.contains(&uid) {
             continue;
         }
@@ -533,6 +534,8 @@ async fn cleanup_orphans(
             Ok(())
         })
         .await??;
+        // After the pod network removed the veth (the namespace takes it along).
+        core.runtime.release_sandbox(&uid_owned).await?;
     }
     Ok(())
 }

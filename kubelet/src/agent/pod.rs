@@ -408,9 +408,14 @@ impl PodWorker {
             .unwrap_or_else(|| self.name.clone());
         let host_network = self.host_network();
         if self.sandbox.is_none() {
-            let sb =
-                Sandbox::create(&self.dir, &hostname).map_err(|e| err(format!("sandbox: {e}")))?;
-            self.sandbox = Some(sb);
+            let paths = self
+                .core
+                .runtime
+                .sandbox(&self.uid, &hostname, false)
+                .await
+                .map_err(|e| err(format!("sandbox: {e}")))?
+                .ok_or_else(|| err("sandbox: the spawner made none".into()))?;
+            self.sandbox = Some(Sandbox::held(paths));
         }
         tracing::debug!(pod = %self.name, us = t.elapsed().as_micros() as u64, "sandbox ready");
         if !self.net_ready {
@@ -1847,6 +1852,12 @@ impl PodWorker {
             Ok(())
         })
         .await;
+        // Whatever this worker knew, the spawner lets go of any namespaces it holds for
+        // the pod. Only now: the pod's network namespace ends with it, and its veth with
+        // the namespace, while the pod network removes that veth itself above.
+        if let Err(e) = self.core.runtime.release_sandbox(&self.uid).await {
+            tracing::warn!(pod = %self.name, error = %e, "cannot release the sandbox");
+        }
         match res {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(pod = %self.name, error = %e, "teardown incomplete"),
@@ -1916,7 +1927,11 @@ impl PodWorker {
         if let Some(t) = p.start_time {
             self.start_time = t;
         }
-        self.sandbox = Sandbox::existing(&self.dir);
+        self.sandbox = match self.core.runtime.sandbox(&self.uid, "", true).await {
+            Ok(Some(paths)) => Some(Sandbox::held(paths)),
+            Ok(None) => Sandbox::existing(&self.dir),
+            Err(e) => return Err(format!("sandbox: {e}")),
+        };
         if self.sandbox.is_some() {
             self.ip = p.ip;
             self.net_ready = p.ip.is_some() || self.core.shared.podnet.is_none();

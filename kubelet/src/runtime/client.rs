@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::Interest;
@@ -25,8 +25,11 @@ struct Waiters {
     creates: HashMap<String, oneshot::Sender<Created>>,
     exits: HashMap<String, oneshot::Sender<ExitStatus>>,
     adopt: Option<oneshot::Sender<AdoptReply>>,
+    sandboxes: HashMap<String, oneshot::Sender<SandboxReply>>,
     closed: Option<String>,
 }
+
+type SandboxReply = Result<Option<[PathBuf; 3]>, String>;
 
 /// Registers a descriptor with the tokio reactor.
 fn register(fd: OwnedFd, interest: Interest) -> std::io::Result<AsyncFd<OwnedFd>> {
@@ -98,6 +101,9 @@ impl Runtime {
         }
         w.exits.clear();
         w.adopt = None;
+        for (_, tx) in w.sandboxes.drain() {
+            let _ = tx.send(Err(why.clone()));
+        }
     }
 
     fn dispatch(&self, reply: Reply, fds: Vec<OwnedFd>) {
@@ -136,6 +142,11 @@ impl Runtime {
                     .collect();
                 if let Some(tx) = w.adopt.take() {
                     let _ = tx.send((live, exited));
+                }
+            }
+            Reply::Sandbox { pod, result } => {
+                if let Some(tx) = w.sandboxes.remove(&pod) {
+                    let _ = tx.send(result);
                 }
             }
         }
@@ -195,6 +206,43 @@ impl Runtime {
             status: None,
             kept: Vec::new(),
         })
+    }
+
+    /// The namespaces (net, ipc, uts) the spawner holds for `pod`, created (with the UTS
+    /// namespace named `hostname`) unless `find_only`. They stay until
+    /// [`Runtime::release_sandbox`], across agent restarts.
+    pub async fn sandbox(
+        &self,
+        pod: &str,
+        hostname: &str,
+        find_only: bool,
+    ) -> Result<Option<[PathBuf; 3]>, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut w = lock(&self.waiters);
+            if let Some(why) = &w.closed {
+                return Err(RuntimeError::Spawner(why.clone()));
+            }
+            w.sandboxes.insert(pod.to_string(), tx);
+        }
+        let req = Request::Sandbox {
+            pod: pod.to_string(),
+            hostname: hostname.to_string(),
+            find_only,
+        };
+        if let Err(e) = self.send(&req, &[]).await {
+            lock(&self.waiters).sandboxes.remove(pod);
+            return Err(e);
+        }
+        rx.await
+            .map_err(|_| RuntimeError::Spawner("connection closed".into()))?
+            .map_err(RuntimeError::Create)
+    }
+
+    /// Lets go of `pod`'s namespaces; they end with the last process in them.
+    pub async fn release_sandbox(&self, pod: &str) -> Result<(), RuntimeError> {
+        self.send(&Request::ReleaseSandbox(pod.to_string()), &[])
+            .await
     }
 
     /// Takes over containers a previous agent started (by id); returns the ones still

@@ -1,82 +1,59 @@
-//! A pod's shared network, IPC and UTS namespaces, kept alive by bind mounts on files in
-//! the pod's directory (as `ip netns` does), so containers of the pod can join them
-//! whatever order they start and restart in, and a restarted agent finds them again.
-//! Kubernetes keeps them alive with a "pause" container; a bind mount costs no process.
+//! A pod's shared network, IPC and UTS namespaces, so containers of the pod can join them
+//! whatever order they start and restart in.
+//!
+//! The spawner creates and holds them (`Runtime::sandbox`): a descriptor per namespace in
+//! the process that already outlives the agent, handed out as `/proc/<spawner>/fd/<n>`
+//! paths. No file, mount or process per pod (Kubernetes keeps them with a "pause"
+//! container): the host's mount table stays the same size however many pods run, and
+//! every container's new mount namespace copies that table.
+//!
+//! Earlier versions bind-mounted the namespaces on `ns-net`, `ns-ipc` and `ns-uts` in
+//! the pod's directory; a pod left that way by an older agent is still found
+//! ([`Sandbox::existing`]) and released ([`Sandbox::remove`]).
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::{MntFlags, umount2};
 
-/// The namespace files of one pod.
+/// The namespace paths of one pod.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     pub net: PathBuf,
     pub ipc: PathBuf,
     pub uts: PathBuf,
+    /// Held by the spawner (else bind mounts in the pod's directory).
+    pub held: bool,
 }
 
 impl Sandbox {
-    /// Creates the namespaces (the UTS one with `hostname`) under `dir`. Idempotent: an
-    /// existing sandbox (agent restart) is reused.
-    pub fn create(dir: &Path, hostname: &str) -> std::io::Result<Sandbox> {
-        let sb = Sandbox {
-            net: dir.join("ns-net"),
-            ipc: dir.join("ns-ipc"),
-            uts: dir.join("ns-uts"),
-        };
-        if is_nsfs(&sb.net) && is_nsfs(&sb.ipc) && is_nsfs(&sb.uts) {
-            return Ok(sb);
+    /// The sandbox of the spawner's paths (net, ipc, uts).
+    pub fn held([net, ipc, uts]: [PathBuf; 3]) -> Sandbox {
+        Sandbox {
+            net,
+            ipc,
+            uts,
+            held: true,
         }
-        std::fs::create_dir_all(dir)?;
-        for f in [&sb.net, &sb.ipc, &sb.uts] {
-            let _ = umount2(f.as_path(), MntFlags::MNT_DETACH);
-            std::fs::write(f, b"")?;
-        }
-        let hostname = hostname.to_string();
-        let (net, ipc, uts) = (sb.net.clone(), sb.ipc.clone(), sb.uts.clone());
-        // unshare on a short-lived thread: only that thread moves into the new namespaces.
-        std::thread::spawn(move || -> std::io::Result<()> {
-            nix::sched::unshare(
-                nix::sched::CloneFlags::CLONE_NEWNET
-                    | nix::sched::CloneFlags::CLONE_NEWIPC
-                    | nix::sched::CloneFlags::CLONE_NEWUTS,
-            )?;
-            nix::unistd::sethostname(&hostname)?;
-            for (src, dst) in [
-                ("/proc/thread-self/ns/net", &net),
-                ("/proc/thread-self/ns/ipc", &ipc),
-                ("/proc/thread-self/ns/uts", &uts),
-            ] {
-                mount(
-                    Some(src),
-                    dst.as_path(),
-                    None::<&str>,
-                    MsFlags::MS_BIND,
-                    None::<&str>,
-                )
-                .map_err(|e| {
-                    std::io::Error::other(format!("bind {src} on {}: {e}", dst.display()))
-                })?;
-            }
-            Ok(())
-        })
-        .join()
-        .map_err(|_| std::io::Error::other("sandbox thread panicked"))??;
-        Ok(sb)
     }
 
-    /// The sandbox a previous agent left in `dir`, if its namespaces are still there.
+    /// The bind-mounted sandbox an older agent left in `dir`, if its namespaces are still
+    /// there.
     pub fn existing(dir: &Path) -> Option<Sandbox> {
         let sb = Sandbox {
             net: dir.join("ns-net"),
             ipc: dir.join("ns-ipc"),
             uts: dir.join("ns-uts"),
+            held: false,
         };
         (is_nsfs(&sb.net) && is_nsfs(&sb.ipc) && is_nsfs(&sb.uts)).then_some(sb)
     }
 
-    /// Releases the namespaces (they go when the last container in them does).
+    /// Releases a bind-mounted sandbox (the namespaces go when the last container in them
+    /// does). A held one is released through the spawner instead: nothing to do here.
     pub fn remove(&self) -> std::io::Result<()> {
+        if self.held {
+            return Ok(());
+        }
         for f in [&self.net, &self.ipc, &self.uts] {
             match umount2(f.as_path(), MntFlags::MNT_DETACH) {
                 Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}

@@ -40,6 +40,15 @@ pub(crate) enum Request {
     Create(Box<ContainerSpec>),
     /// Take over the named containers from a previous agent connection.
     Adopt(Vec<String>),
+    /// The sandbox (network, IPC and UTS namespaces) of a pod: the one held already, or,
+    /// unless `find_only`, new ones whose UTS namespace is named `hostname`.
+    Sandbox {
+        pod: String,
+        hostname: String,
+        find_only: bool,
+    },
+    /// Let go of a pod's sandbox (the namespaces end with their last process).
+    ReleaseSandbox(String),
 }
 
 /// Spawner -> agent.
@@ -63,6 +72,12 @@ pub(crate) enum Reply {
     Adopted {
         live: Vec<(String, i32, usize)>,
         exited: Vec<(String, ExitStatus)>,
+    },
+    /// The paths of a pod's namespaces (net, ipc, uts) as the spawner holds them, `None`
+    /// for a `find_only` request of a sandbox it does not hold.
+    Sandbox {
+        pod: String,
+        result: Result<Option<[PathBuf; 3]>, String>,
     },
 }
 
@@ -262,6 +277,28 @@ struct Spawner {
     filters: Vec<BpfProgram>,
     buf: Vec<u8>,
     state_dir: PathBuf,
+    /// Pods' namespaces (net, ipc, uts), kept alive by these descriptors.
+    sandboxes: HashMap<String, [OwnedFd; 3]>,
+    /// The spawner's own namespaces, returned to after creating a sandbox.
+    home: [OwnedFd; 3],
+}
+
+/// The namespaces a sandbox holds, with their `/proc/self/ns` names.
+const SANDBOX_NAMESPACES: [(&str, libc::c_int); 3] = [
+    ("net", libc::CLONE_NEWNET),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+];
+
+fn open_namespaces(proc_dir: &str) -> std::io::Result<[OwnedFd; 3]> {
+    let open = |name: &str| -> std::io::Result<OwnedFd> {
+        Ok(std::fs::File::open(format!("{proc_dir}/ns/{name}"))?.into())
+    };
+    Ok([
+        open(SANDBOX_NAMESPACES[0].0)?,
+        open(SANDBOX_NAMESPACES[1].0)?,
+        open(SANDBOX_NAMESPACES[2].0)?,
+    ])
 }
 
 fn serve(listener: OwnedFd, filters: Vec<BpfProgram>, state_dir: PathBuf) -> std::io::Result<()> {
@@ -295,10 +332,13 @@ fn serve(listener: OwnedFd, filters: Vec<BpfProgram>, state_dir: PathBuf) -> std
         filters,
         buf: vec![0; MAX_MESSAGE],
         state_dir,
+        sandboxes: HashMap::new(),
+        home: open_namespaces("/proc/self")?,
     };
     s.arm_poll(s.listener.as_raw_fd(), TAG_LISTEN)?;
     loop {
-        if s.ever_connected && s.conns.is_empty() && s.children.is_empty() {
+        if s.ever_connected && s.conns.is_empty() && s.children.is_empty() && s.sandboxes.is_empty()
+        {
             return Ok(());
         }
         match s.ring.submit_and_wait(1) {
@@ -445,7 +485,64 @@ impl Spawner {
                 self.unclaimed = keep;
                 self.reply(conn, &Reply::Adopted { live, exited }, &pidfds);
             }
+            Request::Sandbox {
+                pod,
+                hostname,
+                find_only,
+            } => {
+                let result = self
+                    .sandbox(&pod, &hostname, find_only)
+                    .map_err(|e| e.to_string());
+                self.reply(conn, &Reply::Sandbox { pod, result }, &[]);
+            }
+            Request::ReleaseSandbox(pod) => {
+                self.sandboxes.remove(&pod);
+            }
         }
+    }
+
+    /// A pod's namespaces, created on first use. The spawner is single-threaded: it steps
+    /// into new namespaces with `unshare`, keeps descriptors of them, and goes back to its
+    /// own with `setns`; no thread, process, file or mount per pod. The namespaces are
+    /// handed out as `/proc/<spawner>/fd/<n>` paths, which containers (ours and OCI
+    /// runtimes') and the pod network open like any namespace file.
+    fn sandbox(
+        &mut self,
+        pod: &str,
+        hostname: &str,
+        find_only: bool,
+    ) -> std::io::Result<Option<[PathBuf; 3]>> {
+        if !self.sandboxes.contains_key(pod) {
+            if find_only {
+                return Ok(None);
+            }
+            let flags = SANDBOX_NAMESPACES.iter().fold(0, |f, (_, flag)| f | flag);
+            // SAFETY: unshare affects only this single-threaded process, which goes back
+            // to its own namespaces below whatever happens in between.
+            if unsafe { libc::unshare(flags) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let made = nix::unistd::sethostname(hostname)
+                .map_err(std::io::Error::from)
+                .and_then(|()| open_namespaces("/proc/self"));
+            for (home, (name, flag)) in self.home.iter().zip(SANDBOX_NAMESPACES) {
+                // SAFETY: setns with a namespace descriptor we hold open.
+                if unsafe { libc::setns(home.as_raw_fd(), flag) } != 0 {
+                    // Every later container would start in a pod's namespace: stop here.
+                    eprintln!(
+                        "skiff spawner: cannot return to its own {name} namespace: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    std::process::abort();
+                }
+            }
+            self.sandboxes.insert(pod.to_string(), made?);
+        }
+        let me = std::process::id();
+        Ok(self.sandboxes.get(pod).map(|fds| {
+            fds.each_ref()
+                .map(|fd| PathBuf::from(format!("/proc/{me}/fd/{}", fd.as_raw_fd())))
+        }))
     }
 
     /// Clones the container process; returns its pid, a pidfd for the agent and the read
