@@ -73,6 +73,34 @@ impl Netns {
         Ok(())
     }
 
+    /// Runs `f` on the calling thread moved into this namespace for the call, and moves
+    /// the thread back afterwards (a panic included). For short synchronous work: opening
+    /// a socket (it stays in this namespace), an ioctl, a sysctl; no thread is started.
+    pub fn within<T>(&self, f: impl FnOnce() -> T) -> std::io::Result<T> {
+        /// Moves the thread back to the namespace it came from when dropped.
+        struct Back(File);
+        impl Drop for Back {
+            fn drop(&mut self) {
+                // SAFETY: setns with a namespace descriptor this guard holds open; affects
+                // the calling thread only.
+                if unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    // A pooled thread would go on in a pod's namespace, and everything it
+                    // did later would land there: stop instead.
+                    eprintln!(
+                        "cannot return to the thread's own network namespace: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    std::process::abort();
+                }
+            }
+        }
+        let back = Back(File::open("/proc/thread-self/ns/net")?);
+        self.enter()?;
+        let out = f();
+        drop(back);
+        Ok(out)
+    }
+
     /// Runs `f` on a thread inside this namespace.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
         std::thread::scope(|s| {

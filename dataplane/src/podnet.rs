@@ -69,8 +69,20 @@ impl PodNetwork {
         self.cidr
     }
 
-    /// Connects the pod `id` whose namespace is `pod`; idempotent for the same id.
+    /// Connects the pod `id` whose namespace is `pod`; idempotent for the same id. Blocks;
+    /// from async code it runs on a thread of its own (see [`PodNetwork::add_blocking`]).
     pub fn add(&self, id: &str, pod: &Netns) -> Result<PodInterface, PodNetError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.add_blocking(id, pod);
+        }
+        std::thread::scope(|s| s.spawn(|| self.add_blocking(id, pod)).join())
+            .map_err(|_| PodNetError::Namespace(std::io::Error::other("pod network panicked")))?
+    }
+
+    /// [`PodNetwork::add`] on the calling thread, which must be allowed to block and must
+    /// not be running async code (a `spawn_blocking` task, a plain thread): it drives the
+    /// netlink requests on a runtime of its own.
+    pub fn add_blocking(&self, id: &str, pod: &Netns) -> Result<PodInterface, PodNetError> {
         let ip = self.allocate(id)?;
         let host_veth = host_veth_name(id);
         let result = self.plumb(&host_veth, ip, pod);
@@ -86,33 +98,38 @@ impl PodNetwork {
 
     fn plumb(&self, host_veth: &str, ip: Ipv4Addr, pod: &Netns) -> Result<(), PodNetError> {
         let peer = format!("{host_veth}p");
-        let mac = self.node.block_on(async {
-            let nl = Netlink::open()?;
-            nl.del_link(host_veth).await?;
-            nl.add_veth(host_veth, &peer, Some(pod), "eth0").await?;
+        // One runtime on this thread; each netlink socket is opened inside its namespace
+        // (`within`) and keeps acting there. No thread per namespace.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let node = self.node.within(Netlink::open)??;
+            let inside = pod.within(Netlink::open)??;
+            node.del_link(host_veth).await?;
+            node.add_veth(host_veth, &peer, Some(pod), "eth0").await?;
             // Replies of NodePort flows leave the pod with the node's own address as their
             // source once TC has translated them back: accept that instead of dropping it
             // as a martian.
-            sysctl(&format!("net/ipv4/conf/{host_veth}/accept_local"), "1")?;
-            nl.set_up(host_veth).await?;
-            nl.add_route(ip, 32, None, Some(host_veth)).await?;
-            nl.mac(host_veth).await
-        })??;
-        pod.block_on(async {
-            let nl = Netlink::open()?;
-            nl.set_up("lo").await?;
-            nl.set_up("eth0").await?;
+            self.node
+                .within(|| sysctl(&format!("net/ipv4/conf/{host_veth}/accept_local"), "1"))??;
+            node.set_up(host_veth).await?;
+            node.add_route(ip, 32, None, Some(host_veth)).await?;
+            let mac = node.mac(host_veth).await?;
+            inside.set_up("lo").await?;
+            inside.set_up("eth0").await?;
             // GRO gives the pod's end a NAPI context: XDP on the node can then redirect
             // NodePort traffic straight into the pod instead of through the node's stack.
             // (Set while the link is up: only then does the host end learn that it may
             // take redirected frames.)
-            crate::ethtool::set_gro("eth0", true)?;
-            nl.add_address("eth0", ip, 32).await?;
-            nl.add_neighbour("eth0", GATEWAY, &mac).await?;
-            nl.add_route(Ipv4Addr::UNSPECIFIED, 0, Some(GATEWAY), Some("eth0"))
-                .await
-        })??;
-        Ok(())
+            pod.within(|| crate::ethtool::set_gro("eth0", true))??;
+            inside.add_address("eth0", ip, 32).await?;
+            inside.add_neighbour("eth0", GATEWAY, &mac).await?;
+            inside
+                .add_route(Ipv4Addr::UNSPECIFIED, 0, Some(GATEWAY), Some("eth0"))
+                .await?;
+            Ok(())
+        })
     }
 
     /// Disconnects the pod `id`: its veth (and with it its route) and its address go. A

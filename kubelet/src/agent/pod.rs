@@ -431,7 +431,7 @@ impl PodWorker {
                 match (&shared.podnet, host_network) {
                     (_, true) => Ok(Some(shared.cfg.node_ip)),
                     (Some(pn), false) => {
-                        let iface = pn.add(&uid, &netns).map_err(|e| e.to_string())?;
+                        let iface = pn.add_blocking(&uid, &netns).map_err(|e| e.to_string())?;
                         if let Some(dp) = &shared.dataplane {
                             dp.attach_pod(&uid, &iface.host_veth)
                                 .map_err(|e| format!("pod program on {}: {e}", iface.host_veth))?;
