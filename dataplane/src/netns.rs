@@ -2,7 +2,8 @@
 //!
 //! A namespace belongs to a thread, not a process: work inside one runs on a short-lived
 //! thread that has `setns`'d into it (netlink sockets opened there act on that namespace;
-//! TCP/UDP sockets created there live there). A `Netns` is only a descriptor: nothing is
+//! TCP/UDP sockets created there live there), or, for a short synchronous call such as
+//! opening a socket, on the calling thread moved in and back (`within`). A `Netns` is only a descriptor: nothing is
 //! left in /run/netns, and the namespace goes when the last descriptor and process do.
 
 use std::fs::File;
