@@ -998,9 +998,10 @@ fn logs_and_exec_through_the_api_server() -> Result<(), Failed> {
     )?;
     // The last line so far: the third of the first three (whichever pipe's line was
     // written last), or the later one.
-    check(last == format!("{}\n", first[2]) || last == "later\n", || {
-        format!("{last:?}")
-    })?;
+    check(
+        last == format!("{}\n", first[2]) || last == "later\n",
+        || format!("{last:?}"),
+    )?;
     // Following: the line written a second later arrives.
     let mut followed = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -2,8 +2,10 @@
 //! agents with Skiff's runtime and eBPF data plane, the API server with the scheduler and
 //! controllers): a Deployment of 100 replicas is created, and each pod's startup latency
 //! is measured as Kubernetes' pod-startup SLI defines it: from the pod's creation to all
-//! its containers reported started, both observed on one watch. The peer figure is
-//! Kubernetes' SLO (p99 <= 5 s for stateless pods, images present).
+//! its containers reported started, both observed on one watch. Three Deployments run one
+//! after another on the cluster (each deleted, and its pods gone, before the next); the
+//! figures are the medians of the runs' p50 and p99. The peer figure is Kubernetes' SLO
+//! (p99 <= 5 s for stateless pods, images present).
 //!
 //! The control plane at Kubernetes' published limits with hollow nodes: 5,000 nodes
 //! renewing Leases every 10 s, 10,000 Services each with a Deployment, 150,000 pods bound
@@ -122,8 +124,76 @@ pub async fn pod_startup(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
     let c = Client::connect(&up.address)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let list = c
-        .api::<Pod>("default")
+    let repeats = match mode {
+        Mode::Quick => 1,
+        Mode::Full => 3,
+    };
+    let (mut p50s, mut p99s, mut alls, mut binds) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..repeats {
+        crate::settle();
+        let r = one_deployment(&c, &format!("startup-{run}"), replicas).await?;
+        p50s.push(r.p50);
+        p99s.push(r.p99);
+        alls.push(r.all);
+        binds.push(r.bind_p50);
+    }
+    let name = |what: &str| {
+        format!(
+            "Pod startup {what}, Deployment of {replicas} on a 2-node `skiff up` cluster (creation -> containers started, on a watch)"
+        )
+    };
+    let slo = "Kubernetes pod startup SLO (published)";
+    let runs = |xs: &[f64]| {
+        xs.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut p50 = Measurement::lower_better(
+        &name("p50"),
+        crate::median(p50s.clone()),
+        5000.0,
+        "ms",
+        slo,
+        "",
+    );
+    p50.note = format!(
+        "median of {repeats} Deployments one after another on one cluster; all {replicas} running {:.2} s after the Deployment was created; creation -> bound p50 {:.1} ms; p50 per run {} ms",
+        crate::median(alls),
+        crate::median(binds),
+        runs(&p50s)
+    );
+    let mut p99 = Measurement::lower_better(
+        &name("p99"),
+        crate::median(p99s.clone()),
+        5000.0,
+        "ms",
+        slo,
+        "p99 <= 100 ms",
+    );
+    p99.note = format!("p99 per run {} ms", runs(&p99s));
+    drop(up);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(vec![p50, p99])
+}
+
+/// What one Deployment's start looked like.
+struct StartupRun {
+    p50: f64,
+    p99: f64,
+    /// Seconds from the create until the last pod started.
+    all: f64,
+    bind_p50: f64,
+}
+
+/// Creates Deployment `name` of `replicas`, measures each pod from its creation to its
+/// containers started (both seen on one watch), then deletes it and waits until its pods
+/// are gone, so the next run starts on an empty cluster.
+async fn one_deployment(c: &Client, name: &str, replicas: usize) -> anyhow::Result<StartupRun> {
+    let pods = c.api::<Pod>("default");
+    let selector = format!("app={name}");
+    let list = pods
         .list(&ListParams::default())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -131,7 +201,7 @@ pub async fn pod_startup(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
         .watch(
             "pods",
             "default",
-            &ListParams::default().labels("app=startup"),
+            &ListParams::default().labels(&selector),
             &list.resource_version,
             false,
         )
@@ -139,9 +209,9 @@ pub async fn pod_startup(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let d: Deployment = serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "startup"},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "startup"}},
-            "template": {"metadata": {"labels": {"app": "startup"}},
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
                 "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c",
                     "image": "skiff.local/busybox:1.36", "command": ["sleep", "3600"],
                     "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}}}]}}},
@@ -198,28 +268,35 @@ pub async fn pod_startup(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
     let pct = |q: f64| {
         latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
-    let name = |what: &str| {
-        format!(
-            "Pod startup {what}, Deployment of {replicas} on a 2-node `skiff up` cluster (creation -> containers started, on a watch)"
-        )
-    };
-    let slo = "Kubernetes pod startup SLO (published)";
-    let mut p50 = Measurement::lower_better(&name("p50"), pct(0.50), 5000.0, "ms", slo, "");
     to_bind.sort_by(|a, b| a.total_cmp(b));
     let bind_p50 = to_bind.get(to_bind.len() / 2).copied().unwrap_or(0.0);
-    p50.note = format!(
-        "all {replicas} running {all:.2} s after the Deployment was created; creation -> bound p50 {bind_p50:.1} ms"
-    );
-    let p99 =
-        Measurement::lower_better(&name("p99"), pct(0.99), 5000.0, "ms", slo, "p99 <= 100 ms");
-    // Tidy up before `skiff down`: pods go with the Deployment.
-    let _ = c
-        .api::<Deployment>("default")
-        .delete("startup", &DeleteParams::default())
-        .await;
-    drop(up);
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(vec![p50, p99])
+    let run = StartupRun {
+        p50: pct(0.50),
+        p99: pct(0.99),
+        all,
+        bind_p50,
+    };
+    c.api::<Deployment>("default")
+        .delete(name, &DeleteParams::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gone_by = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .items
+            .len();
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > gone_by {
+            anyhow::bail!("{left} pods of {name} still there 120 s after its deletion");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(run)
 }
 
 /// The control plane at scale with hollow nodes.
