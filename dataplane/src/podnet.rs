@@ -87,10 +87,7 @@ impl PodNetwork {
         let host_veth = host_veth_name(id);
         let result = self.plumb(&host_veth, ip, pod);
         if result.is_err() {
-            let _ = self.node.block_on(async {
-                let nl = Netlink::open()?;
-                nl.del_link(&host_veth).await
-            });
+            let _ = self.del_host_veth(&host_veth);
             self.release(ip);
         }
         result.map(|()| PodInterface { ip, host_veth })
@@ -98,12 +95,9 @@ impl PodNetwork {
 
     fn plumb(&self, host_veth: &str, ip: Ipv4Addr, pod: &Netns) -> Result<(), PodNetError> {
         let peer = format!("{host_veth}p");
-        // One runtime on this thread; each netlink socket is opened inside its namespace
-        // (`within`) and keeps acting there. No thread per namespace.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
+        // Each netlink socket is opened inside its namespace (`within`) and keeps acting
+        // there; both are driven on this thread. No thread per namespace.
+        here()?.block_on(async {
             let node = self.node.within(Netlink::open)??;
             let inside = pod.within(Netlink::open)??;
             node.del_link(host_veth).await?;
@@ -133,13 +127,10 @@ impl PodNetwork {
     }
 
     /// Disconnects the pod `id`: its veth (and with it its route) and its address go. A
-    /// pod that is not connected is not an error.
+    /// pod that is not connected is not an error. Blocks, like
+    /// [`PodNetwork::add_blocking`]: call it outside async code.
     pub fn remove(&self, id: &str) -> Result<(), PodNetError> {
-        let host_veth = host_veth_name(id);
-        self.node.block_on(async {
-            let nl = Netlink::open()?;
-            nl.del_link(&host_veth).await
-        })??;
+        self.del_host_veth(&host_veth_name(id))?;
         self.ipam
             .release_owner(id)
             .map_err(|source| self.state_error(source))
@@ -174,12 +165,29 @@ impl PodNetwork {
         let _ = self.ipam.release(ip);
     }
 
+    /// Deletes a pod's host-side veth, on this thread (see `here`).
+    fn del_host_veth(&self, host_veth: &str) -> Result<(), PodNetError> {
+        here()?.block_on(async {
+            let nl = self.node.within(Netlink::open)??;
+            nl.del_link(host_veth).await?;
+            Ok(())
+        })
+    }
+
     fn state_error(&self, source: std::io::Error) -> PodNetError {
         PodNetError::State {
             path: self.ipam.path().to_path_buf(),
             source,
         }
     }
+}
+
+/// A runtime on the calling thread for one call's netlink requests: the thread must be
+/// allowed to block and must not be running async code.
+fn here() -> Result<tokio::runtime::Runtime, PodNetError> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// The host-side veth of a pod: `sk` + 12 hex digits of a hash of its id (link names are

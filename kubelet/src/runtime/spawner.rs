@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use io_uring::{IoUring, opcode, types};
 use nix::cmsg_space;
+use nix::sched::CloneFlags;
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
     accept4, recvmsg, sendmsg,
@@ -284,10 +285,10 @@ struct Spawner {
 }
 
 /// The namespaces a sandbox holds, with their `/proc/self/ns` names.
-const SANDBOX_NAMESPACES: [(&str, libc::c_int); 3] = [
-    ("net", libc::CLONE_NEWNET),
-    ("ipc", libc::CLONE_NEWIPC),
-    ("uts", libc::CLONE_NEWUTS),
+const SANDBOX_NAMESPACES: [(&str, CloneFlags); 3] = [
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
 ];
 
 fn open_namespaces(proc_dir: &str) -> std::io::Result<[OwnedFd; 3]> {
@@ -516,23 +517,19 @@ impl Spawner {
             if find_only {
                 return Ok(None);
             }
-            let flags = SANDBOX_NAMESPACES.iter().fold(0, |f, (_, flag)| f | flag);
-            // SAFETY: unshare affects only this single-threaded process, which goes back
-            // to its own namespaces below whatever happens in between.
-            if unsafe { libc::unshare(flags) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            // Only this single-threaded process moves, and it goes back to its own
+            // namespaces below whatever happens in between.
+            let flags = SANDBOX_NAMESPACES
+                .iter()
+                .fold(CloneFlags::empty(), |f, (_, flag)| f | *flag);
+            nix::sched::unshare(flags)?;
             let made = nix::unistd::sethostname(hostname)
                 .map_err(std::io::Error::from)
                 .and_then(|()| open_namespaces("/proc/self"));
             for (home, (name, flag)) in self.home.iter().zip(SANDBOX_NAMESPACES) {
-                // SAFETY: setns with a namespace descriptor we hold open.
-                if unsafe { libc::setns(home.as_raw_fd(), flag) } != 0 {
+                if let Err(e) = nix::sched::setns(home, flag) {
                     // Every later container would start in a pod's namespace: stop here.
-                    eprintln!(
-                        "skiff spawner: cannot return to its own {name} namespace: {}",
-                        std::io::Error::last_os_error()
-                    );
+                    eprintln!("skiff spawner: cannot return to its own {name} namespace: {e}");
                     std::process::abort();
                 }
             }
