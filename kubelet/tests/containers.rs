@@ -61,6 +61,10 @@ fn main() -> ExitCode {
             "exec_runs_inside_a_running_container",
             exec_runs_inside_a_running_container,
         ),
+        Trial::test(
+            "oci_container_is_adopted_with_its_own_pidfd",
+            oci_container_is_adopted_with_its_own_pidfd,
+        ),
     ];
     if args.list {
         return libtest_mimic::run(&args, tests).exit_code();
@@ -654,4 +658,89 @@ fn exec_runs_inside_a_running_container() -> Result<(), Failed> {
         c.wait().await?;
         Ok(())
     })
+}
+
+/// The pid a pidfd refers to, from its fdinfo.
+fn pidfd_pid(fd: std::os::fd::BorrowedFd<'_>) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|p| p.trim().parse().ok())
+}
+
+/// A container started through crun outlives its agent's connection; the agent that
+/// adopts it gets a pidfd of the container process (not of `crun run`, which the spawner
+/// waits on), so its signals reach the container: SIGKILL through the adopted pidfd ends
+/// it, and the runtime's exit is reported to the adopter.
+fn oci_container_is_adopted_with_its_own_pidfd() -> Result<(), Failed> {
+    let crun = PathBuf::from("/usr/bin/crun");
+    if !crun.exists() {
+        return Err("/usr/bin/crun is not installed (cargo xtask setup installs it)".into());
+    }
+    let mut s = slot("ocibox", &["sleep", "1000"], Resources::default());
+    (s.spec.stdout, s.spec.stderr) = (None, None);
+    let rel = fixture().cgroup_base.join(&s.spec.id);
+    skiff_kubelet::runtime::oci::mount_rootfs(&s.spec)?;
+    let unmount = scopeguard(s.spec.rootfs.clone());
+    skiff_kubelet::runtime::oci::write_bundle(&s.spec, &s.dir, &rel.to_string_lossy())?;
+    s.spec.oci_runtime = Some(crun);
+    s.spec.oci_bundle = Some(s.dir.clone());
+    rt().block_on(async {
+        let pid = {
+            let first = Runtime::connect(&fixture().socket)?;
+            let mut c = first.create(&s.spec, &[]).await?;
+            c.started().await?;
+            let pid = c.pid;
+            check(pidfd_pid(c.pidfd()) == Some(pid), || {
+                format!(
+                    "first pidfd is of {:?}, container is {pid}",
+                    pidfd_pid(c.pidfd())
+                )
+            })?;
+            pid
+            // The connection closes here: the container waits for adoption.
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        check(cmdline.starts_with(b"sleep\0"), || {
+            format!("pid {pid} runs {:?}", String::from_utf8_lossy(&cmdline))
+        })?;
+        let second = Runtime::connect(&fixture().socket)?;
+        let (mut live, exited) = second.adopt(vec![s.spec.id.clone()]).await?;
+        check(live.len() == 1 && exited.is_empty(), || {
+            format!("adopted {live:?}, exited {exited:?}")
+        })?;
+        let mut c = live.remove(0);
+        let held = pidfd_pid(c.pidfd());
+        check(c.pid == pid && held == Some(pid), || {
+            format!(
+                "adopted pid {} with a pidfd of {held:?}; container is {pid}",
+                c.pid
+            )
+        })?;
+        c.signal(libc::SIGKILL)?;
+        let st = tokio::time::timeout(Duration::from_secs(10), c.wait())
+            .await
+            .map_err(|_| "no exit within 10 s of SIGKILL")??;
+        check(
+            matches!(st, ExitStatus::Exited(137) | ExitStatus::Signaled(9)),
+            || format!("{st:?}"),
+        )?;
+        check(!Path::new(&format!("/proc/{pid}")).exists(), || {
+            format!("{pid} still exists")
+        })
+    })?;
+    drop(unmount);
+    Ok(())
+}
+
+/// Unmounts a path when dropped (the OCI rootfs, on failure too).
+fn scopeguard(path: PathBuf) -> impl Drop {
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    Unmount(path)
 }

@@ -258,7 +258,11 @@ const TAG_MASK: u64 = 3 << 62;
 struct Child {
     id: String,
     pid: i32,
+    /// What the spawner waits on: the container itself, or the OCI runtime's `run`.
     pidfd: OwnedFd,
+    /// With an OCI runtime, the container process's own pidfd (what an adopting agent
+    /// signals, as the first agent did).
+    target: Option<OwnedFd>,
     owner: Option<u64>,
     info: Box<libc::siginfo_t>,
     kept: Vec<OwnedFd>,
@@ -476,7 +480,7 @@ impl Spawner {
                     if ids.contains(&c.id) {
                         c.owner = Some(conn);
                         live.push((c.id.clone(), c.pid, c.kept.len()));
-                        pidfds.push(c.pidfd.as_raw_fd());
+                        pidfds.push(c.target.as_ref().unwrap_or(&c.pidfd).as_raw_fd());
                         pidfds.extend(c.kept.iter().map(|f| f.as_raw_fd()));
                     }
                 }
@@ -623,6 +627,7 @@ impl Spawner {
                 id: spec.id.clone(),
                 pid: pid as i32,
                 pidfd,
+                target: None,
                 owner: Some(conn),
                 info,
                 kept,
@@ -774,6 +779,7 @@ impl Spawner {
                 id: spec.id.clone(),
                 pid,
                 pidfd: runner_fd,
+                target: Some(for_agent.try_clone()?),
                 owner: Some(conn),
                 info,
                 kept,
