@@ -2,7 +2,11 @@
 //! mounts, cgroups and exit statuses, through the spawner process.
 //!
 //! This test binary has its own `main` (libtest-mimic): the spawner is forked there,
-//! before the test threads exist, as `skiff node` does.
+//! before the test threads exist, as `skiff node` does. The same binary is the init of a
+//! virtual machine whose cgroup2 has its controllers (`vm`): there it runs these trials
+//! again on cgroup v2.
+
+mod vm;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -35,8 +39,19 @@ fn fixture() -> &'static Fixture {
 }
 
 fn main() -> ExitCode {
-    let args = Arguments::from_args();
-    let tests = vec![
+    let guest = vm::is_guest();
+    if guest && let Err(e) = vm::guest_boot() {
+        vm::guest_power_off(Some(&e));
+    }
+    let args = if guest {
+        Arguments {
+            test_threads: Some(2),
+            ..Arguments::default()
+        }
+    } else {
+        Arguments::from_args()
+    };
+    let mut tests = vec![
         Trial::test(
             "namespaces_identity_and_confinement",
             namespaces_identity_and_confinement,
@@ -62,36 +77,54 @@ fn main() -> ExitCode {
             exec_runs_inside_a_running_container,
         ),
         Trial::test(
-            "oci_container_is_adopted_with_its_own_pidfd",
-            oci_container_is_adopted_with_its_own_pidfd,
+            "cpu_and_pids_limits_are_enforced",
+            cpu_and_pids_limits_are_enforced,
         ),
     ];
+    if guest {
+        let code = match run_all(&args, tests) {
+            Ok(c) => {
+                vm::guest_report(c.num_passed, c.num_failed);
+                None
+            }
+            Err(e) => Some(e),
+        };
+        vm::guest_power_off(code.as_deref());
+    }
+    // The same trials on cgroup v2, in the virtual machine (no OCI runtime there).
+    let in_vm = tests.len();
+    tests.push(Trial::test(
+        "oci_container_is_adopted_with_its_own_pidfd",
+        oci_container_is_adopted_with_its_own_pidfd,
+    ));
+    tests.push(Trial::test(
+        "the_same_trials_on_cgroup_v2_in_a_vm",
+        move || vm::run_in_vm(in_vm),
+    ));
     if args.list {
         return libtest_mimic::run(&args, tests).exit_code();
     }
-    let tmp = match tempfile::Builder::new().prefix("skiff-ctr-").tempdir() {
-        Ok(t) => t,
+    match run_all(&args, tests) {
+        Ok(c) => c.exit_code(),
         Err(e) => {
-            eprintln!("tempdir: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
-    };
+    }
+}
+
+/// Starts the spawner and builds the image, runs `tests`, and checks that nothing stayed
+/// mounted.
+fn run_all(args: &Arguments, tests: Vec<Trial>) -> Result<libtest_mimic::Conclusion, String> {
+    let tmp = tempfile::Builder::new()
+        .prefix("skiff-ctr-")
+        .tempdir()
+        .map_err(|e| format!("tempdir: {e}"))?;
     // First, while this process has one thread.
-    let handle: SpawnerHandle = match spawner::start(&tmp.path().join("state")) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("starting the spawner: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let layers = match busybox_layers(tmp.path()) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("busybox image: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let hierarchy = Hierarchy::detect().expect("cgroup hierarchy");
+    let handle: SpawnerHandle = spawner::start(&tmp.path().join("state"))
+        .map_err(|e| format!("starting the spawner: {e}"))?;
+    let layers = busybox_layers(tmp.path()).map_err(|e| format!("busybox image: {e}"))?;
+    let hierarchy = Hierarchy::detect().map_err(|e| format!("cgroup hierarchy: {e}"))?;
     let cgroup_base = PathBuf::from(format!("skiff-test-{}", std::process::id()));
     let _ = FIXTURE.set(Fixture {
         root: tmp.path().to_path_buf(),
@@ -100,16 +133,18 @@ fn main() -> ExitCode {
         hierarchy: hierarchy.clone(),
         cgroup_base: cgroup_base.clone(),
     });
-    let conclusion = libtest_mimic::run(&args, tests);
+    let conclusion = libtest_mimic::run(args, tests);
     skiff_kubelet::runtime::cgroup::remove_tree(&hierarchy, &cgroup_base, None);
     let leftover =
         skiff_kubelet::agent::purge::mounts_under(tmp.path()).map_or(true, |m| !m.is_empty());
     drop(handle);
     if leftover {
-        eprintln!("a mount under {} was left behind", tmp.path().display());
-        return ExitCode::FAILURE;
+        return Err(format!(
+            "a mount under {} was left behind",
+            tmp.path().display()
+        ));
     }
-    conclusion.exit_code()
+    Ok(conclusion)
 }
 
 fn busybox_layers(root: &Path) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>> {
@@ -538,6 +573,123 @@ fn memory_hog_is_oom_killed() -> Result<(), Failed> {
         check(o.stdout.trim() == "1000000", || o.stdout.clone())?;
         check(!calm.cgroup.oom_killed(), || {
             "calm container OOM-killed".into()
+        })
+    })
+}
+
+/// The path of a control file of `cg` (in whichever of its directories has it).
+fn control_file(cg: &Cgroup, file: &str) -> Result<PathBuf, Failed> {
+    cg.procs_files()
+        .iter()
+        .filter_map(|p| p.parent())
+        .map(|d| d.join(file))
+        .find(|p| p.exists())
+        .ok_or_else(|| format!("no {file} in {:?}", cg.procs_files()).into())
+}
+
+fn read_control(cg: &Cgroup, file: &str) -> Result<String, Failed> {
+    Ok(std::fs::read_to_string(control_file(cg, file)?)?
+        .trim()
+        .to_string())
+}
+
+/// A `key value` line of a flat-keyed control file (`cpu.stat`, `pids.events`).
+fn stat_value(cg: &Cgroup, file: &str, key: &str) -> Result<u64, Failed> {
+    let body = read_control(cg, file)?;
+    body.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok())?
+        })
+        .ok_or_else(|| format!("no {key} in {file}: {body:?}").into())
+}
+
+/// Kubernetes' conversions land in the control files of either cgroup version, and the
+/// kernel enforces them: a CPU limit of 200m holds a busy loop to ~20% of a CPU (it gets
+/// throttled), a pids limit makes the fork past it fail.
+fn cpu_and_pids_limits_are_enforced() -> Result<(), Failed> {
+    let mut spin = slot(
+        "spin",
+        &["sh", "-c", "while :; do :; done"],
+        Resources {
+            cpu_request_milli: Some(250),
+            cpu_limit_milli: Some(200),
+            memory_limit: Some(64 << 20),
+            pids_limit: None,
+        },
+    );
+    let forks = slot(
+        "forks",
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 30 & done; echo all-forked",
+        ],
+        Resources {
+            pids_limit: Some(6),
+            ..Default::default()
+        },
+    );
+    (spin.spec.stdout, spin.spec.stderr) = (None, None);
+    let v2 = matches!(fixture().hierarchy, Hierarchy::V2(_));
+    // 250m is 256 shares; on v2 that is weight 1 + 254 * 9999 / 262142 = 10.
+    let expected: &[(&str, &str)] = if v2 {
+        &[
+            ("cpu.weight", "10"),
+            ("cpu.max", "20000 100000"),
+            ("memory.max", "67108864"),
+            ("memory.oom.group", "1"),
+            ("pids.max", "max"),
+        ]
+    } else {
+        &[
+            ("cpu.shares", "256"),
+            ("cpu.cfs_quota_us", "20000"),
+            ("cpu.cfs_period_us", "100000"),
+            ("memory.limit_in_bytes", "67108864"),
+            ("pids.max", "max"),
+        ]
+    };
+    for (file, want) in expected {
+        let got = read_control(&spin.cgroup, file)?;
+        check(got == *want, || {
+            format!("{file}: {got:?}, expected {want:?}")
+        })?;
+    }
+    check(read_control(&forks.cgroup, "pids.max")? == "6", || {
+        "pids.max not 6".into()
+    })?;
+    // CPU time in microseconds.
+    let usage = |cg: &Cgroup| -> Result<u64, Failed> {
+        if v2 {
+            stat_value(cg, "cpu.stat", "usage_usec")
+        } else {
+            Ok(read_control(cg, "cpuacct.usage")?.parse::<u64>()? / 1000)
+        }
+    };
+    rt().block_on(async {
+        let r = Runtime::connect(&fixture().socket)?;
+        let began = std::time::Instant::now();
+        let mut c = r.create(&spin.spec, &[]).await?;
+        c.started().await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let used = usage(&spin.cgroup)?;
+        let wall = began.elapsed().as_micros() as u64;
+        let throttled = stat_value(&spin.cgroup, "cpu.stat", "nr_throttled")?;
+        c.signal(libc::SIGKILL)?;
+        c.wait().await?;
+        check(used > 0 && used * 10 <= wall * 4, || {
+            format!("a 200m container used {used} us of CPU in {wall} us")
+        })?;
+        check(throttled > 0, || "the busy loop was never throttled".into())?;
+        let o = run(&r, &forks.spec).await?;
+        check(
+            o.status != ExitStatus::Exited(0) && o.stderr.contains("can't fork"),
+            || format!("{:?} {:?} {:?}", o.status, o.stdout, o.stderr),
+        )?;
+        check(!o.stdout.contains("all-forked"), || o.stdout.clone())?;
+        check(stat_value(&forks.cgroup, "pids.events", "max")? > 0, || {
+            "pids.events counted no refused fork".into()
         })
     })
 }
