@@ -125,6 +125,61 @@ pub fn crun_run_times(rootfs: &Path, dir: &Path, n: usize) -> anyhow::Result<Vec
     Ok(out)
 }
 
+/// `n` `crun run`s of the `/bin/true` container started at once (a bundle and a cgroup
+/// each, one read-only rootfs); each one's time from the start of the burst to its exit,
+/// in ms, in the order they were started.
+pub fn crun_burst_times(rootfs: &Path, dir: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
+    let Some(bin) = which("crun") else {
+        bail!("crun is not installed (cargo xtask setup installs it)");
+    };
+    let parent = format!("skiff-bench-{}-burst", std::process::id());
+    let state = dir.join("state-crun-burst");
+    let mut bundles = Vec::with_capacity(n);
+    for i in 0..n {
+        let bundle = dir.join(format!("burst-{i}"));
+        std::fs::create_dir_all(&bundle)?;
+        let config = oci_config(rootfs, &format!("/{parent}/b{i}"));
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config)?)?;
+        bundles.push(bundle);
+    }
+    let t = Instant::now();
+    let mut waiters = Vec::with_capacity(n);
+    for (i, bundle) in bundles.iter().enumerate() {
+        let mut child = skiff_kubelet::runtime::oci::command(&bin, &state)
+            .args(["run", "--bundle"])
+            .arg(bundle)
+            .arg(format!("burst{i}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("running {}", bin.display()))?;
+        waiters.push(std::thread::spawn(move || {
+            child.wait().map(|status| (status, t.elapsed()))
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut failed = None;
+    for w in waiters {
+        match w.join() {
+            Ok(Ok((status, d))) if status.success() => out.push(d.as_secs_f64() * 1e3),
+            Ok(Ok((status, _))) => failed = Some(format!("{} run: {status}", bin.display())),
+            Ok(Err(e)) => failed = Some(format!("waiting for {}: {e}", bin.display())),
+            Err(_) => failed = Some("a waiting thread panicked".into()),
+        }
+    }
+    if let Ok(h) = Hierarchy::detect() {
+        skiff_kubelet::runtime::cgroup::remove_tree(&h, Path::new(&parent), None);
+    }
+    for b in bundles {
+        let _ = std::fs::remove_dir_all(b);
+    }
+    if let Some(e) = failed {
+        bail!("{e}");
+    }
+    Ok(out)
+}
+
 struct SkiffSide {
     runtime: Runtime,
     hierarchy: Hierarchy,
@@ -213,11 +268,16 @@ pub fn create_start_delete(mode: Mode, spawner: &Path) -> anyhow::Result<Vec<Mea
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Laid out as the node agent lays out its pods: a directory of container trees marked
+    // as the top of unrelated hierarchies.
+    let skiff_dir = dir.0.join("skiff");
+    std::fs::create_dir_all(&skiff_dir)?;
+    skiff_kubelet::agent::top_of_hierarchies(&skiff_dir);
     let side = SkiffSide {
         runtime: rt.block_on(async { Runtime::connect(spawner) })?,
         hierarchy: hierarchy.clone(),
         rootfs: rootfs.clone(),
-        dir: dir.0.join("skiff"),
+        dir: skiff_dir,
         cgroup_parent: PathBuf::from(&parent).join("skiff"),
     };
     let mut skiff = Vec::new();

@@ -141,6 +141,12 @@ pub fn pty(size: Option<(u16, u16)>) -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// Mounts `spec`'s overlayfs (its layers, topmost first, under its upper and work dirs)
 /// on `spec.rootfs`, in the calling process's mount namespace.
+///
+/// `volatile`: the overlay never syncs its upper filesystem (without it, every container's
+/// exit waits for a writeback of the node's disk and a cache flush when the last
+/// reference to the mount goes). A writable layer is used by one container run and
+/// dropped with it, and no container survives a crash of the node, so nothing is lost
+/// that Kubernetes would keep.
 pub(crate) fn mount_overlay(spec: &ContainerSpec) -> Result<(), String> {
     if spec.layers.is_empty() {
         return Err("image has no layers".into());
@@ -151,7 +157,7 @@ pub(crate) fn mount_overlay(spec: &ContainerSpec) -> Result<(), String> {
         .map(|p| p.display().to_string())
         .collect();
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={},volatile",
         lower.join(":"),
         spec.upper.display(),
         spec.work.display()
