@@ -225,21 +225,23 @@ int skiff_xdp_nodeport(struct xdp_md *ctx)
 	if (parsed != PARSE_OK)
 		return XDP_PASS;
 
-	struct ct_key rk = ct_reply_key(&f);
-	struct ct_value *reply = bpf_map_lookup_elem(&skiff_ct, &rk);
-	if (reply && reply->addr2)
-		return xdp_reply(ctx, &f, reply);
-	if (reply) {
-		/* A remote backend answering a pod of this node that TC sent to it: the pod
-		 * must see the service address. */
-		reply->last_seen_ns = bpf_ktime_get_ns();
-		flow_set_src(&f, reply->addr, reply->port);
+	/* The service first: a packet to a NodePort (30000-32767) is never a reply to a flow
+	 * this node translated (its SNAT ports are 32768-60999, and a reply to a pod goes to
+	 * the pod's address), so the common case costs one conntrack lookup, not two. */
+	struct svc_value *found = lb_lookup_service(f.ip->daddr, f.dport, f.proto, SVC_SCOPE_NODEPORT);
+	if (!found) {
+		struct ct_key rk = ct_reply_key(&f);
+		struct ct_value *reply = bpf_map_lookup_elem(&skiff_ct, &rk);
+		if (reply && reply->addr2)
+			return xdp_reply(ctx, &f, reply);
+		if (reply) {
+			/* A remote backend answering a pod of this node that TC sent to it: the
+			 * pod must see the service address. */
+			reply->last_seen_ns = bpf_ktime_get_ns();
+			flow_set_src(&f, reply->addr, reply->port);
+		}
 		return XDP_PASS;
 	}
-
-	struct svc_value *found = lb_lookup_service(f.ip->daddr, f.dport, f.proto, SVC_SCOPE_NODEPORT);
-	if (!found)
-		return XDP_PASS;
 	struct svc_value svc = *found;
 	struct node_config *node = node_config();
 	if (!node || !node->addr)

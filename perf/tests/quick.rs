@@ -74,7 +74,7 @@ fn container_create_start_delete_quick() {
 #[test]
 fn pod_start_and_agent_memory_quick() {
     let ms = skiff_perf::pods::pod_start(Mode::Quick).expect("benchmark runs");
-    assert_eq!(ms.len(), 6, "{ms:?}");
+    assert_eq!(ms.len(), 8, "{ms:?}");
     assert!(ms.iter().all(|m| m.skiff > 0.0 && m.peer > 0.0), "{ms:?}");
 }
 

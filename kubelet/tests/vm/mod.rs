@@ -119,9 +119,20 @@ pub fn run_in_vm(expected: usize) -> Result<(), Failed> {
     let initrd = tmp.path().join("initrd.cpio");
     initramfs(&initrd, &kernel.join("overlay.ko.xz"))?;
     // Software emulation: KVM on this (itself virtual) machine cannot run the guest
-    // kernel (its instruction emulator stops at the first VEX-encoded instruction).
+    // kernel (its instruction emulator stops at the first VEX-encoded instruction). One
+    // host thread runs both virtual CPUs: with a thread per CPU, qemu 7.2 let one CPU run
+    // kernel text another was patching (an oops at an int3 the kernel had already removed).
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args([
+            "-accel",
+            "tcg,thread=single",
+            "-cpu",
+            "max",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+        ])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-serial", "stdio", "-no-reboot"])
         .arg("-kernel")
