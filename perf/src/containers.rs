@@ -73,6 +73,16 @@ fn which(bin: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// A peer runtime's state root (`--root`), laid out like Skiff's container directories
+/// (the top of unrelated hierarchies): on this machine's ext4 without a journal, a root
+/// that shares its block group with recently deleted inodes makes every file the runtime
+/// creates slow, which would be the filesystem's cost, not the runtime's.
+fn peer_state_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(path)?;
+    skiff_kubelet::agent::top_of_hierarchies(path);
+    Ok(path.to_path_buf())
+}
+
 /// One `crun run` / `runc run` of the bundle; its wall time.
 fn peer_once(bin: &Path, state: &Path, bundle: &Path, id: &str) -> anyhow::Result<Duration> {
     let t = Instant::now();
@@ -113,7 +123,7 @@ pub fn crun_run_times(rootfs: &Path, dir: &Path, n: usize) -> anyhow::Result<Vec
         bundle.join("config.json"),
         serde_json::to_vec_pretty(&config)?,
     )?;
-    let state = dir.join("state-crun");
+    let state = peer_state_dir(&dir.join("state-crun"))?;
     peer_once(&bin, &state, &bundle, "warm")?;
     let mut out = Vec::new();
     for i in 0..n {
@@ -133,7 +143,7 @@ pub fn crun_burst_times(rootfs: &Path, dir: &Path, n: usize) -> anyhow::Result<V
         bail!("crun is not installed (cargo xtask setup installs it)");
     };
     let parent = format!("skiff-bench-{}-burst", std::process::id());
-    let state = dir.join("state-crun-burst");
+    let state = peer_state_dir(&dir.join("state-crun-burst"))?;
     let mut bundles = Vec::with_capacity(n);
     for i in 0..n {
         let bundle = dir.join(format!("burst-{i}"));
@@ -286,7 +296,12 @@ pub fn create_start_delete(mode: Mode, spawner: &Path) -> anyhow::Result<Vec<Mea
         // Warm-up: page cache, binaries, cgroup parents.
         rt.block_on(side.once(usize::MAX))?;
         for (name, bin, bundle) in &peers {
-            peer_once(bin, &dir.0.join(format!("state-{name}")), bundle, "warm")?;
+            peer_once(
+                bin,
+                &peer_state_dir(&dir.0.join(format!("state-{name}")))?,
+                bundle,
+                "warm",
+            )?;
         }
         for i in 0..rounds {
             skiff.push(rt.block_on(side.once(i))?.as_secs_f64() * 1e3);
