@@ -561,7 +561,6 @@ struct UdpResult {
 /// them, with `peer`'s translation in place (dropped in reverse order).
 struct NodePortBench {
     _dp: Option<(DataPlane, skiff_dataplane::LoadBalancer)>,
-    iface: skiff_dataplane::podnet::PodInterface,
     pod: Netns,
     _net: PodNetwork,
     _state: crate::tempdir::Dir,
@@ -639,7 +638,6 @@ fn nodeport_bench(
     }
     Ok(NodePortBench {
         _dp: dp_and_lb,
-        iface,
         pod,
         _net: net,
         _state: state,
@@ -660,7 +658,7 @@ fn udp_run(peer: UdpPeer, secs: f64) -> anyhow::Result<UdpResult> {
     // node's receive path on a CPU of its own through threaded NAPI, cost ~2,000 ns per
     // packet there against generic's ~400).
     let bench = nodeport_bench(&peer, skiff_dataplane::XdpAttach::Generic)?;
-    let (node, outside, pod, iface) = (&bench.node, &bench.outside, &bench.pod, &bench.iface);
+    let (node, outside, pod) = (&bench.node, &bench.outside, &bench.pod);
     let received = Arc::new(AtomicU64::new(0));
     let sock = pod.run(|| std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT)))??;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -672,7 +670,6 @@ fn udp_run(peer: UdpPeer, secs: f64) -> anyhow::Result<UdpResult> {
             counter.fetch_add(mmsg(&sock, false) as u64, Ordering::Relaxed);
         }
     });
-    let _ = iface;
 
     let sender = outside
         .ns
@@ -733,32 +730,15 @@ struct ForwardResult {
 }
 
 /// The 60-byte frame of an 18-byte UDP datagram from the outside host to node:NodePort.
-fn nodeport_frame(dst_mac: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+fn nodeport_frame(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> anyhow::Result<[u8; 60]> {
     let mut f = Vec::with_capacity(60);
-    f.extend_from_slice(dst_mac);
-    f.extend_from_slice(&[0x02, 0x00, 0xc6, 0x12, 0x00, 0xc8]);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&46u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let sum = ip
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum::<u32>();
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let csum = !(((folded & 0xffff) + (folded >> 16)) as u16);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&40000u16.to_be_bytes());
-    f.extend_from_slice(&NODE_PORT.to_be_bytes());
-    f.extend_from_slice(&26u16.to_be_bytes());
-    f.extend_from_slice(&0u16.to_be_bytes());
-    f.extend_from_slice(&[7u8; 18]);
-    f
+    etherparse::PacketBuilder::ethernet2([0x02, 0x00, 0xc6, 0x12, 0x00, 0xc8], dst_mac)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .udp(40000, NODE_PORT)
+        .write(&mut f, &[7u8; 18])?;
+    f.as_slice()
+        .try_into()
+        .context("an 18-byte UDP datagram is a 60-byte frame")
 }
 
 /// `packets` 18-byte UDP datagrams to node:NodePort, generated in the kernel on the
@@ -780,14 +760,14 @@ fn forward_run(peer: UdpPeer, packets: u32) -> anyhow::Result<ForwardResult> {
         .host
         .ns
         .block_on(async { Netlink::open()?.mac(&uplink).await })??;
-    let frame = nodeport_frame(&uplink_mac, bench.outside.ip, bench.node.host.ip);
-    let template: [u8; 60] = frame
+    let mac: [u8; 6] = uplink_mac
         .as_slice()
         .try_into()
-        .context("a NodePort frame is 60 bytes")?;
+        .context("the uplink's MAC")?;
+    let frame = nodeport_frame(mac, bench.outside.ip, bench.node.host.ip)?;
     let mut obj = aya::EbpfLoader::new()
         .override_global("target_ifindex", &port_index, true)
-        .override_global("frame", &template, true)
+        .override_global("frame", &frame, true)
         .load(TRAFFICGEN)?;
     let count: aya::maps::PerCpuArray<_, u64> =
         aya::maps::PerCpuArray::try_from(obj.take_map("sink_count").context("sink_count")?)?;
@@ -813,7 +793,7 @@ fn forward_run(peer: UdpPeer, packets: u32) -> anyhow::Result<ForwardResult> {
             while left > 0 {
                 let chunk = left.min(262_144);
                 generator.test_run(TestRunOptions {
-                    data_in: Some(&frame),
+                    data_in: Some(&frame[..]),
                     repeat: chunk,
                     attrs: TestRunAttrs::new().xdp_live_frames(64),
                     ..TestRunOptions::default()
