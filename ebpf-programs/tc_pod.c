@@ -83,7 +83,7 @@ int skiff_tc_pod(struct __sk_buff *skb)
 	struct ct_key rk = ct_reply_key(&f);
 	struct ct_value *reply = bpf_map_lookup_elem(&skiff_ct, &rk);
 	if (reply) {
-		reply->last_seen_ns = bpf_ktime_get_ns();
+		ct_touch(reply);
 		__u32 svc_id = reply->svc_id, svc_addr = reply->addr;
 		__u16 svc_port = reply->port;
 		if (tc_rewrite(skb, &o, IP_SRC_OFF, o.sport, saddr, svc_addr, sport, svc_port,

@@ -4,8 +4,8 @@
  * from the service's Maglev table (hash of the client's address, port and protocol, so
  * every node picks the same backend for a flow), a conntrack entry, and:
  *  - a backend on this node: destination rewritten and redirected into the pod's veth
- *    (or passed to the stack, which routes it there); the pod's reply is
- *    reverse-translated by TC on its veth;
+ *    (found in skiff_local_pods, else by a FIB lookup, else passed to the stack, which
+ *    routes it there); the pod's reply is reverse-translated by TC on its veth;
  *  - a backend on another node: source NATed to this node's address too, and sent back out
  *    with XDP_TX / redirect after a FIB lookup; its reply returns here and is translated back.
  * A service with no backend passes the packet to the stack, where nothing listens on the
@@ -68,6 +68,19 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, struct flow *f)
 	return bpf_redirect(fib.ifindex, 0);
 }
 
+/* Hands a packet for a pod of this node straight to its veth (see local_pod). */
+static __always_inline int xdp_to_pod(struct flow *f, const struct local_pod *pod)
+{
+	if (f->ip->ttl <= 1)
+		return XDP_PASS; /* the stack sends the ICMP time exceeded */
+	csum_replace2(&f->ip->check, bpf_htons((__u16)f->ip->ttl << 8),
+		      bpf_htons((__u16)(f->ip->ttl - 1) << 8));
+	f->ip->ttl--;
+	__builtin_memcpy(f->eth->h_dest, pod->mac, ETH_ALEN);
+	__builtin_memcpy(f->eth->h_source, pod->host_mac, ETH_ALEN);
+	return bpf_redirect(pod->ifindex, 0);
+}
+
 static __always_inline void frag_remember(const struct flow *f, __u32 new_saddr, __u32 new_daddr)
 {
 	if (!(f->ip->frag_off & bpf_htons(IP_MF)))
@@ -112,7 +125,7 @@ static __always_inline int xdp_reply(struct xdp_md *ctx, struct flow *f, struct 
 	__u32 svc_addr = ct->addr, client = ct->addr2;
 	__u16 svc_port = ct->port, client_port = ct->port2;
 	__u32 svc_id = ct->svc_id;
-	ct->last_seen_ns = bpf_ktime_get_ns();
+	ct_touch(ct);
 	__u16 len = bpf_ntohs(f->ip->tot_len);
 	flow_set_src(f, svc_addr, svc_port);
 	flow_set_dst(f, client, client_port);
@@ -237,7 +250,7 @@ int skiff_xdp_nodeport(struct xdp_md *ctx)
 		if (reply) {
 			/* A remote backend answering a pod of this node that TC sent to it: the
 			 * pod must see the service address. */
-			reply->last_seen_ns = bpf_ktime_get_ns();
+			ct_touch(reply);
 			flow_set_src(&f, reply->addr, reply->port);
 		}
 		return XDP_PASS;
@@ -284,7 +297,12 @@ int skiff_xdp_nodeport(struct xdp_md *ctx)
 	lb_count(svc.id, 1, len, new_flow);
 	if (snat)
 		flow_set_src(&f, snat, sport);
-	/* Local backends too: redirected straight into the pod's veth when the FIB knows
-	 * the way (podnet gives pods a NAPI context for that), else through the stack. */
+	/* A pod of this node goes straight into its veth (podnet gives pods a NAPI context
+	 * for that); other local backends follow the FIB, and so do remote ones. */
+	if (!snat) {
+		struct local_pod *pod = bpf_map_lookup_elem(&skiff_local_pods, &b_addr);
+		if (pod)
+			return xdp_to_pod(&f, pod);
+	}
 	return xdp_forward(ctx, &f);
 }

@@ -20,7 +20,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArra
 
 use crate::maglev::{self, MaglevBackend};
 use crate::maps::{
-    self, AffinityKey, AffinityValue, BACKEND_F_TERMINATING, Backend, CtKey, CtValue,
+    self, AffinityKey, AffinityValue, BACKEND_F_TERMINATING, Backend, CtKey, CtValue, LocalPod,
     MAGLEV_SERVICES, MAGLEV_SIZE, MAX_BACKENDS, MAX_SERVICES, NodeConfig, Proto, SVC_F_AFFINITY,
     SVC_SCOPE_NODEPORT, SlotKey, SockFlowValue, SockRevnatKey, SvcKey, SvcStats, SvcValue,
 };
@@ -72,6 +72,16 @@ pub enum LbError {
         first: Proto,
         other: Proto,
     },
+}
+
+/// A removal's result with "no such key" as success (aya reports a missing key on removal
+/// as the system call's ENOENT).
+fn absent_ok(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> LbError {
@@ -162,6 +172,7 @@ pub struct LoadBalancer {
     ct: BpfHashMap<MapData, CtKey, CtValue>,
     maglev_map: Array<MapData, u32>,
     node: Array<MapData, NodeConfig>,
+    local_pods: BpfHashMap<MapData, u32, LocalPod>,
     services: HashMap<String, ServiceState>,
     backends: BTreeMap<BackendAddr, BackendState>,
     service_ids: Ids,
@@ -192,6 +203,8 @@ impl LoadBalancer {
             ct: BpfHashMap::try_from(get(maps::CT)?).map_err(map_err(maps::CT))?,
             maglev_map: Array::try_from(get(maps::MAGLEV)?).map_err(map_err(maps::MAGLEV))?,
             node: Array::try_from(get(maps::NODE)?).map_err(map_err(maps::NODE))?,
+            local_pods: BpfHashMap::try_from(get(maps::LOCAL_PODS)?)
+                .map_err(map_err(maps::LOCAL_PODS))?,
             services: HashMap::new(),
             backends: BTreeMap::new(),
             // Service id 0 is never used, so a zeroed value is never a live service.
@@ -375,6 +388,20 @@ impl LoadBalancer {
         self.node.set(0, node, 0).map_err(map_err(maps::NODE))
     }
 
+    /// Registers a pod of this node: NodePort traffic for `ip` goes straight into its
+    /// veth (see `LocalPod`).
+    pub fn add_local_pod(&mut self, ip: Ipv4Addr, pod: LocalPod) -> Result<(), LbError> {
+        self.writes += 1;
+        self.local_pods
+            .insert(u32::from(ip).to_be(), pod, 0)
+            .map_err(map_err(maps::LOCAL_PODS))
+    }
+
+    /// Forgets a pod of this node (its veth is gone or going); unknown addresses are fine.
+    pub fn remove_local_pod(&mut self, ip: Ipv4Addr) -> Result<(), LbError> {
+        absent_ok(self.local_pods.remove(&u32::from(ip).to_be())).map_err(map_err(maps::LOCAL_PODS))
+    }
+
     fn write_maglev(
         &mut self,
         index: u32,
@@ -503,10 +530,7 @@ impl LoadBalancer {
 
     fn remove_key(&mut self, key: SvcKey) -> Result<(), LbError> {
         self.writes += 1;
-        match self.services_map.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(maps::SERVICES)(e)),
-        }
+        absent_ok(self.services_map.remove(&key)).map_err(map_err(maps::SERVICES))
     }
 
     fn remove_slots(&mut self, svc_id: u32, generation: u16, count: usize) -> Result<(), LbError> {
@@ -517,10 +541,7 @@ impl LoadBalancer {
                 slot: slot as u16,
             };
             self.writes += 1;
-            match self.slots_map.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(maps::SLOTS)(e)),
-            }
+            absent_ok(self.slots_map.remove(&key)).map_err(map_err(maps::SLOTS))?;
         }
         Ok(())
     }
@@ -575,10 +596,7 @@ impl LoadBalancer {
         let id = b.id;
         self.backends.remove(&addr);
         self.writes += 1;
-        match self.backends_map.remove(&id) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(maps::BACKENDS)(e)),
-        }
+        absent_ok(self.backends_map.remove(&id)).map_err(map_err(maps::BACKENDS))?;
         self.gone.insert(id);
         Ok(())
     }

@@ -18,6 +18,7 @@ pub const CT: &str = "skiff_ct";
 pub const FRAGS: &str = "skiff_frags";
 pub const MAGLEV: &str = "skiff_maglev";
 pub const NODE: &str = "skiff_node";
+pub const LOCAL_PODS: &str = "skiff_local_pods";
 
 /// Maglev table size compiled into the programs (`SKIFF_MAGLEV_SIZE`).
 pub const MAGLEV_SIZE: u32 = 16381;
@@ -231,7 +232,20 @@ impl NodeConfig {
     }
 }
 
+/// A pod on this node, by address (`skiff_local_pods`): where XDP hands its traffic.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LocalPod {
+    /// The host side of the pod's veth.
+    pub ifindex: u32,
+    /// The pod's `eth0`.
+    pub mac: [u8; 6],
+    /// The host side of its veth.
+    pub host_mac: [u8; 6],
+}
+
 pod!(
+    LocalPod,
     CtKey,
     CtValue,
     FragKey,
@@ -379,6 +393,7 @@ mod tests {
             [last_used_ns, backend_id, pad]
         );
         check!(l, SvcStats, "svc_stats", [packets, bytes, connections]);
+        check!(l, LocalPod, "local_pod", [ifindex, mac, host_mac]);
     }
 
     #[test]

@@ -70,12 +70,17 @@ impl Netlink {
 
     /// The hardware address of the link `name`.
     pub async fn mac(&self, name: &str) -> Result<Vec<u8>, NetlinkError> {
-        self.link(name)
-            .await?
-            .attributes
+        Ok(self.index_and_mac(name).await?.1)
+    }
+
+    /// The index and hardware address of the link `name`, in one request.
+    pub async fn index_and_mac(&self, name: &str) -> Result<(u32, Vec<u8>), NetlinkError> {
+        let link = self.link(name).await?;
+        let index = link.header.index;
+        link.attributes
             .into_iter()
             .find_map(|a| match a {
-                LinkAttribute::Address(mac) => Some(mac),
+                LinkAttribute::Address(mac) => Some((index, mac)),
                 _ => None,
             })
             .ok_or_else(|| NetlinkError::NoLink(format!("{name} (no hardware address)")))
@@ -132,45 +137,47 @@ impl Netlink {
             .map_err(req(format!("set {name} up")))
     }
 
-    /// Creates a veth pair; `peer` is then moved into `peer_ns` (if given) as `peer_name`.
+    /// Creates a veth pair. With `peer_ns` the peer is created in that namespace as
+    /// `peer_name` (else here as `peer`); `peer_mac` gives it its hardware address.
     pub async fn add_veth(
         &self,
         name: &str,
         peer: &str,
         peer_ns: Option<&Netns>,
         peer_name: &str,
+        peer_mac: Option<[u8; 6]>,
     ) -> Result<(), NetlinkError> {
-        let Some(ns) = peer_ns else {
-            return self
-                .handle
-                .link()
-                .add(LinkVeth::new(name, peer).build())
-                .execute()
-                .await
-                .map_err(req(format!("add veth {name}/{peer}")));
-        };
         // The peer is created in its namespace under its final name: moving a link between
         // namespaces afterwards waits for an RCU grace period (~15 ms here), creating it
         // there does not.
-        let mut msg = LinkVeth::new(name, peer_name).build();
+        let peer = if peer_ns.is_some() { peer_name } else { peer };
+        let mut msg = LinkVeth::new(name, peer).build();
         for attr in msg.attributes.iter_mut() {
             if let LinkAttribute::LinkInfo(infos) = attr {
                 for info in infos.iter_mut() {
                     if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) = info {
-                        p.attributes
-                            .push(LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
+                        if let Some(ns) = peer_ns {
+                            p.attributes
+                                .push(LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
+                        }
+                        if let Some(mac) = peer_mac {
+                            p.attributes.push(LinkAttribute::Address(mac.to_vec()));
+                        }
                     }
                 }
             }
         }
+        let whose = if peer_ns.is_some() {
+            " (peer in its namespace)"
+        } else {
+            ""
+        };
         self.handle
             .link()
             .add(msg)
             .execute()
             .await
-            .map_err(req(format!(
-                "add veth {name}/{peer_name} (peer in its namespace)"
-            )))
+            .map_err(req(format!("add veth {name}/{peer}{whose}")))
     }
 
     pub async fn add_bridge(&self, name: &str) -> Result<(), NetlinkError> {

@@ -1,9 +1,9 @@
 //! Pod networking: each pod's network namespace joined to its node by a veth pair.
 //!
-//! The pod gets an address from the node's pod CIDR as a /32 on `eth0`, and a default
-//! route through 169.254.1.1, a link-local gateway that exists only as a permanent
-//! neighbour entry pointing at the host side of the veth: the node routes for the pod, no
-//! bridge, no ARP proxying. The node has a /32 route per pod over its veth and one route
+//! The pod gets an address from the node's pod CIDR as a /32 on `eth0` (whose hardware
+//! address follows from it, `pod_mac`), and a default route through 169.254.1.1, a
+//! link-local gateway that exists only as a permanent neighbour entry pointing at the host
+//! side of the veth: the node routes for the pod, no bridge, no ARP proxying. The node has a /32 route per pod over its veth and one route
 //! per other node's pod CIDR through that node's address on the underlay.
 //!
 //! Addresses come from the node's allocation table (`ipam`), kept in the state directory:
@@ -44,6 +44,39 @@ pub struct PodInterface {
     pub ip: Ipv4Addr,
     /// The host side of the pod's veth, in the node's namespace.
     pub host_veth: String,
+    /// Its interface index there.
+    pub host_ifindex: u32,
+    /// Its hardware address.
+    pub host_mac: [u8; 6],
+    /// The hardware address of the pod's `eth0`.
+    pub mac: [u8; 6],
+}
+
+impl PodInterface {
+    /// The pod as XDP's direct path needs it (`LoadBalancer::add_local_pod`).
+    pub fn local_pod(&self) -> crate::maps::LocalPod {
+        crate::maps::LocalPod {
+            ifindex: self.host_ifindex,
+            mac: self.mac,
+            host_mac: self.host_mac,
+        }
+    }
+}
+
+/// The hardware address a pod's `eth0` gets: 0a:58 and its IPv4 address (locally
+/// administered, unicast), so that it follows from the address alone.
+pub fn pod_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x0a, 0x58, a, b, c, d]
+}
+
+fn mac6(mac: &[u8], what: &str) -> Result<[u8; 6], PodNetError> {
+    mac.try_into().map_err(|_| {
+        PodNetError::Namespace(std::io::Error::other(format!(
+            "{what} has a {}-byte hardware address",
+            mac.len()
+        )))
+    })
 }
 
 /// One node's pod network.
@@ -90,10 +123,58 @@ impl PodNetwork {
             let _ = self.del_host_veth(&host_veth);
             self.release(ip);
         }
-        result.map(|()| PodInterface { ip, host_veth })
+        let (host_ifindex, host_mac) = result?;
+        Ok(PodInterface {
+            ip,
+            host_veth,
+            host_ifindex,
+            host_mac,
+            mac: pod_mac(ip),
+        })
     }
 
-    fn plumb(&self, host_veth: &str, ip: Ipv4Addr, pod: &Netns) -> Result<(), PodNetError> {
+    /// The interface of pod `id` as an earlier agent plumbed it, read from the kernel
+    /// (the pod's own `eth0` for its hardware address); `None` if it holds no address.
+    /// Blocks, like [`PodNetwork::add`].
+    pub fn interface(&self, id: &str, pod: &Netns) -> Result<Option<PodInterface>, PodNetError> {
+        let Some(ip) = self
+            .allocations()?
+            .into_iter()
+            .find_map(|(ip, owner)| (owner == id).then_some(ip))
+        else {
+            return Ok(None);
+        };
+        let host_veth = host_veth_name(id);
+        let read = || {
+            here()?.block_on(async {
+                let node = self.node.within(Netlink::open)??;
+                let inside = pod.within(Netlink::open)??;
+                let (host_ifindex, host_mac) = node.index_and_mac(&host_veth).await?;
+                let mac = inside.mac("eth0").await?;
+                Ok(PodInterface {
+                    ip,
+                    host_ifindex,
+                    host_mac: mac6(&host_mac, &host_veth)?,
+                    mac: mac6(&mac, "the pod's eth0")?,
+                    host_veth: host_veth.clone(),
+                })
+            })
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return read().map(Some);
+        }
+        std::thread::scope(|s| s.spawn(read).join())
+            .map_err(|_| PodNetError::Namespace(std::io::Error::other("pod network panicked")))?
+            .map(Some)
+    }
+
+    /// Creates and addresses the pod's veth; returns the host side's index and address.
+    fn plumb(
+        &self,
+        host_veth: &str,
+        ip: Ipv4Addr,
+        pod: &Netns,
+    ) -> Result<(u32, [u8; 6]), PodNetError> {
         let peer = format!("{host_veth}p");
         // Each netlink socket is opened inside its namespace (`within`) and keeps acting
         // there; both are driven on this thread. No thread per namespace.
@@ -101,7 +182,8 @@ impl PodNetwork {
             let node = self.node.within(Netlink::open)??;
             let inside = pod.within(Netlink::open)??;
             node.del_link(host_veth).await?;
-            node.add_veth(host_veth, &peer, Some(pod), "eth0").await?;
+            node.add_veth(host_veth, &peer, Some(pod), "eth0", Some(pod_mac(ip)))
+                .await?;
             // Replies of NodePort flows leave the pod with the node's own address as their
             // source once TC has translated them back: accept that instead of dropping it
             // as a martian.
@@ -109,7 +191,7 @@ impl PodNetwork {
                 .within(|| sysctl(&format!("net/ipv4/conf/{host_veth}/accept_local"), "1"))??;
             node.set_up(host_veth).await?;
             node.add_route(ip, 32, None, Some(host_veth)).await?;
-            let mac = node.mac(host_veth).await?;
+            let (index, mac) = node.index_and_mac(host_veth).await?;
             inside.set_up("lo").await?;
             inside.set_up("eth0").await?;
             // GRO gives the pod's end a NAPI context: XDP on the node can then redirect
@@ -122,7 +204,7 @@ impl PodNetwork {
             inside
                 .add_route(Ipv4Addr::UNSPECIFIED, 0, Some(GATEWAY), Some("eth0"))
                 .await?;
-            Ok(())
+            Ok((index, mac6(&mac, host_veth)?))
         })
     }
 

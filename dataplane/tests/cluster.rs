@@ -101,14 +101,14 @@ async fn cluster(mode: skiff_dataplane::XdpAttach) -> Cluster {
         }
         let mut servers = Vec::new();
         let mut dp = DataPlane::load().expect("load");
-        let mut veths = Vec::new();
+        let mut ifaces = Vec::new();
         for k in 0..=PODS_PER_NODE {
             let ns = Netns::create().expect("pod ns");
             let iface = pods
                 .add(&format!("pod-{i}-{k}"), &ns)
                 .expect("pod plumbing");
-            veths.push(iface.host_veth.clone());
             servers.push((ns, iface.ip));
+            ifaces.push(iface);
         }
         let (client, _) = servers.pop().expect("client pod");
         for (ns, ip) in &servers {
@@ -120,8 +120,8 @@ async fn cluster(mode: skiff_dataplane::XdpAttach) -> Cluster {
             .ns
             .run(|| {
                 dp.attach_xdp(&host.host.uplink, mode)?;
-                for v in &veths {
-                    dp.attach_tc(v)?;
+                for iface in &ifaces {
+                    dp.attach_tc(&iface.host_veth)?;
                 }
                 anyhow::Ok(())
             })
@@ -139,6 +139,11 @@ async fn cluster(mode: skiff_dataplane::XdpAttach) -> Cluster {
             host.pod_cidr.prefix_len(),
         ))
         .expect("node config");
+        // As the agent does: the pods are registered for XDP's direct path into them.
+        for iface in &ifaces {
+            lb.add_local_pod(iface.ip, iface.local_pod())
+                .expect("local pod");
+        }
         let lb = Arc::new(Mutex::new(lb));
         let sync = ServiceSync::start(&api.client, lb.clone(), Some(host.host.ip));
         nodes.push((pods, servers, client, cgroup, lb, sync, dp, state));

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
 use proptest::prelude::*;
-use skiff_dataplane::maps::{NodeConfig, SVC_SCOPE_CLUSTER, SVC_SCOPE_NODEPORT};
+use skiff_dataplane::maps::{LocalPod, NodeConfig, SVC_SCOPE_CLUSTER, SVC_SCOPE_NODEPORT};
 use skiff_dataplane::{DataPlane, Endpoint, Frontend, LbService, LoadBalancer, Proto};
 use support::Netns;
 
@@ -219,6 +219,58 @@ fn nodeport_to_a_local_backend_is_translated_and_passed_to_the_stack() {
             .expect("known");
     assert_eq!(c.connections, 1);
     assert_eq!(c.packets, 3);
+}
+
+#[test]
+fn nodeport_to_a_registered_local_pod_is_redirected_into_its_veth() {
+    let mut n = node();
+    let pod = |ip: Ipv4Addr, ifindex: u32| LocalPod {
+        ifindex,
+        mac: skiff_dataplane::podnet::pod_mac(ip),
+        host_mac: [0x02, 0, 0, 0, 0x0e, ifindex as u8],
+    };
+    // BPF_PROG_TEST_RUN reports the verdict; the redirect target needs no real device.
+    n.lb.add_local_pod(LOCAL_POD, pod(LOCAL_POD, 41))
+        .expect("register");
+    n.lb.add_local_pod(LOCAL_POD_2, pod(LOCAL_POD_2, 42))
+        .expect("register");
+    let syn = tcp((CLIENT, 40001), (NODE, LOCAL_NODEPORT), b"");
+    let v = n.dp.run_xdp(&syn).expect("run");
+    assert_eq!(v.action, XDP_REDIRECT);
+    let (to, port) = dst(&v.packet);
+    assert!([LOCAL_POD, LOCAL_POD_2].contains(&to), "{to}");
+    assert_eq!(port, 8080);
+    assert_eq!(src(&v.packet), (CLIENT, 40001), "no SNAT");
+    let expected = pod(to, if to == LOCAL_POD { 41 } else { 42 });
+    assert_eq!(v.packet[0..6], expected.mac, "to the pod's eth0");
+    assert_eq!(v.packet[6..12], expected.host_mac, "from the host side");
+    assert_eq!(v.packet[14 + 8], 63, "TTL decremented, as forwarding does");
+    assert!(checksums_valid(&v.packet));
+
+    // A TTL that would expire goes to the stack, which answers with ICMP.
+    let mut last_hop = tcp((CLIENT, 40001), (NODE, LOCAL_NODEPORT), b"x");
+    set_ttl(&mut last_hop, 1);
+    assert_eq!(n.dp.run_xdp(&last_hop).expect("run").action, XDP_PASS);
+
+    // Forgotten (the pod went): the FIB decides again (no route here: to the stack).
+    n.lb.remove_local_pod(LOCAL_POD).expect("forget");
+    n.lb.remove_local_pod(LOCAL_POD_2).expect("forget");
+    n.lb.remove_local_pod(LOCAL_POD_2)
+        .expect("forgetting twice is fine");
+    let v =
+        n.dp.run_xdp(&tcp((CLIENT, 40001), (NODE, LOCAL_NODEPORT), b"y"))
+            .expect("run");
+    assert_eq!(v.action, XDP_PASS);
+    assert_eq!(dst(&v.packet), (to, 8080), "still translated (conntrack)");
+}
+
+/// Sets an IPv4 packet's TTL, keeping its header checksum right.
+fn set_ttl(p: &mut [u8], ttl: u8) {
+    p[14 + 8] = ttl;
+    p[14 + 10] = 0;
+    p[14 + 11] = 0;
+    let c = !fold(sum16(&p[14..14 + ihl(p)], 0));
+    p[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use skiff_dataplane::netlink::Netlink;
 use skiff_dataplane::netns::Netns;
-use skiff_dataplane::podnet::PodNetwork;
+use skiff_dataplane::podnet::{PodNetwork, pod_mac};
 
 fn cidr() -> Ipv4Net {
     "198.18.1.0/24".parse().expect("cidr")
@@ -35,9 +35,33 @@ fn pods_reach_each_other_through_their_node_and_leave_nothing_behind() {
         .map(|i| {
             let ns = Netns::create().expect("pod ns");
             let iface = net.add(&format!("uid-{i}"), &ns).expect("add pod");
+            // What it reports is what the kernel has, and an agent reading it back later
+            // (after a restart) gets the same.
+            let (index, host_mac) = node
+                .block_on(async { Netlink::open()?.index_and_mac(&iface.host_veth).await })
+                .expect("ns")
+                .expect("host veth");
+            assert_eq!(
+                (iface.host_ifindex, iface.host_mac.to_vec()),
+                (index, host_mac)
+            );
+            let mac = ns
+                .block_on(async { Netlink::open()?.mac("eth0").await })
+                .expect("ns")
+                .expect("eth0");
+            assert_eq!(
+                mac,
+                pod_mac(iface.ip).to_vec(),
+                "eth0's address follows its IP"
+            );
+            assert_eq!(
+                net.interface(&format!("uid-{i}"), &ns).expect("read back"),
+                Some(iface.clone())
+            );
             (ns, iface.ip)
         })
         .collect();
+    assert_eq!(net.interface("uid-none", &pods[0].0).expect("read"), None);
     let ips: Vec<Ipv4Addr> = pods.iter().map(|p| p.1).collect();
     assert_eq!(
         ips,

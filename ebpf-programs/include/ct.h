@@ -11,6 +11,14 @@
 #include "maps.h"
 #include "packet.h"
 
+/* Stamps a hit, writing the entry only when the (coarse) clock moved on. */
+static __always_inline void ct_touch(struct ct_value *ct)
+{
+	__u64 now = skiff_now();
+	if (ct->last_seen_ns != now)
+		ct->last_seen_ns = now;
+}
+
 static __always_inline struct ct_key ct_forward_key(const struct flow *f)
 {
 	struct ct_key k = {
@@ -49,7 +57,7 @@ static __always_inline struct ct_value *ct_live_forward(const struct flow *f, __
 		*b = 0;
 		return 0;
 	}
-	ct->last_seen_ns = bpf_ktime_get_ns();
+	ct_touch(ct);
 	return ct;
 }
 
@@ -60,7 +68,7 @@ static __always_inline struct ct_value *ct_live_forward(const struct flow *f, __
 static __always_inline int ct_create(const struct flow *f, __u32 svc_id, __u32 backend_id,
 				     __u32 b_addr, __u16 b_port, __u32 snat_addr, __u16 snat_port)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = skiff_now();
 	struct ct_key fwd = ct_forward_key(f);
 	struct ct_value fv = {
 		.last_seen_ns = now,

@@ -26,6 +26,7 @@
 #define SKIFF_SOCK_FLOW_ENTRIES 262144
 #define SKIFF_CT_ENTRIES 524288
 #define SKIFF_FRAG_ENTRIES 8192
+#define SKIFF_LOCAL_PODS 4096
 /* Maglev: a prime table size, and how many services can have tables (two each: the
  * generation in use and the next one). Userspace may lower the entries at load. */
 #define SKIFF_MAGLEV_SIZE 16381
@@ -123,7 +124,7 @@ struct ct_key {
  * `addr2:port2` the client (new destination) when the flow was SNATed, else 0.
  */
 struct ct_value {
-	__u64 last_seen_ns;
+	__u64 last_seen_ns; /* skiff_now(): CLOCK_MONOTONIC at tick resolution */
 	__u32 backend_id;
 	__u32 svc_id;
 	__u32 addr;
@@ -153,6 +154,17 @@ struct node_config {
 	__u32 pod_cidr;      /* this node's pod CIDR, network order */
 	__u32 pod_cidr_mask; /* its mask, network order */
 	__u32 flags;
+};
+
+/*
+ * A pod on this node, by address (written by the agent when it plumbs the pod): XDP hands
+ * a NodePort packet for it straight to the host side of its veth, without a FIB and
+ * neighbour lookup per packet.
+ */
+struct local_pod {
+	__u32 ifindex;     /* the host side of the pod's veth */
+	__u8 mac[6];       /* the pod's eth0 */
+	__u8 host_mac[6];  /* the host side */
 };
 
 /* Per-service counters, one per CPU. */
@@ -245,5 +257,23 @@ struct {
 	__type(key, __u32);
 	__type(value, struct node_config);
 } skiff_node SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SKIFF_LOCAL_PODS);
+	__type(key, __u32); /* the pod's address, network order */
+	__type(value, struct local_pod);
+} skiff_local_pods SEC(".maps");
+
+/*
+ * The clock of conntrack's last-seen stamps: the coarse monotonic clock, read from the
+ * timekeeper without a clock-source read (bpf_ktime_get_ns read the TSC on every packet:
+ * ~5% of a forwarded packet's cost under a hypervisor). The stamps say when an entry was
+ * last used and no program decides anything by them, so a tick's resolution is plenty.
+ */
+static __always_inline __u64 skiff_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
 
 #endif /* SKIFF_MAPS_H */

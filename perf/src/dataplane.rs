@@ -605,6 +605,8 @@ fn nodeport_bench(
                 node.pod_cidr.network(),
                 node.pod_cidr.prefix_len(),
             ))?;
+            // As the agent does when it plumbs a pod: registered for XDP's direct path.
+            lb.add_local_pod(iface.ip, iface.local_pod())?;
             lb.apply(
                 "default/udp:30080/UDP",
                 &LbService {

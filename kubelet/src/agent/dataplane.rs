@@ -21,7 +21,7 @@ use skiff_client::informer::{Event, Informer};
 use skiff_client::{Client, ListParams};
 use skiff_dataplane::maps::NodeConfig;
 use skiff_dataplane::netns::Netns;
-use skiff_dataplane::podnet::PodNetwork;
+use skiff_dataplane::podnet::{PodInterface, PodNetwork};
 use skiff_dataplane::{
     DataPlane, Frontend, LoadBalancer, ServiceCounters, ServiceSync, TcLink, XdpAttach,
 };
@@ -38,7 +38,7 @@ pub struct DataplaneOptions {
 enum Msg {
     Attach {
         uid: String,
-        veth: String,
+        iface: PodInterface,
         reply: std_mpsc::Sender<Result<(), String>>,
     },
     Detach {
@@ -142,32 +142,39 @@ impl NodeDataplane {
                         };
                         let sync = ServiceSync::start(&client, lb.clone(), Some(node.ip));
                         let _routes = podnet.map(|pn| routes(&client, &node.name, pn));
-                        let _ = ready_tx.send(Ok(lb));
-                        let mut links: HashMap<String, TcLink> = HashMap::new();
+                        let _ = ready_tx.send(Ok(lb.clone()));
+                        // Each pod's program link and address.
+                        let mut links: HashMap<String, (TcLink, Ipv4Addr)> = HashMap::new();
                         while let Some(msg) = rx.recv().await {
                             match msg {
-                                Msg::Attach { uid, veth, reply } => {
-                                    if let Some(old) = links.remove(&uid) {
+                                Msg::Attach { uid, iface, reply } => {
+                                    if let Some((old, ip)) = links.remove(&uid) {
                                         let _ = dp.detach_tc(old);
+                                        let _ = lb.lock().remove_local_pod(ip);
                                     }
                                     let r = netns
-                                        .run(|| dp.attach_tc(&veth))
+                                        .run(|| dp.attach_tc(&iface.host_veth))
                                         .map_err(|e| e.to_string())
-                                        .and_then(|r| r.map_err(|e| e.to_string()));
-                                    let _ = reply.send(r.map(|link| {
-                                        links.insert(uid, link);
-                                    }));
+                                        .and_then(|r| r.map_err(|e| e.to_string()))
+                                        .and_then(|link| {
+                                            links.insert(uid, (link, iface.ip));
+                                            lb.lock()
+                                                .add_local_pod(iface.ip, iface.local_pod())
+                                                .map_err(|e| e.to_string())
+                                        });
+                                    let _ = reply.send(r);
                                 }
                                 Msg::Detach { uid } => {
-                                    if let Some(link) = links.remove(&uid) {
+                                    if let Some((link, ip)) = links.remove(&uid) {
                                         let _ = dp.detach_tc(link);
+                                        let _ = lb.lock().remove_local_pod(ip);
                                     }
                                 }
                                 Msg::Stop => break,
                             }
                         }
                         drop(sync);
-                        for (_, link) in links {
+                        for (_, (link, _)) in links {
                             let _ = dp.detach_tc(link);
                         }
                         drop(dp);
@@ -199,13 +206,14 @@ impl NodeDataplane {
             .map_err(|e| e.to_string())
     }
 
-    /// Attaches the pod program to a pod's veth (host side); blocks until done.
-    pub fn attach_pod(&self, uid: &str, veth: &str) -> Result<(), String> {
+    /// Attaches the pod program to a pod's veth (host side) and registers the pod for
+    /// XDP's direct path; blocks until done.
+    pub fn attach_pod(&self, uid: &str, iface: &PodInterface) -> Result<(), String> {
         let (reply, rx) = std_mpsc::channel();
         self.tx
             .send(Msg::Attach {
                 uid: uid.to_string(),
-                veth: veth.to_string(),
+                iface: iface.clone(),
                 reply,
             })
             .map_err(|_| "the data plane stopped".to_string())?;

@@ -433,7 +433,7 @@ impl PodWorker {
                     (Some(pn), false) => {
                         let iface = pn.add_blocking(&uid, &netns).map_err(|e| e.to_string())?;
                         if let Some(dp) = &shared.dataplane {
-                            dp.attach_pod(&uid, &iface.host_veth)
+                            dp.attach_pod(&uid, &iface)
                                 .map_err(|e| format!("pod program on {}: {e}", iface.host_veth))?;
                         }
                         Ok(Some(iface.ip))
@@ -1935,12 +1935,24 @@ impl PodWorker {
         if self.sandbox.is_some() {
             self.ip = p.ip;
             self.net_ready = p.ip.is_some() || self.core.shared.podnet.is_none();
-            // The previous agent's pod program went with its process: attach it again.
-            if let (Some(dp), Some(_), false) =
-                (&self.core.shared.dataplane, p.ip, self.host_network())
-            {
-                let veth = skiff_dataplane::podnet::host_veth_name(&self.uid);
-                if let Err(e) = dp.attach_pod(&self.uid, &veth) {
+            // The previous agent's pod program and registration went with its process:
+            // attach and register again (the interface as the kernel has it).
+            if let (Some(dp), Some(pn), Some(sandbox), Some(_), false) = (
+                &self.core.shared.dataplane,
+                &self.core.shared.podnet,
+                &self.sandbox,
+                p.ip,
+                self.host_network(),
+            ) {
+                let iface = skiff_dataplane::netns::Netns::open(&sandbox.net)
+                    .map_err(|e| e.to_string())
+                    .and_then(|ns| pn.interface(&self.uid, &ns).map_err(|e| e.to_string()));
+                let attached = match iface {
+                    Ok(Some(iface)) => dp.attach_pod(&self.uid, &iface),
+                    Ok(None) => Err("the pod holds no address".to_string()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = attached {
                     tracing::warn!(pod = %self.name, error = %e, "cannot re-attach the pod program");
                 }
             }
