@@ -13,6 +13,7 @@ pub mod plugins;
 pub mod queue;
 pub mod resources;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,8 +27,9 @@ use skiff_client::informer::{Event, Feed, Informer, SharedInformers, Subscriptio
 use skiff_client::{Client, ListParams};
 
 use cache::{Cache, PodInfo, SharedCache};
-use plugins::{Cycle, fit_error};
+use plugins::{Cycle, Unfit, fit_error};
 use queue::{Outcome, Queue};
+use rustc_hash::FxHashMap;
 
 /// The scheduler's name in `spec.schedulerName` (pods naming another are left alone).
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -174,9 +176,9 @@ pub fn schedule_with(
     let want = nodes_to_find(total, percentage);
     let first = *start % total;
     let mut feasible: Vec<usize> = Vec::with_capacity(want.min(total));
-    let mut reasons: HashMap<String, usize> = HashMap::new();
+    let mut reasons: FxHashMap<Cow<'static, str>, usize> = FxHashMap::default();
     let mut looked = 0usize;
-    let check = |i: usize| -> Result<usize, Vec<String>> {
+    let check = |i: usize| -> Result<usize, Unfit> {
         let idx = if first + i < total {
             first + i
         } else {
@@ -184,9 +186,10 @@ pub fn schedule_with(
         };
         cycle.filter(&nodes[idx]).map(|()| idx)
     };
-    let mut take = |r: Result<usize, Vec<String>>, feasible: &mut Vec<usize>| match r {
+    let mut take = |r: Result<usize, Unfit>, feasible: &mut Vec<usize>| match r {
         Ok(idx) => feasible.push(idx),
-        Err(rs) => {
+        Err(Unfit::One(r)) => *reasons.entry(r).or_default() += 1,
+        Err(Unfit::Many(rs)) => {
             for r in rs {
                 *reasons.entry(r).or_default() += 1;
             }
@@ -196,7 +199,7 @@ pub fn schedule_with(
         Some(pool) if total >= PARALLEL_FROM => {
             while looked < total && feasible.len() < want {
                 let end = (looked + CHUNK).min(total);
-                let results: Vec<Result<usize, Vec<String>>> =
+                let results: Vec<Result<usize, Unfit>> =
                     pool.install(|| (looked..end).into_par_iter().map(check).collect());
                 for r in results {
                     looked += 1;
@@ -216,6 +219,10 @@ pub fn schedule_with(
     }
     *start = (first + looked) % total;
     if feasible.is_empty() {
+        let reasons = reasons
+            .into_iter()
+            .map(|(r, n)| (r.into_owned(), n))
+            .collect();
         return Err(FitError { total, reasons });
     }
     let candidates: Vec<&cache::NodeInfo> = feasible.iter().map(|i| &nodes[*i]).collect();

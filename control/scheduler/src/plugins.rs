@@ -14,6 +14,7 @@
 //! (PreferNoSchedule) 3, InterPodAffinity (preferred) 2, PodTopologySpread (ScheduleAnyway)
 //! 2; each normalized to 0..=100 first.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use rustc_hash::{FxHashMap as FastMap, FxHashSet as HashSet};
@@ -133,6 +134,35 @@ pub struct Cycle<'c> {
     /// Preferred (anti-)affinity: topology key -> domain -> summed weight.
     preferred_pods: Vec<(String, FastMap<&'c str, i64>)>,
     spreads: Vec<Spread<'c>>,
+}
+
+/// A node's topology domains as the inter-pod (anti-)affinity filters ask for them. The
+/// terms mostly share one key (kubernetes.io/hostname): the last one looked up is kept.
+struct Domains<'n, 'k> {
+    node: &'n NodeInfo,
+    last: Option<(&'k str, Option<&'n str>)>,
+}
+
+impl<'n, 'k> Domains<'n, 'k> {
+    /// Whether the node's domain for `key` is one of `domains`.
+    fn within(&mut self, key: &'k str, domains: &HashSet<&str>) -> bool {
+        let value = match self.last {
+            Some((k, v)) if k == key => v,
+            _ => {
+                let v = self.node.labels.get(key).map(String::as_str);
+                self.last = Some((key, v));
+                v
+            }
+        };
+        value.is_some_and(|d| domains.contains(d))
+    }
+}
+
+/// Why a node does not fit a pod: one reason, or several (resources).
+#[derive(Debug)]
+pub enum Unfit {
+    One(Cow<'static, str>),
+    Many(Vec<Cow<'static, str>>),
 }
 
 /// Whether `tolerations` tolerate `taint`.
@@ -389,8 +419,8 @@ impl<'c> Cycle<'c> {
     }
 
     /// Runs the filters on `node`: `Ok` or the reasons it does not fit.
-    pub fn filter(&self, node: &NodeInfo) -> Result<(), Vec<String>> {
-        let fail = |r: &str| Err(vec![r.to_string()]);
+    pub fn filter(&self, node: &NodeInfo) -> Result<(), Unfit> {
+        let fail = |r: &'static str| Err(Unfit::One(Cow::Borrowed(r)));
         if node.unschedulable {
             let t = Taint {
                 key: "node.kubernetes.io/unschedulable".into(),
@@ -407,11 +437,11 @@ impl<'c> Cycle<'c> {
             return fail(reason::NODE_NAME);
         }
         if let Some(t) = self.untolerated(node) {
-            return Err(vec![format!(
+            return Err(Unfit::One(Cow::Owned(format!(
                 "node(s) had untolerated taint {{{}: {}}}",
                 t.key,
                 t.value.as_deref().unwrap_or_default()
-            )]);
+            ))));
         }
         if !self.node_affinity_ok(node) {
             return fail(reason::NODE_AFFINITY);
@@ -423,10 +453,10 @@ impl<'c> Cycle<'c> {
         {
             return fail(reason::NODE_PORTS);
         }
-        let mut insufficient = Vec::new();
+        let mut insufficient: Vec<Cow<'static, str>> = Vec::new();
         let (a, r, q) = (&node.allocatable, &node.requested, &self.requests);
         if r.pods + 1 > a.pods {
-            insufficient.push(reason::TOO_MANY_PODS.to_string());
+            insufficient.push(reason::TOO_MANY_PODS.into());
         }
         if q.milli_cpu > 0 && r.milli_cpu + q.milli_cpu > a.milli_cpu {
             insufficient.push("Insufficient cpu".into());
@@ -440,7 +470,7 @@ impl<'c> Cycle<'c> {
             insufficient.push("Insufficient ephemeral-storage".into());
         }
         if !insufficient.is_empty() {
-            return Err(insufficient);
+            return Err(Unfit::Many(insufficient));
         }
         for s in self.spreads.iter().filter(|s| s.hard) {
             let Some(d) = node.labels.get(&s.key) else {
@@ -451,22 +481,21 @@ impl<'c> Cycle<'c> {
                 return fail(reason::SPREAD);
             }
         }
-        // Whether the node's domain for `key` is in `domains`.
-        let within = |key: &str, domains: &HashSet<&str>| {
-            node.labels
-                .get(key)
-                .is_some_and(|d| domains.contains(d.as_str()))
-        };
+        let mut labels = Domains { node, last: None };
         for (key, domains) in &self.affinity_domains {
-            if domains.as_ref().is_some_and(|d| !within(key, d)) {
+            if domains.as_ref().is_some_and(|d| !labels.within(key, d)) {
                 return fail(reason::AFFINITY);
             }
         }
-        if self.anti_domains.iter().any(|(key, d)| within(key, d)) {
-            return fail(reason::ANTI_AFFINITY);
+        for (key, d) in &self.anti_domains {
+            if labels.within(key, d) {
+                return fail(reason::ANTI_AFFINITY);
+            }
         }
-        if self.existing_anti.iter().any(|(key, d)| within(key, d)) {
-            return fail(reason::EXISTING_ANTI_AFFINITY);
+        for (key, d) in &self.existing_anti {
+            if labels.within(key, d) {
+                return fail(reason::EXISTING_ANTI_AFFINITY);
+            }
         }
         Ok(())
     }
