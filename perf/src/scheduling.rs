@@ -353,10 +353,20 @@ fn check(w: Workload, bound: &HashMap<String, String>, nodes: usize) -> anyhow::
 
 /// Every workload.
 pub async fn throughput(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
+    // For profiling runs only: SKIFF_BENCH_WORKLOADS=anti,spread (names' first words).
+    let only = std::env::var("SKIFF_BENCH_WORKLOADS").ok();
+    let wanted = |w: Workload| {
+        only.as_deref().is_none_or(|o| {
+            o.split(',')
+                .any(|x| w.name().split(' ').any(|word| word.starts_with(x)))
+        })
+    };
     let mut out = Vec::new();
-    for w in Workload::ALL {
+    for w in Workload::ALL.into_iter().filter(|w| wanted(*w)) {
         out.push(run(mode, w, Placement::InServer).await?);
     }
-    out.push(run(mode, Workload::Basic, Placement::OwnProcess).await?);
+    if wanted(Workload::Basic) {
+        out.push(run(mode, Workload::Basic, Placement::OwnProcess).await?);
+    }
     Ok(out)
 }
