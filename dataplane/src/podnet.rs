@@ -3,8 +3,9 @@
 //! The pod gets an address from the node's pod CIDR as a /32 on `eth0` (whose hardware
 //! address follows from it, `pod_mac`), and a default route through 169.254.1.1, a
 //! link-local gateway that exists only as a permanent neighbour entry pointing at the host
-//! side of the veth: the node routes for the pod, no bridge, no ARP proxying. The node has a /32 route per pod over its veth and one route
-//! per other node's pod CIDR through that node's address on the underlay.
+//! side of the veth: the node routes for the pod, no bridge, no ARP proxying. The node has
+//! a /32 route per pod over its veth and one route per other node's pod CIDR through that
+//! node's address on the underlay.
 //!
 //! Addresses come from the node's allocation table (`ipam`), kept in the state directory:
 //! two allocations never get the same address, and a restarted agent finds every
@@ -105,11 +106,7 @@ impl PodNetwork {
     /// Connects the pod `id` whose namespace is `pod`; idempotent for the same id. Blocks;
     /// from async code it runs on a thread of its own (see [`PodNetwork::add_blocking`]).
     pub fn add(&self, id: &str, pod: &Netns) -> Result<PodInterface, PodNetError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return self.add_blocking(id, pod);
-        }
-        std::thread::scope(|s| s.spawn(|| self.add_blocking(id, pod)).join())
-            .map_err(|_| PodNetError::Namespace(std::io::Error::other("pod network panicked")))?
+        off_runtime(|| self.add_blocking(id, pod))
     }
 
     /// [`PodNetwork::add`] on the calling thread, which must be allowed to block and must
@@ -160,12 +157,7 @@ impl PodNetwork {
                 })
             })
         };
-        if tokio::runtime::Handle::try_current().is_err() {
-            return read().map(Some);
-        }
-        std::thread::scope(|s| s.spawn(read).join())
-            .map_err(|_| PodNetError::Namespace(std::io::Error::other("pod network panicked")))?
-            .map(Some)
+        off_runtime(read).map(Some)
     }
 
     /// Creates and addresses the pod's veth; returns the host side's index and address.
@@ -262,6 +254,18 @@ impl PodNetwork {
             source,
         }
     }
+}
+
+/// Runs `f` (which blocks, driving netlink on a runtime of its own) here, or on a thread
+/// of its own when the caller is async code.
+fn off_runtime<T: Send>(
+    f: impl FnOnce() -> Result<T, PodNetError> + Send,
+) -> Result<T, PodNetError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| s.spawn(f).join())
+        .map_err(|_| PodNetError::Namespace(std::io::Error::other("pod network panicked")))?
 }
 
 /// A runtime on the calling thread for one call's netlink requests: the thread must be
