@@ -42,6 +42,22 @@ static __always_inline struct node_config *node_config(void)
 	return bpf_map_lookup_elem(&skiff_node, &zero);
 }
 
+/*
+ * One routed hop: the TTL decremented and the MACs rewritten. Non-zero when the TTL would
+ * expire: the packet then goes to the stack, which sends the ICMP time exceeded.
+ */
+static __always_inline int xdp_hop(struct flow *f, const __u8 *dmac, const __u8 *smac)
+{
+	if (f->ip->ttl <= 1)
+		return -1;
+	csum_replace2(&f->ip->check, bpf_htons((__u16)f->ip->ttl << 8),
+		      bpf_htons((__u16)(f->ip->ttl - 1) << 8));
+	f->ip->ttl--;
+	__builtin_memcpy(f->eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(f->eth->h_source, smac, ETH_ALEN);
+	return 0;
+}
+
 /* Sends a rewritten packet towards its new destination. */
 static __always_inline int xdp_forward(struct xdp_md *ctx, struct flow *f)
 {
@@ -56,13 +72,8 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, struct flow *f)
 	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return XDP_PASS; /* let the stack resolve the neighbour and forward it */
-	if (f->ip->ttl <= 1)
-		return XDP_PASS; /* the stack sends the ICMP time exceeded */
-	csum_replace2(&f->ip->check, bpf_htons((__u16)f->ip->ttl << 8),
-		      bpf_htons((__u16)(f->ip->ttl - 1) << 8));
-	f->ip->ttl--;
-	__builtin_memcpy(f->eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(f->eth->h_source, fib.smac, ETH_ALEN);
+	if (xdp_hop(f, fib.dmac, fib.smac))
+		return XDP_PASS;
 	if (fib.ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(fib.ifindex, 0);
@@ -71,13 +82,8 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, struct flow *f)
 /* Hands a packet for a pod of this node straight to its veth (see local_pod). */
 static __always_inline int xdp_to_pod(struct flow *f, const struct local_pod *pod)
 {
-	if (f->ip->ttl <= 1)
-		return XDP_PASS; /* the stack sends the ICMP time exceeded */
-	csum_replace2(&f->ip->check, bpf_htons((__u16)f->ip->ttl << 8),
-		      bpf_htons((__u16)(f->ip->ttl - 1) << 8));
-	f->ip->ttl--;
-	__builtin_memcpy(f->eth->h_dest, pod->mac, ETH_ALEN);
-	__builtin_memcpy(f->eth->h_source, pod->host_mac, ETH_ALEN);
+	if (xdp_hop(f, pod->mac, pod->host_mac))
+		return XDP_PASS;
 	return bpf_redirect(pod->ifindex, 0);
 }
 
