@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::validation::{label_key_error, label_value_error};
 
 /// One label requirement.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Requirement {
     Equals(String, String),
     NotEquals(String, String),
@@ -51,7 +51,7 @@ impl Requirement {
 }
 
 /// A parsed label selector; the empty selector matches everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct LabelSelector {
     pub requirements: Vec<Requirement>,
 }

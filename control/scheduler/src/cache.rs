@@ -5,7 +5,14 @@
 //! Assumed pods count against their node from the moment the scheduler picks it, so a
 //! binding in flight can never let a second pod take the same room; the informer's view of
 //! the bound pod replaces the assumption, a failed binding forgets it.
+//!
+//! Inter-pod terms are counted per topology domain as pods come and go (`Terms`): every
+//! distinct required anti-affinity term of a placed pod with the domains its owners are
+//! in, and, for each term a scheduling cycle asked about (`Cache::prepare`), the placed pods
+//! it selects per domain. A cycle then reads counts instead of walking a workload's pods,
+//! so PreFilter costs O(distinct terms), not O(pods of the group).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -16,20 +23,23 @@ use skiff_api::selector::{LabelSelector, Requirement};
 
 use crate::resources::{Resources, pod_requests};
 
-/// A compiled pod (anti-)affinity term.
-#[derive(Debug, Clone)]
+/// A compiled pod (anti-)affinity or spread term: which pods, counted over which domains.
+/// Equal terms (the pods of one workload) share their counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Term {
     pub selector: LabelSelector,
     /// Namespaces whose pods the term looks at; `None`: all of them.
     pub namespaces: Option<Vec<String>>,
     pub topology_key: String,
-    pub weight: i64,
 }
+
+/// Placed pods per topology domain (a node label's value); no zero entries.
+pub type DomainCounts = FxHashMap<Box<str>, u32>;
 
 impl Term {
     /// Compiles `t` as written in a pod of namespace `ns`. A selector that does not parse
     /// matches nothing (admission rejects those).
-    pub fn compile(t: &PodAffinityTerm, ns: &str, weight: i64) -> Term {
+    pub fn compile(t: &PodAffinityTerm, ns: &str) -> Term {
         let selector = t
             .label_selector
             .as_ref()
@@ -53,7 +63,6 @@ impl Term {
             selector,
             namespaces,
             topology_key: t.topology_key.clone(),
-            weight,
         }
     }
 
@@ -66,11 +75,177 @@ impl Term {
 
     /// A `key=value` the selector requires (for index lookups), if any.
     pub fn index_key(&self) -> Option<String> {
+        self.index_label().map(|(k, v)| format!("{k}={v}"))
+    }
+
+    /// A label (key, value) every pod the selector matches carries, if any.
+    fn index_label(&self) -> Option<(&str, &str)> {
         self.selector.requirements.iter().find_map(|r| match r {
-            Requirement::Equals(k, v) => Some(format!("{k}={v}")),
-            Requirement::In(k, vs) if vs.len() == 1 => Some(format!("{k}={}", vs[0])),
+            Requirement::Equals(k, v) => Some((k.as_str(), v.as_str())),
+            Requirement::In(k, vs) if vs.len() == 1 => Some((k.as_str(), vs[0].as_str())),
             _ => None,
         })
+    }
+}
+
+/// How many terms keep counts of the pods they select before all those counts are dropped
+/// (to be rebuilt on demand): bounds what workloads long gone cost every pod change.
+const MAX_TRACKED: usize = 4096;
+
+/// One distinct term and its counts.
+#[derive(Debug)]
+struct TermEntry {
+    term: Term,
+    /// Placed pods whose required anti-affinity has this term, and their domains.
+    owners: u32,
+    owner_domains: DomainCounts,
+    /// Placed pods the term selects, per domain: kept from the first cycle that asks.
+    selected: Option<DomainCounts>,
+}
+
+/// The distinct terms, indexed by a label their selector requires.
+#[derive(Debug, Default)]
+struct Terms {
+    entries: Vec<Option<TermEntry>>,
+    ids: FxHashMap<Term, usize>,
+    free: Vec<usize>,
+    /// Label key -> value -> terms requiring it; terms requiring no single label.
+    by_label: FxHashMap<String, FxHashMap<String, Vec<usize>>>,
+    unindexed: Vec<usize>,
+    /// Entries with `selected` counts.
+    tracked: usize,
+}
+
+fn bump(counts: &mut DomainCounts, domain: &str, delta: i32) {
+    match counts.get_mut(domain) {
+        Some(n) if delta < 0 => {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(domain);
+            }
+        }
+        Some(n) => *n += 1,
+        None if delta > 0 => {
+            counts.insert(domain.into(), 1);
+        }
+        None => {}
+    }
+}
+
+impl Terms {
+    fn entry(&self, term: &Term) -> Option<&TermEntry> {
+        self.ids.get(term).and_then(|i| self.entries[*i].as_ref())
+    }
+
+    /// The entry of `term`, made if new.
+    fn intern(&mut self, term: &Term) -> usize {
+        if let Some(&id) = self.ids.get(term) {
+            return id;
+        }
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.entries.push(None);
+            self.entries.len() - 1
+        });
+        match term.index_label() {
+            Some((k, v)) => self
+                .by_label
+                .entry(k.to_string())
+                .or_default()
+                .entry(v.to_string())
+                .or_default()
+                .push(id),
+            None => self.unindexed.push(id),
+        }
+        self.ids.insert(term.clone(), id);
+        self.entries[id] = Some(TermEntry {
+            term: term.clone(),
+            owners: 0,
+            owner_domains: DomainCounts::default(),
+            selected: None,
+        });
+        id
+    }
+
+    /// Drops the entry `id` when nothing keeps it.
+    fn release(&mut self, id: usize) {
+        let Some(e) = self.entries[id].as_ref() else {
+            return;
+        };
+        if e.owners > 0 || e.selected.is_some() {
+            return;
+        }
+        let Some(e) = self.entries[id].take() else {
+            return;
+        };
+        self.ids.remove(&e.term);
+        self.free.push(id);
+        match e.term.index_label() {
+            Some((k, v)) => {
+                if let Some(values) = self.by_label.get_mut(k) {
+                    if let Some(ids) = values.get_mut(v) {
+                        ids.retain(|x| *x != id);
+                        if ids.is_empty() {
+                            values.remove(v);
+                        }
+                    }
+                    if values.is_empty() {
+                        self.by_label.remove(k);
+                    }
+                }
+            }
+            None => self.unindexed.retain(|x| *x != id),
+        }
+    }
+
+    /// The terms that may select a pod with `labels`.
+    fn candidates<'a, 'l>(
+        by_label: &'a FxHashMap<String, FxHashMap<String, Vec<usize>>>,
+        unindexed: &'a [usize],
+        labels: &'l BTreeMap<String, String>,
+    ) -> impl Iterator<Item = usize> + use<'a, 'l> {
+        labels
+            .iter()
+            .filter_map(|(k, v)| by_label.get(k)?.get(v))
+            .flatten()
+            .chain(unindexed)
+            .copied()
+    }
+
+    /// Counts (`delta` 1) or uncounts (-1) `pod` in its domains on a node with
+    /// `node_labels`: as an owner of its anti-affinity terms, and in every tracked term
+    /// that selects it.
+    fn count(&mut self, pod: &PodInfo, node_labels: &BTreeMap<String, String>, delta: i32) {
+        for &id in &pod.anti_ids {
+            if let Some(e) = self.entries[id].as_mut()
+                && let Some(d) = node_labels.get(&e.term.topology_key)
+            {
+                bump(&mut e.owner_domains, d, delta);
+            }
+        }
+        if self.tracked == 0 {
+            return;
+        }
+        let entries = &mut self.entries;
+        for id in Self::candidates(&self.by_label, &self.unindexed, &pod.labels) {
+            if let Some(e) = entries[id].as_mut()
+                && let Some(selected) = e.selected.as_mut()
+                && e.term.matches(&pod.namespace, &pod.labels)
+                && let Some(d) = node_labels.get(&e.term.topology_key)
+            {
+                bump(selected, d, delta);
+            }
+        }
+    }
+
+    /// Forgets every term's `selected` counts.
+    fn untrack_all(&mut self) {
+        for id in 0..self.entries.len() {
+            if let Some(e) = self.entries[id].as_mut() {
+                e.selected = None;
+            }
+            self.release(id);
+        }
+        self.tracked = 0;
     }
 }
 
@@ -87,8 +262,10 @@ pub struct PodInfo {
     pub node: Arc<str>,
     pub requests: Resources,
     pub non_zero: Resources,
-    /// Its required anti-affinity terms (other pods must keep away from it).
+    /// Its required anti-affinity terms (other pods must keep away from it); the cache
+    /// moves them into its term table and keeps their ids in `anti_ids`.
     pub required_anti: Vec<Term>,
+    pub anti_ids: Vec<usize>,
     pub host_ports: Vec<(String, i32)>,
     pub assumed: bool,
     /// Position of its node in the cache (None while the node is unknown).
@@ -109,12 +286,7 @@ impl PodInfo {
                 a.required_during_scheduling_ignored_during_execution
                     .as_ref()
             })
-            .map(|terms| {
-                terms
-                    .iter()
-                    .map(|t| Term::compile(t, namespace, 1))
-                    .collect()
-            })
+            .map(|terms| terms.iter().map(|t| Term::compile(t, namespace)).collect())
             .unwrap_or_default();
         PodInfo {
             key: format!("{namespace}/{}", m.name.as_deref().unwrap_or_default()).into(),
@@ -125,6 +297,7 @@ impl PodInfo {
             requests: pod_requests(spec, false),
             non_zero: pod_requests(spec, true),
             required_anti,
+            anti_ids: Vec::new(),
             host_ports: host_ports(spec),
             assumed: false,
             node_idx: None,
@@ -210,10 +383,8 @@ pub struct Cache {
     waiting: FxHashMap<Arc<str>, FxHashSet<usize>>,
     /// `key=value` -> slots of pods carrying that label.
     by_label: FxHashMap<String, FxHashSet<usize>>,
-    /// Existing pods' required anti-affinity terms, as (slot, term index): by a
-    /// `key=value` their selector requires, or (no such requirement) in `anti_any`.
-    anti_by_label: FxHashMap<String, Vec<(usize, usize)>>,
-    anti_any: Vec<(usize, usize)>,
+    /// Distinct inter-pod terms with their per-domain counts.
+    terms: Terms,
     /// Placed pods' label maps, one per distinct map.
     interned: FxHashSet<Arc<BTreeMap<String, String>>>,
     /// Placed pods' namespaces and node names, one of each.
@@ -258,11 +429,20 @@ impl Cache {
         let name = node.metadata.name.clone().unwrap_or_default();
         self.generation += 1;
         if let Some(&i) = self.index.get(&name) {
-            let old = std::mem::take(&mut self.nodes[i].labels);
-            self.count_labels(&old, false);
+            let old = self.nodes[i].labels.clone();
             self.nodes[i].update(node);
-            let labels = self.nodes[i].labels.clone();
-            self.count_labels(&labels, true);
+            if self.nodes[i].labels != old {
+                self.count_labels(&old, false);
+                let labels = self.nodes[i].labels.clone();
+                self.count_labels(&labels, true);
+                // Its pods moved domains.
+                for &slot in &self.nodes[i].pods {
+                    if let Some(p) = self.pods[slot].as_ref() {
+                        self.terms.count(p, &old, -1);
+                        self.terms.count(p, &labels, 1);
+                    }
+                }
+            }
             return;
         }
         let i = self.nodes.len();
@@ -275,6 +455,11 @@ impl Cache {
                 info.pods.insert(slot);
                 info.host_ports.extend(p.host_ports.iter().cloned());
                 p.node_idx = Some(i);
+            }
+        }
+        for &slot in &info.pods {
+            if let Some(p) = self.pods[slot].as_ref() {
+                self.terms.count(p, &info.labels, 1);
             }
         }
         let labels = info.labels.clone();
@@ -290,10 +475,12 @@ impl Cache {
         };
         let gone = self.nodes.swap_remove(i);
         self.count_labels(&gone.labels, false);
-        // Its pods stay accounted until their deletion shows up, against no node.
+        // Its pods stay accounted until their deletion shows up, against no node (and so
+        // in no domain).
         for slot in &gone.pods {
             if let Some(p) = self.pods[*slot].as_mut() {
                 p.node_idx = None;
+                self.terms.count(p, &gone.labels, -1);
             }
         }
         if !gone.pods.is_empty() {
@@ -351,6 +538,16 @@ impl Cache {
             }
         };
         info.node_idx = self.index.get(&*info.node).copied();
+        for t in std::mem::take(&mut info.required_anti) {
+            let id = self.terms.intern(&t);
+            if let Some(e) = self.terms.entries[id].as_mut() {
+                e.owners += 1;
+            }
+            info.anti_ids.push(id);
+        }
+        if let Some(i) = info.node_idx {
+            self.terms.count(&info, &self.nodes[i].labels, 1);
+        }
         match info.node_idx {
             Some(i) => {
                 let n = &mut self.nodes[i];
@@ -371,12 +568,6 @@ impl Cache {
                 .entry(format!("{k}={v}"))
                 .or_default()
                 .insert(slot);
-        }
-        for (i, t) in info.required_anti.iter().enumerate() {
-            match t.index_key() {
-                Some(k) => self.anti_by_label.entry(k).or_default().push((slot, i)),
-                None => self.anti_any.push((slot, i)),
-            }
         }
         self.slots.insert(info.key.clone(), slot);
         self.pods[slot] = Some(info);
@@ -400,6 +591,7 @@ impl Cache {
             }
         }
         if let Some(i) = info.node_idx {
+            self.terms.count(&info, &self.nodes[i].labels, -1);
             let n = &mut self.nodes[i];
             n.requested.sub(&info.requests);
             n.non_zero_requested.sub(&info.non_zero);
@@ -419,18 +611,11 @@ impl Cache {
                 }
             }
         }
-        for t in &info.required_anti {
-            match t.index_key() {
-                Some(k) => {
-                    if let Some(v) = self.anti_by_label.get_mut(&k) {
-                        v.retain(|(p, _)| *p != slot);
-                        if v.is_empty() {
-                            self.anti_by_label.remove(&k);
-                        }
-                    }
-                }
-                None => self.anti_any.retain(|(p, _)| *p != slot),
+        for &id in &info.anti_ids {
+            if let Some(e) = self.terms.entries[id].as_mut() {
+                e.owners -= 1;
             }
+            self.terms.release(id);
         }
         Some(info)
     }
@@ -458,25 +643,63 @@ impl Cache {
         }
     }
 
-    /// Existing pods' required anti-affinity terms that may select a pod with `labels`:
-    /// (pod, term).
-    pub fn anti_terms_for<'a, 'l>(
+    /// Existing pods' required anti-affinity terms that select a pod of `namespace` with
+    /// `labels`: each distinct term once, with the domains its owners are in.
+    pub fn existing_anti<'a, 'l>(
         &'a self,
+        namespace: &'l str,
         labels: &'l BTreeMap<String, String>,
-    ) -> impl Iterator<Item = (&'a PodInfo, &'a Term)> + use<'a, 'l> {
-        labels
-            .iter()
-            .flat_map(move |(k, v)| {
-                self.anti_by_label
-                    .get(&format!("{k}={v}"))
-                    .into_iter()
-                    .flatten()
-            })
-            .chain(self.anti_any.iter())
-            .filter_map(move |(slot, i)| {
-                let p = self.pods[*slot].as_ref()?;
-                Some((p, p.required_anti.get(*i)?))
-            })
+    ) -> impl Iterator<Item = (&'a Term, &'a DomainCounts)> + use<'a, 'l> {
+        Terms::candidates(&self.terms.by_label, &self.terms.unindexed, labels).filter_map(
+            move |id| {
+                let e = self.terms.entries[id].as_ref()?;
+                (!e.owner_domains.is_empty() && e.term.matches(namespace, labels))
+                    .then_some((&e.term, &e.owner_domains))
+            },
+        )
+    }
+
+    /// The placed pods `term` selects, per domain of its topology key: the kept counts
+    /// when `prepare` tracked the term, else counted now.
+    pub fn selected(&self, term: &Term) -> Cow<'_, DomainCounts> {
+        match self.terms.entry(term).and_then(|e| e.selected.as_ref()) {
+            Some(c) => Cow::Borrowed(c),
+            None => Cow::Owned(self.count_selected(term)),
+        }
+    }
+
+    fn count_selected(&self, term: &Term) -> DomainCounts {
+        let mut counts = DomainCounts::default();
+        for p in self.matching_pods(term) {
+            if let Some(d) = self.domain_of(p, &term.topology_key) {
+                bump(&mut counts, d, 1);
+            }
+        }
+        counts
+    }
+
+    /// Keeps counts of the pods each of `terms` selects from now on (a scheduling cycle is
+    /// about to ask for them).
+    pub fn prepare<'t>(&mut self, terms: impl IntoIterator<Item = &'t Term>) {
+        for term in terms {
+            if self.terms.entry(term).is_some_and(|e| e.selected.is_some()) {
+                continue;
+            }
+            if self.terms.tracked >= MAX_TRACKED {
+                self.terms.untrack_all();
+            }
+            let counts = self.count_selected(term);
+            let id = self.terms.intern(term);
+            if let Some(e) = self.terms.entries[id].as_mut() {
+                e.selected = Some(counts);
+                self.terms.tracked += 1;
+            }
+        }
+    }
+
+    /// How many domains the node label `key` has.
+    pub fn domain_count(&self, key: &str) -> usize {
+        self.domains.get(key).map_or(0, FxHashMap::len)
     }
 
     /// The topology value of the node a pod is on, for `key`.

@@ -27,7 +27,7 @@ use skiff_client::informer::{Event, Feed, Informer, SharedInformers, Subscriptio
 use skiff_client::{Client, ListParams};
 
 use cache::{Cache, PodInfo, SharedCache};
-use plugins::{Cycle, Unfit, fit_error};
+use plugins::{Cycle, PodTerms, Unfit, fit_error};
 use queue::{Outcome, Queue};
 use rustc_hash::FxHashMap;
 
@@ -146,9 +146,10 @@ impl std::fmt::Display for FitError {
 const CHUNK: usize = 256;
 
 /// One scheduling decision for `pod` against `cache`: the node, or why none fits.
-/// `start` rotates where sampling begins, so every node gets its turn.
+/// `start` rotates where sampling begins, so every node gets its turn. The cache starts
+/// keeping counts for the pod's inter-pod terms (`Cache::prepare`).
 pub fn schedule_one(
-    cache: &Cache,
+    cache: &mut Cache,
     pod: &Pod,
     start: &mut usize,
     percentage: Option<u32>,
@@ -158,8 +159,23 @@ pub fn schedule_one(
 
 /// `schedule_one`, filtering chunks of nodes in parallel on `pool` when given.
 pub fn schedule_with(
+    cache: &mut Cache,
+    pod: &Pod,
+    start: &mut usize,
+    percentage: Option<u32>,
+    pool: Option<&rayon::ThreadPool>,
+) -> Result<String, FitError> {
+    let terms = PodTerms::compile(pod);
+    cache.prepare(terms.terms());
+    schedule_prepared(cache, pod, terms, start, percentage, pool)
+}
+
+/// `schedule_with` on a cache that `prepare` saw the pod's `terms` (else their counts are
+/// taken by walking the pods they select).
+fn schedule_prepared(
     cache: &Cache,
     pod: &Pod,
+    terms: PodTerms,
     start: &mut usize,
     percentage: Option<u32>,
     pool: Option<&rayon::ThreadPool>,
@@ -172,7 +188,7 @@ pub fn schedule_with(
             reasons: HashMap::new(),
         });
     }
-    let cycle = Cycle::new(pod, cache);
+    let cycle = Cycle::with_terms(pod, terms, cache);
     let want = nodes_to_find(total, percentage);
     let first = *start % total;
     let mut feasible: Vec<usize> = Vec::with_capacity(want.min(total));
@@ -436,10 +452,15 @@ impl Context {
                 continue;
             }
             let decision = {
-                let cache = self.cache.read();
-                schedule_with(
+                // Counting starts under the write lock; the decision reads.
+                let terms = PodTerms::compile(&pod);
+                let mut cache = self.cache.write();
+                cache.prepare(terms.terms());
+                let cache = parking_lot::RwLockWriteGuard::downgrade(cache);
+                schedule_prepared(
                     &cache,
                     &pod,
+                    terms,
                     &mut start,
                     self.cfg.percentage_of_nodes_to_score,
                     pool.as_ref(),

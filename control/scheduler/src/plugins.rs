@@ -1,10 +1,11 @@
 //! kube-scheduler's default filter and score plugins over the cache.
 //!
-//! `Cycle::new` is PreFilter: it compiles what the pod asks for and precomputes, once per
-//! pod, everything the per-node checks need (domains holding pods its anti-affinity
-//! rejects, domains where existing pods' anti-affinity rejects it, pod counts per spread
-//! domain). `Cycle::filter` then costs a few lookups per node, so filtering runs in
-//! parallel over a sample of nodes as kube-scheduler does.
+//! `Cycle::new` is PreFilter: it compiles what the pod asks for and gathers, once per pod,
+//! everything the per-node checks need (domains holding pods its anti-affinity rejects,
+//! domains where existing pods' anti-affinity rejects it, pod counts per spread domain),
+//! reading the counts the cache keeps per term (`PodTerms` names the terms, for
+//! `Cache::prepare`). `Cycle::filter` then costs a few lookups per node, so filtering runs
+//! in parallel over a sample of nodes as kube-scheduler does.
 //!
 //! Filters, in kube-scheduler's order (the first failing one names the node's reason):
 //! NodeUnschedulable, NodeName, TaintToleration, NodeAffinity (nodeSelector and required
@@ -17,14 +18,14 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use rustc_hash::{FxHashMap as FastMap, FxHashSet as HashSet};
+use rustc_hash::FxHashSet as HashSet;
 
 use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
 };
 use skiff_api::selector::LabelSelector;
 
-use crate::cache::{Cache, NodeInfo, Term, host_ports};
+use crate::cache::{Cache, DomainCounts, NodeInfo, Term, host_ports};
 use crate::resources::{Resources, pod_requests};
 
 pub const MAX_NODE_SCORE: i64 = 100;
@@ -98,17 +99,151 @@ impl NodeTerm {
     }
 }
 
-/// A compiled topology spread constraint with its precomputed counts.
+/// A compiled topology spread constraint.
+#[derive(Debug)]
+struct SpreadTerm {
+    max_skew: i64,
+    hard: bool,
+    /// Which pods it counts over which key; `None`: no label selector, no pods.
+    term: Option<Term>,
+    key: String,
+}
+
+/// A topology spread constraint with its counts.
 #[derive(Debug)]
 struct Spread<'c> {
     max_skew: i64,
     key: String,
     hard: bool,
     self_match: i64,
-    /// Matching pods per domain, over the nodes that pass the pod's node affinity.
-    counts: FastMap<&'c str, i64>,
-    /// The smallest count over those domains.
+    /// Matching pods per domain.
+    counts: Cow<'c, DomainCounts>,
+    /// The smallest count over the domains of the nodes that pass the pod's node affinity.
     min: i64,
+}
+
+/// The inter-pod terms of a pod (required and preferred pod affinity and anti-affinity,
+/// topology spread, kube-scheduler's default spread for controlled pods), compiled once.
+#[derive(Debug, Default)]
+pub struct PodTerms {
+    anti: Vec<Term>,
+    affinity: Vec<Term>,
+    /// Weight (negative for anti-affinity) and term.
+    preferred: Vec<(i64, Term)>,
+    spreads: Vec<SpreadTerm>,
+}
+
+impl PodTerms {
+    pub fn compile(pod: &Pod) -> PodTerms {
+        let no_spec = PodSpec::default();
+        let spec: &PodSpec = pod.spec.as_ref().unwrap_or(&no_spec);
+        let m = &pod.metadata;
+        let ns = m.namespace.as_deref().unwrap_or("default");
+        let affinity = spec.affinity.as_ref();
+        let anti = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
+        let aff = affinity.and_then(|a| a.pod_affinity.as_ref());
+        let required = |terms: Option<&Vec<k8s_openapi::api::core::v1::PodAffinityTerm>>| {
+            terms
+                .into_iter()
+                .flatten()
+                .map(|t| Term::compile(t, ns))
+                .collect::<Vec<_>>()
+        };
+        let preferred =
+            |list: Option<&Vec<k8s_openapi::api::core::v1::WeightedPodAffinityTerm>>, sign: i64| {
+                list.into_iter()
+                    .flatten()
+                    .map(move |w| {
+                        (
+                            w.weight as i64 * sign,
+                            Term::compile(&w.pod_affinity_term, ns),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+        let mut terms = PodTerms {
+            anti: required(anti.and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
+            affinity: required(aff.and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
+            preferred: preferred(
+                aff.and_then(|a| {
+                    a.preferred_during_scheduling_ignored_during_execution
+                        .as_ref()
+                }),
+                1,
+            ),
+            spreads: Vec::new(),
+        };
+        terms.preferred.extend(preferred(
+            anti.and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            }),
+            -1,
+        ));
+        let labels = m.labels.as_ref();
+        let owned = m
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true));
+        let defaults;
+        let constraints = match &spec.topology_spread_constraints {
+            Some(c) if !c.is_empty() => c,
+            // kube-scheduler's system defaults for pods a controller owns: spread softly
+            // over hosts (maxSkew 3) and zones (maxSkew 5), selecting the pod's siblings
+            // (Skiff approximates the owners' selectors with the pod's own labels).
+            _ if owned && labels.is_some_and(|l| !l.is_empty()) => {
+                let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                    match_labels: labels.cloned(),
+                    ..Default::default()
+                };
+                defaults = [
+                    ("kubernetes.io/hostname", 3),
+                    ("topology.kubernetes.io/zone", 5),
+                ]
+                .map(|(key, skew)| {
+                    k8s_openapi::api::core::v1::TopologySpreadConstraint {
+                        max_skew: skew,
+                        topology_key: key.into(),
+                        when_unsatisfiable: "ScheduleAnyway".into(),
+                        label_selector: Some(selector.clone()),
+                        ..Default::default()
+                    }
+                });
+                &defaults.to_vec()
+            }
+            _ => return terms,
+        };
+        for c in constraints {
+            let term = c.label_selector.as_ref().map(|s| Term {
+                selector: LabelSelector::from_k8s(s).unwrap_or_default(),
+                namespaces: Some(vec![ns.to_string()]),
+                topology_key: c.topology_key.clone(),
+            });
+            terms.spreads.push(SpreadTerm {
+                max_skew: c.max_skew.max(1) as i64,
+                hard: c.when_unsatisfiable != "ScheduleAnyway",
+                term,
+                key: c.topology_key.clone(),
+            });
+        }
+        terms
+    }
+
+    /// Every term whose selected pods a cycle counts per domain.
+    pub fn terms(&self) -> impl Iterator<Item = &Term> {
+        self.anti
+            .iter()
+            .chain(&self.affinity)
+            .chain(self.preferred.iter().map(|(_, t)| t))
+            .chain(self.spreads.iter().filter_map(|s| s.term.as_ref()))
+    }
 }
 
 /// One pod's scheduling cycle: what it asks for, and the per-pod precomputation.
@@ -124,15 +259,17 @@ pub struct Cycle<'c> {
     preferred_affinity: Vec<(i64, NodeTerm)>,
     tolerations: Vec<Toleration>,
     host_ports: Vec<(String, i32)>,
-    /// Incoming pod's required anti-affinity: per term, the domains holding matching pods.
-    anti_domains: Vec<(String, HashSet<&'c str>)>,
-    /// Domains (topology key -> values) where existing pods' anti-affinity rejects it.
-    existing_anti: FastMap<&'c str, HashSet<&'c str>>,
+    /// Incoming pod's required anti-affinity: per term (topology key), the domains holding
+    /// matching pods.
+    anti_domains: Vec<(String, Cow<'c, DomainCounts>)>,
+    /// Existing pods' anti-affinity that rejects it: per term (topology key), the domains
+    /// its owners are in.
+    existing_anti: Vec<(&'c str, &'c DomainCounts)>,
     /// Required affinity: per term, the domains holding matching pods; `None` when no pod
     /// matches anywhere and the pod matches its own term (the first pod of a group).
-    affinity_domains: Vec<(String, Option<HashSet<&'c str>>)>,
-    /// Preferred (anti-)affinity: topology key -> domain -> summed weight.
-    preferred_pods: Vec<(String, FastMap<&'c str, i64>)>,
+    affinity_domains: Vec<(String, Option<Cow<'c, DomainCounts>>)>,
+    /// Preferred (anti-)affinity: topology key, weight, matching pods per domain.
+    preferred_pods: Vec<(String, i64, Cow<'c, DomainCounts>)>,
     spreads: Vec<Spread<'c>>,
 }
 
@@ -145,7 +282,7 @@ struct Domains<'n, 'k> {
 
 impl<'n, 'k> Domains<'n, 'k> {
     /// Whether the node's domain for `key` is one of `domains`.
-    fn within(&mut self, key: &'k str, domains: &HashSet<&str>) -> bool {
+    fn within(&mut self, key: &'k str, domains: &DomainCounts) -> bool {
         let value = match self.last {
             Some((k, v)) if k == key => v,
             _ => {
@@ -154,7 +291,7 @@ impl<'n, 'k> Domains<'n, 'k> {
                 v
             }
         };
-        value.is_some_and(|d| domains.contains(d))
+        value.is_some_and(|d| domains.contains_key(d))
     }
 }
 
@@ -175,6 +312,12 @@ pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
 impl<'c> Cycle<'c> {
     /// PreFilter: compiles `pod` and precomputes against `cache`.
     pub fn new(pod: &Pod, cache: &'c Cache) -> Cycle<'c> {
+        Self::with_terms(pod, PodTerms::compile(pod), cache)
+    }
+
+    /// PreFilter with the pod's inter-pod terms compiled already (and, for speed, the
+    /// cache prepared for them).
+    pub fn with_terms(pod: &Pod, terms: PodTerms, cache: &'c Cache) -> Cycle<'c> {
         let no_spec = PodSpec::default();
         let spec: &PodSpec = pod.spec.as_ref().unwrap_or(&no_spec);
         let m = &pod.metadata;
@@ -208,7 +351,7 @@ impl<'c> Cycle<'c> {
             .unwrap_or_default();
         let mut cycle = Cycle {
             key: format!("{namespace}/{}", m.name.as_deref().unwrap_or_default()),
-            namespace: namespace.clone(),
+            namespace,
             labels,
             requests: pod_requests(spec, false),
             non_zero: pod_requests(spec, true),
@@ -219,181 +362,79 @@ impl<'c> Cycle<'c> {
             tolerations: spec.tolerations.clone().unwrap_or_default(),
             host_ports: host_ports(spec),
             anti_domains: Vec::new(),
-            existing_anti: FastMap::default(),
+            existing_anti: Vec::new(),
             affinity_domains: Vec::new(),
             preferred_pods: Vec::new(),
             spreads: Vec::new(),
         };
-        cycle.prefilter_affinity(spec, cache);
-        let owned = m
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|r| r.controller == Some(true));
-        cycle.prefilter_spread(spec, owned, cache);
+        cycle.prefilter_affinity(&terms, cache);
+        cycle.prefilter_spread(terms.spreads, cache);
         cycle
     }
 
-    fn domains_of(cache: &'c Cache, term: &Term) -> HashSet<&'c str> {
-        cache
-            .matching_pods(term)
-            .filter_map(|p| cache.domain_of(p, &term.topology_key))
-            .collect()
-    }
-
-    fn prefilter_affinity(&mut self, spec: &PodSpec, cache: &'c Cache) {
-        let ns = self.namespace.clone();
-        let affinity = spec.affinity.as_ref();
-        let anti = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
-        let aff = affinity.and_then(|a| a.pod_affinity.as_ref());
-        for t in anti
-            .and_then(|a| {
-                a.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            })
-            .into_iter()
-            .flatten()
-        {
-            let term = Term::compile(t, &ns, 1);
-            let domains = Self::domains_of(cache, &term);
-            self.anti_domains.push((term.topology_key, domains));
+    fn prefilter_affinity(&mut self, terms: &PodTerms, cache: &'c Cache) {
+        for term in &terms.anti {
+            let domains = cache.selected(term);
+            self.anti_domains.push((term.topology_key.clone(), domains));
         }
-        for t in aff
-            .and_then(|a| {
-                a.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            })
-            .into_iter()
-            .flatten()
-        {
-            let term = Term::compile(t, &ns, 1);
-            let domains = Self::domains_of(cache, &term);
-            let domains = if domains.is_empty() && term.matches(&ns, &self.labels) {
+        for term in &terms.affinity {
+            let domains = cache.selected(term);
+            let domains = if domains.is_empty() && term.matches(&self.namespace, &self.labels) {
                 None
             } else {
                 Some(domains)
             };
-            self.affinity_domains.push((term.topology_key, domains));
+            self.affinity_domains
+                .push((term.topology_key.clone(), domains));
         }
         // Existing pods whose required anti-affinity selects this pod.
-        for (p, term) in cache.anti_terms_for(&self.labels) {
-            if term.matches(&ns, &self.labels)
-                && let Some(d) = cache.domain_of(p, &term.topology_key)
-            {
-                self.existing_anti
-                    .entry(term.topology_key.as_str())
-                    .or_default()
-                    .insert(d);
-            }
+        let (ns, labels) = (&self.namespace, &self.labels);
+        let existing: Vec<(&'c str, &'c DomainCounts)> = cache
+            .existing_anti(ns, labels)
+            .map(|(term, domains)| (term.topology_key.as_str(), domains))
+            .collect();
+        self.existing_anti = existing;
+        for (weight, term) in &terms.preferred {
+            self.preferred_pods
+                .push((term.topology_key.clone(), *weight, cache.selected(term)));
         }
-        // Preferred terms: weights per domain (anti-affinity counts negative).
-        let preferred =
-            |list: Option<&Vec<k8s_openapi::api::core::v1::WeightedPodAffinityTerm>>, sign: i64| {
-                list.into_iter()
-                    .flatten()
-                    .map(|w| {
-                        let term = Term::compile(&w.pod_affinity_term, &ns, w.weight as i64 * sign);
-                        let mut by_domain: FastMap<&'c str, i64> = FastMap::default();
-                        for p in cache.matching_pods(&term) {
-                            if let Some(d) = cache.domain_of(p, &term.topology_key) {
-                                *by_domain.entry(d).or_default() += term.weight;
-                            }
-                        }
-                        (term.topology_key, by_domain)
-                    })
-                    .collect::<Vec<_>>()
-            };
-        self.preferred_pods.extend(preferred(
-            aff.and_then(|a| {
-                a.preferred_during_scheduling_ignored_during_execution
-                    .as_ref()
-            }),
-            1,
-        ));
-        self.preferred_pods.extend(preferred(
-            anti.and_then(|a| {
-                a.preferred_during_scheduling_ignored_during_execution
-                    .as_ref()
-            }),
-            -1,
-        ));
     }
 
-    fn prefilter_spread(&mut self, spec: &PodSpec, owned: bool, cache: &'c Cache) {
-        let defaults;
-        let constraints = match &spec.topology_spread_constraints {
-            Some(c) if !c.is_empty() => c,
-            // kube-scheduler's system defaults for pods a controller owns: spread softly
-            // over hosts (maxSkew 3) and zones (maxSkew 5), selecting the pod's siblings
-            // (Skiff approximates the owners' selectors with the pod's own labels).
-            _ if owned && !self.labels.is_empty() => {
-                let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
-                    match_labels: Some(self.labels.clone()),
-                    ..Default::default()
-                };
-                defaults = [
-                    ("kubernetes.io/hostname", 3),
-                    ("topology.kubernetes.io/zone", 5),
-                ]
-                .map(|(key, skew)| {
-                    k8s_openapi::api::core::v1::TopologySpreadConstraint {
-                        max_skew: skew,
-                        topology_key: key.into(),
-                        when_unsatisfiable: "ScheduleAnyway".into(),
-                        label_selector: Some(selector.clone()),
-                        ..Default::default()
-                    }
-                });
-                &defaults.to_vec()
-            }
-            _ => return,
-        };
-        for c in constraints {
-            let selector = c
-                .label_selector
-                .as_ref()
-                .and_then(|s| LabelSelector::from_k8s(s).ok())
-                .unwrap_or_default();
-            let term = Term {
-                selector,
-                namespaces: Some(vec![self.namespace.clone()]),
-                topology_key: c.topology_key.clone(),
-                weight: 1,
+    fn prefilter_spread(&mut self, spreads: Vec<SpreadTerm>, cache: &'c Cache) {
+        let restricted = !self.node_selector.is_empty() || self.required_affinity.is_some();
+        for c in spreads {
+            let counts = match &c.term {
+                Some(term) => cache.selected(term),
+                None => Cow::Owned(DomainCounts::default()),
             };
+            let count = |d: &str| counts.get(d).copied().unwrap_or(0) as i64;
             // Domains: every node that passes the pod's node affinity (nodeAffinityPolicy
             // Honor) and has the key.
-            let mut counts: FastMap<&'c str, i64> = FastMap::default();
-            if self.node_selector.is_empty() && self.required_affinity.is_none() {
-                // Every node qualifies: the cache knows the key's domains.
-                for d in cache.domains(&c.topology_key) {
-                    counts.insert(d, 0);
-                }
-            } else {
+            let min = if restricted {
+                let mut eligible: HashSet<&str> = HashSet::default();
                 for n in cache.nodes() {
                     if self.node_affinity_ok(n)
-                        && let Some(d) = n.labels.get(&c.topology_key)
+                        && let Some(d) = n.labels.get(&c.key)
                     {
-                        counts.entry(d.as_str()).or_default();
+                        eligible.insert(d.as_str());
                     }
                 }
-            }
-            if term.selector.is_empty() && c.label_selector.is_none() {
-                // No selector selects no pods.
+                eligible.into_iter().map(count).min().unwrap_or(0)
+            } else if counts.len() < cache.domain_count(&c.key) {
+                // Every node qualifies, and some domain holds none of the pods.
+                0
             } else {
-                for p in cache.matching_pods(&term) {
-                    if let Some(d) = cache.domain_of(p, &c.topology_key)
-                        && let Some(n) = counts.get_mut(d)
-                    {
-                        *n += 1;
-                    }
-                }
-            }
-            let min = counts.values().copied().min().unwrap_or(0);
+                counts.values().copied().min().unwrap_or(0) as i64
+            };
+            let self_match = c
+                .term
+                .as_ref()
+                .is_some_and(|t| t.matches(&self.namespace, &self.labels));
             self.spreads.push(Spread {
-                max_skew: c.max_skew.max(1) as i64,
-                key: c.topology_key.clone(),
-                hard: c.when_unsatisfiable != "ScheduleAnyway",
-                self_match: i64::from(term.matches(&self.namespace, &self.labels)),
+                max_skew: c.max_skew,
+                key: c.key,
+                hard: c.hard,
+                self_match: i64::from(self_match),
                 counts,
                 min,
             });
@@ -476,7 +517,7 @@ impl<'c> Cycle<'c> {
             let Some(d) = node.labels.get(&s.key) else {
                 return fail(reason::SPREAD_MISSING_LABEL);
             };
-            let count = s.counts.get(d.as_str()).copied().unwrap_or(0);
+            let count = s.counts.get(d.as_str()).copied().unwrap_or(0) as i64;
             if count + s.self_match - s.min > s.max_skew {
                 return fail(reason::SPREAD);
             }
@@ -517,12 +558,11 @@ impl<'c> Cycle<'c> {
         let pods: i64 = self
             .preferred_pods
             .iter()
-            .map(|(key, by)| {
+            .map(|(key, weight, by)| {
                 node.labels
                     .get(key)
                     .and_then(|d| by.get(d.as_str()))
-                    .copied()
-                    .unwrap_or(0)
+                    .map_or(0, |n| *n as i64 * weight)
             })
             .sum();
         let spread: i64 = self
@@ -533,8 +573,7 @@ impl<'c> Cycle<'c> {
                 node.labels
                     .get(&s.key)
                     .and_then(|d| s.counts.get(d.as_str()))
-                    .copied()
-                    .unwrap_or(0)
+                    .map_or(0, |n| *n as i64)
             })
             .sum();
         [affinity, taints, pods, spread]

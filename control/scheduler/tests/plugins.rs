@@ -70,7 +70,7 @@ fn resources_fit_and_the_failure_message_counts_reasons() {
     }
     let mut start = 0;
     let big = pod("big", "2", "100Mi", json!({}));
-    let err = schedule_one(&c, &big, &mut start, None).expect_err("nothing fits");
+    let err = schedule_one(&mut c, &big, &mut start, None).expect_err("nothing fits");
     assert_eq!(
         message(err),
         "0/5 nodes are available: 2 node(s) had untolerated taint {dedicated: gpu}, 3 Insufficient cpu."
@@ -81,14 +81,19 @@ fn resources_fit_and_the_failure_message_counts_reasons() {
         "100Mi",
         json!({"spec": {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}}),
     );
-    let n = schedule_one(&c, &tolerant, &mut start, None).expect("fits a tainted node");
+    let n = schedule_one(&mut c, &tolerant, &mut start, None).expect("fits a tainted node");
     assert!(n.starts_with('t'), "{n}");
     // Pods count: a node full of pods says so.
     let mut c = Cache::default();
     c.upsert_node(&node("n0", "8", "8Gi", 1, json!({})));
     place(&mut c, &pod("a", "100m", "1Mi", json!({})), &mut start).expect("first");
-    let err =
-        schedule_one(&c, &pod("b", "100m", "1Mi", json!({})), &mut start, None).expect_err("full");
+    let err = schedule_one(
+        &mut c,
+        &pod("b", "100m", "1Mi", json!({})),
+        &mut start,
+        None,
+    )
+    .expect_err("full");
     assert_eq!(
         message(err),
         format!("0/1 nodes are available: 1 {}.", reason::TOO_MANY_PODS)
@@ -96,7 +101,7 @@ fn resources_fit_and_the_failure_message_counts_reasons() {
     assert_eq!(
         message(
             schedule_one(
-                &Cache::default(),
+                &mut Cache::default(),
                 &pod("x", "1", "1", json!({})),
                 &mut start,
                 None
@@ -139,7 +144,7 @@ fn unschedulable_nodes_and_node_affinity() {
         json!({"spec": {"nodeSelector": {"disk": "ssd"}}}),
     );
     assert_eq!(
-        schedule_one(&c, &sel, &mut start, None).expect("ssd"),
+        schedule_one(&mut c, &sel, &mut start, None).expect("ssd"),
         "ssd"
     );
     let none = pod(
@@ -149,7 +154,7 @@ fn unschedulable_nodes_and_node_affinity() {
         json!({"spec": {"nodeSelector": {"disk": "nvme"}}}),
     );
     assert_eq!(
-        message(schedule_one(&c, &none, &mut start, None).expect_err("no nvme")),
+        message(schedule_one(&mut c, &none, &mut start, None).expect_err("no nvme")),
         format!(
             "0/3 nodes are available: 1 {}, 2 {}.",
             reason::UNSCHEDULABLE,
@@ -166,7 +171,10 @@ fn unschedulable_nodes_and_node_affinity() {
         ]}}}}}),
     );
     for _ in 0..10 {
-        assert_eq!(schedule_one(&c, &req, &mut start, None).expect("b"), "hdd");
+        assert_eq!(
+            schedule_one(&mut c, &req, &mut start, None).expect("b"),
+            "hdd"
+        );
     }
     let fields = pod(
         "p",
@@ -178,7 +186,7 @@ fn unschedulable_nodes_and_node_affinity() {
         ]}}}}}),
     );
     assert_eq!(
-        schedule_one(&c, &fields, &mut start, None).expect("by name"),
+        schedule_one(&mut c, &fields, &mut start, None).expect("by name"),
         "ssd"
     );
     let preferred = pod(
@@ -192,7 +200,7 @@ fn unschedulable_nodes_and_node_affinity() {
     );
     for _ in 0..10 {
         assert_eq!(
-            schedule_one(&c, &preferred, &mut start, None).expect("preferred"),
+            schedule_one(&mut c, &preferred, &mut start, None).expect("preferred"),
             "ssd"
         );
     }
@@ -212,7 +220,7 @@ fn unschedulable_nodes_and_node_affinity() {
         json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists"}]}}),
     );
     assert_eq!(
-        schedule_one(&only, &tol, &mut start, None).expect("tolerated"),
+        schedule_one(&mut only, &tol, &mut start, None).expect("tolerated"),
         "cordoned"
     );
 }
@@ -230,7 +238,7 @@ fn prefer_no_schedule_taints_and_least_allocated_spread_load() {
     c.upsert_node(&node("plain", "4", "4Gi", 110, json!({})));
     let mut start = 0;
     assert_eq!(
-        schedule_one(&c, &pod("p", "1", "1Mi", json!({})), &mut start, None).expect("fits"),
+        schedule_one(&mut c, &pod("p", "1", "1Mi", json!({})), &mut start, None).expect("fits"),
         "plain"
     );
     // Equal nodes: pods alternate as load builds.
@@ -289,7 +297,7 @@ fn pod_affinity_co_locates_and_the_first_pod_of_a_group_may_go_anywhere() {
         {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "zone"}]}}}}),
     );
     assert_eq!(
-        message(schedule_one(&c, &lonely, &mut start, None).expect_err("no cache pods")),
+        message(schedule_one(&mut c, &lonely, &mut start, None).expect_err("no cache pods")),
         format!("0/3 nodes are available: 3 {}.", reason::AFFINITY)
     );
 }
@@ -490,8 +498,9 @@ fn parallel_filtering_finds_the_same_feasible_nodes() {
     let (mut a, mut b) = (0, 0);
     for i in 0..50 {
         let p = pod(&format!("p{i}"), "100m", "1Mi", json!({}));
-        let seq = skiff_scheduler::schedule_with(&c, &p, &mut a, None, None).expect("fits");
-        let par = skiff_scheduler::schedule_with(&c, &p, &mut b, None, Some(&pool)).expect("fits");
+        let seq = skiff_scheduler::schedule_with(&mut c, &p, &mut a, None, None).expect("fits");
+        let par =
+            skiff_scheduler::schedule_with(&mut c, &p, &mut b, None, Some(&pool)).expect("fits");
         for n in [&seq, &par] {
             let idx: usize = n[1..].parse().expect("index");
             assert!(!idx.is_multiple_of(3), "a tainted node was chosen: {n}");
@@ -499,9 +508,10 @@ fn parallel_filtering_finds_the_same_feasible_nodes() {
         assert_eq!(a, b, "both walk the same sample");
     }
     let none = pod("big", "64", "1Mi", json!({}));
-    let e1 = skiff_scheduler::schedule_with(&c, &none, &mut a, None, None).expect_err("too big");
-    let e2 =
-        skiff_scheduler::schedule_with(&c, &none, &mut b, None, Some(&pool)).expect_err("too big");
+    let e1 =
+        skiff_scheduler::schedule_with(&mut c, &none, &mut a, None, None).expect_err("too big");
+    let e2 = skiff_scheduler::schedule_with(&mut c, &none, &mut b, None, Some(&pool))
+        .expect_err("too big");
     assert_eq!(e1, e2);
     assert_eq!(
         e1.to_string(),
@@ -517,7 +527,7 @@ fn pods_seen_before_their_node_count_once_it_comes_and_after_it_goes_and_returns
     c.upsert_node(&node("late", "4", "8Gi", 110, json!({})));
     assert_eq!(c.node("late").expect("node").requested.milli_cpu, 3000);
     let mut start = 0;
-    let err = schedule_one(&c, &pod("x", "2", "1Mi", json!({})), &mut start, None)
+    let err = schedule_one(&mut c, &pod("x", "2", "1Mi", json!({})), &mut start, None)
         .expect_err("the early pod holds the room");
     assert!(err.to_string().contains("Insufficient cpu"), "{err}");
     c.remove_node("late");
