@@ -99,6 +99,12 @@ pub trait LocalApi: Send + Sync + 'static {
         namespace: &str,
         object: Bytes,
     ) -> Result<Bytes, ApiError>;
+    /// `create` of an Event handed over typed (no JSON on the way in).
+    async fn create_event(
+        &self,
+        namespace: &str,
+        event: k8s_openapi::api::core::v1::Event,
+    ) -> Result<Bytes, ApiError>;
     async fn get(&self, resource: &str, namespace: &str, name: &str) -> Result<Bytes, ApiError>;
     async fn list(
         &self,

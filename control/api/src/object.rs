@@ -237,6 +237,17 @@ fn admit_typed<K: Kind>(info: &ResourceInfo, value: Value) -> Result<Value, ApiE
     Ok(out)
 }
 
+/// The current time as Kubernetes writes timestamps (whole seconds on the wire).
+pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::new(n.as_secs() as i64, n.subsec_nanos() as i32)
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
+}
+
 /// Decodes, defaults and validates an object of `info`'s kind, returning it defaulted.
 pub fn admit(info: &ResourceInfo, value: Value) -> Result<Value, ApiError> {
     crate::dispatch_kind!(

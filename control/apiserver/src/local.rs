@@ -44,6 +44,14 @@ impl LocalApi for ApiService {
         self.registry.create(resource, namespace, &object).await
     }
 
+    async fn create_event(
+        &self,
+        namespace: &str,
+        event: k8s_openapi::api::core::v1::Event,
+    ) -> Result<Bytes, ApiError> {
+        self.registry.create_event(namespace, event).await
+    }
+
     async fn get(&self, resource: &str, namespace: &str, name: &str) -> Result<Bytes, ApiError> {
         self.registry.get(resource, namespace, name).await
     }

@@ -110,16 +110,20 @@ fn store_error(e: StoreError, info: &ResourceInfo, name: &str) -> ApiError {
     }
 }
 
-fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
-    if body.len() > MAX_OBJECT_BYTES {
+fn check_size(len: usize) -> Result<(), ApiError> {
+    if len > MAX_OBJECT_BYTES {
         return Err(ApiError::new(
             Reason::RequestEntityTooLarge,
             format!(
-                "Request entity too large: the object is {} bytes; the limit is {MAX_OBJECT_BYTES} bytes (1.5 MiB)",
-                body.len()
+                "Request entity too large: the object is {len} bytes; the limit is {MAX_OBJECT_BYTES} bytes (1.5 MiB)"
             ),
         ));
     }
+    Ok(())
+}
+
+fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
+    check_size(body.len())?;
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the object could not be decoded: {e}")))?;
     if !value.is_object() {
@@ -354,19 +358,24 @@ impl Registry {
             }
             return Ok(String::new());
         }
-        let ns = match (namespace.is_empty(), body_ns.is_empty()) {
+        let ns = Self::pick_namespace(namespace, body_ns)?;
+        meta_mut(obj).insert("namespace".into(), Value::String(ns.clone()));
+        Ok(ns)
+    }
+
+    /// A namespaced object's namespace from the request's and the body's.
+    fn pick_namespace(request: &str, body: String) -> Result<String, ApiError> {
+        Ok(match (request.is_empty(), body.is_empty()) {
             (true, true) => "default".to_string(),
-            (true, false) => body_ns,
-            (false, true) => namespace.to_string(),
-            (false, false) if body_ns == namespace => body_ns,
+            (true, false) => body,
+            (false, true) => request.to_string(),
+            (false, false) if body == request => body,
             (false, false) => {
                 return Err(ApiError::bad_request(
                     "the namespace of the provided object does not match the namespace sent on the request",
                 ));
             }
-        };
-        meta_mut(obj).insert("namespace".into(), Value::String(ns.clone()));
-        Ok(ns)
+        })
     }
 
     async fn ensure_namespace_active(&self, ns: &str) -> Result<(), ApiError> {
@@ -497,6 +506,56 @@ impl Registry {
             .create(&info.key(&ns, &name), bytes.clone())
             .await;
         self.finish_write(written, &bytes, alloc, info, &name)
+    }
+
+    /// Creates an Event handed over in process (the recorders of the scheduler and the
+    /// controllers inside `skiff server`): `create`'s admission (namespace, server-set
+    /// metadata, defaults, validation) on the typed object, which is then encoded once,
+    /// where `create` parses JSON into a tree, decodes, re-encodes and compares trees.
+    pub async fn create_event(
+        &self,
+        namespace: &str,
+        mut event: k8s_openapi::api::core::v1::Event,
+    ) -> Result<Bytes, ApiError> {
+        use skiff_api::object::Kind;
+        let info = Self::info("events")?;
+        let m = &mut event.metadata;
+        let ns = Self::pick_namespace(namespace, m.namespace.take().unwrap_or_default())?;
+        m.namespace = Some(ns.clone());
+        if m.resource_version.as_deref().is_some_and(|v| !v.is_empty()) {
+            return Err(ApiError::bad_request(
+                "resourceVersion should not be set on objects to be created",
+            ));
+        }
+        if m.name.as_deref().unwrap_or_default().is_empty()
+            && let Some(prefix) = m.generate_name.as_deref().filter(|p| !p.is_empty())
+        {
+            m.name = Some(format!("{prefix}{}", random_suffix()));
+        }
+        m.uid = None;
+        m.creation_timestamp = None;
+        m.deletion_timestamp = None;
+        m.deletion_grace_period_seconds = None;
+        m.generation = None;
+        let name = m.name.clone().unwrap_or_default();
+        event.apply_defaults();
+        let causes = event.validate();
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(&info.qualified_kind(), &name, causes));
+        }
+        self.ensure_namespace_active(&ns).await?;
+        let m = &mut event.metadata;
+        m.uid = Some(uuid::Uuid::new_v4().to_string());
+        m.creation_timestamp = Some(skiff_api::object::now());
+        m.generation = Some(1);
+        let bytes =
+            Bytes::from(serde_json::to_vec(&event).map_err(|e| ApiError::internal(e.to_string()))?);
+        check_size(bytes.len())?;
+        let written = self
+            .store
+            .create(&info.key(&ns, &name), bytes.clone())
+            .await;
+        self.finish_write(written, &bytes, Allocation::default(), info, &name)
     }
 
     /// Settles a write's allocations by its outcome and answers with the stored object.

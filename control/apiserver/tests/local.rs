@@ -8,6 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use parking_lot::Mutex;
@@ -406,4 +407,96 @@ async fn in_process_caches_share_the_servers_bytes() {
     let b = reader.get("default/b").expect("cached");
     let remote: ConfigMap = s.client.api("default").get("b").await.expect("get");
     assert_eq!(*b, remote);
+}
+
+/// An Event handed over typed in process is admitted as one sent as JSON: the same stored
+/// object but for what the server makes up, the same errors for what it rejects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_events_are_admitted_as_json_ones_are() {
+    use k8s_openapi::api::core::v1::{Event, ObjectReference};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let s = start_with(CacheOptions::default()).await;
+    let local = local(&s);
+    let event = |name: &str| Event {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            uid: Some("client-made".into()),
+            generation: Some(7),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            kind: Some("Pod".into()),
+            name: Some("web-1".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        reason: Some("Scheduled".into()),
+        message: Some("Successfully assigned default/web-1 to n1".into()),
+        type_: Some("Normal".into()),
+        count: Some(1),
+        ..Default::default()
+    };
+    let typed = parse(
+        &local
+            .create_event("default", &event("typed"))
+            .await
+            .expect("typed create"),
+    );
+    let json = parse(
+        &local
+            .create(
+                "events",
+                "default",
+                Bytes::from(serde_json::to_vec(&event("json")).expect("encode")),
+            )
+            .await
+            .expect("json create"),
+    );
+    let stored = parse(
+        &s.client
+            .get("events", "default", "typed")
+            .await
+            .expect("get"),
+    );
+    assert_eq!(typed, stored);
+    let made_up = |mut v: serde_json::Value| {
+        let m = v["metadata"].as_object_mut().expect("metadata");
+        for f in ["name", "uid", "resourceVersion", "creationTimestamp"] {
+            assert!(m.remove(f).is_some(), "{f} set");
+        }
+        v
+    };
+    assert_ne!(typed["metadata"]["uid"], "client-made");
+    assert_eq!(typed["metadata"]["generation"], 1);
+    assert_eq!(made_up(typed.clone()), made_up(json));
+
+    // Rejected alike: a namespace that disagrees, a name taken, no such namespace, an
+    // invalid field (named), a resourceVersion on create.
+    for (ns, mut e, reason) in [
+        ("other", event("x"), Reason::BadRequest),
+        ("default", event("typed"), Reason::AlreadyExists),
+        ("missing", event("y"), Reason::NotFound),
+        ("default", event("Not_A_Name"), Reason::Invalid),
+    ] {
+        if ns == "other" {
+            e.metadata.namespace = Some("default".into());
+        }
+        let err = local.create_event(ns, &e).await.expect_err("rejected");
+        assert_eq!(err.reason, reason, "{err}");
+        let body = Bytes::from(serde_json::to_vec(&e).expect("encode"));
+        let same = local
+            .create("events", ns, body)
+            .await
+            .expect_err("rejected");
+        assert_eq!(same.reason, err.reason);
+        assert_eq!(same.to_string(), err.to_string());
+    }
+    let mut versioned = event("z");
+    versioned.metadata.resource_version = Some("5".into());
+    let err = local
+        .create_event("default", &versioned)
+        .await
+        .expect_err("resourceVersion");
+    assert_eq!(err.reason, Reason::BadRequest);
+    assert!(local.get("events", "default", "z").await.is_err());
 }

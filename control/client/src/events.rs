@@ -17,13 +17,7 @@ use crate::Client;
 
 /// The current time as a Kubernetes timestamp.
 pub fn now() -> Time {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Time(
-        k8s_openapi::jiff::Timestamp::new(n.as_secs() as i64, n.subsec_nanos() as i32)
-            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-    )
+    skiff_api::object::now()
 }
 
 /// The current time as a Kubernetes MicroTime (Lease renew and acquire times).
@@ -245,7 +239,7 @@ impl Recorder {
                 let name = event.metadata.name.clone().unwrap_or_default();
                 api.patch(&name, &patch).await.map(|_| ())
             } else {
-                api.create_raw(&event).await.map(|_| ())
+                self.client.create_event(&ns, &event).await.map(|_| ())
             };
             let mut state = self.state.lock();
             let Some(w) = state.written.get_mut(&key) else {

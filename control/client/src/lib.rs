@@ -191,6 +191,22 @@ impl Client {
         Ok(self.answer(c.create(req).await)?.object)
     }
 
+    /// Creates an Event: handed over typed in process, else as JSON like any object.
+    pub async fn create_event(
+        &self,
+        namespace: &str,
+        event: &k8s_openapi::api::core::v1::Event,
+    ) -> Result<Bytes, ApiError> {
+        match &self.transport {
+            Transport::Local(local) => local.create_event(namespace, event.clone()).await,
+            _ => {
+                let body = serde_json::to_vec(event)
+                    .map_err(|e| ApiError::bad_request(format!("cannot encode the event: {e}")))?;
+                self.create("events", namespace, Bytes::from(body)).await
+            }
+        }
+    }
+
     pub async fn get(
         &self,
         resource: &str,

@@ -37,6 +37,8 @@ struct State {
     /// (priority, Reverse(seq)) -> key; stale entries skipped on pop.
     active: BinaryHeap<(i32, Reverse<u64>, String)>,
     backoff: BTreeSet<(Instant, String)>,
+    /// Unschedulable pods by when they were parked (the oldest go back on their own).
+    parked: BTreeSet<(Instant, String)>,
     seq: u64,
     closed: bool,
 }
@@ -72,6 +74,9 @@ impl State {
         let Some(e) = self.entries.get_mut(key) else {
             return;
         };
+        if let Place::Unschedulable(t) = e.place {
+            self.parked.remove(&(t, key.to_string()));
+        }
         e.place = Place::Active;
         self.seq += 1;
         self.active
@@ -119,27 +124,26 @@ impl Queue {
     /// Forgets a pod (deleted, or bound by someone else).
     pub fn remove(&self, key: &str) {
         let mut s = self.state.lock();
-        if let Some(e) = s.entries.remove(key)
-            && let Place::Backoff(t) = e.place
-        {
-            s.backoff.remove(&(t, key.to_string()));
+        match s.entries.remove(key).map(|e| e.place) {
+            Some(Place::Backoff(t)) => {
+                s.backoff.remove(&(t, key.to_string()));
+            }
+            Some(Place::Unschedulable(t)) => {
+                s.parked.remove(&(t, key.to_string()));
+            }
+            _ => {}
         }
     }
 
     /// A cluster event: unschedulable pods try again (after their backoff).
     pub fn move_all_to_active(&self) {
         let mut s = self.state.lock();
-        let parked: Vec<(String, u32)> = s
-            .entries
-            .iter()
-            .filter(|(_, e)| matches!(e.place, Place::Unschedulable(_)))
-            .map(|(k, e)| (k.clone(), e.attempts))
-            .collect();
-        for (key, attempts) in parked {
-            let due = Instant::now() + backoff(attempts) / 2;
-            if let Some(e) = s.entries.get_mut(&key) {
-                e.place = Place::Backoff(due);
-            }
+        for (_, key) in std::mem::take(&mut s.parked) {
+            let Some(e) = s.entries.get_mut(&key) else {
+                continue;
+            };
+            let due = Instant::now() + backoff(e.attempts) / 2;
+            e.place = Place::Backoff(due);
             s.backoff.insert((due, key));
         }
         self.ready.notify_all();
@@ -167,16 +171,17 @@ impl Queue {
                     s.push_active(&key);
                 }
             }
-            let stale: Vec<String> = s
-                .entries
-                .iter()
-                .filter(|(_, e)| {
-                    matches!(e.place, Place::Unschedulable(t) if now.duration_since(t) > UNSCHEDULABLE_MAX)
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in stale {
-                s.push_active(&k);
+            while let Some((t, key)) = s.parked.first().cloned() {
+                if now.duration_since(t) <= UNSCHEDULABLE_MAX {
+                    break;
+                }
+                s.parked.pop_first();
+                if matches!(
+                    s.entries.get(&key).map(|e| e.place),
+                    Some(Place::Unschedulable(_))
+                ) {
+                    s.push_active(&key);
+                }
             }
             while let Some((_, _, key)) = s.active.pop() {
                 if let Some(e) = s.entries.get_mut(&key)
@@ -214,7 +219,11 @@ impl Queue {
                 s.entries.remove(key);
             }
             Outcome::Unschedulable if dirty => s.push_active(key),
-            Outcome::Unschedulable => e.place = Place::Unschedulable(Instant::now()),
+            Outcome::Unschedulable => {
+                let t = Instant::now();
+                e.place = Place::Unschedulable(t);
+                s.parked.insert((t, key.to_string()));
+            }
             Outcome::Retry => {
                 let due = Instant::now() + backoff(e.attempts);
                 e.place = Place::Backoff(due);
@@ -292,6 +301,21 @@ mod tests {
         );
         q.remove(&k);
         assert_eq!(q.pending(), 0);
+        // A parked pod removed is gone from every queue; an event wakes only the rest.
+        q.add("b", pod(0));
+        q.add("c", pod(0));
+        for _ in 0..2 {
+            let (k, _) = q.pop(Duration::ZERO).expect("pod");
+            q.done(&k, Outcome::Unschedulable);
+        }
+        q.remove("b");
+        q.move_all_to_active();
+        let (k, _) = q.pop(Duration::from_secs(2)).expect("c retried");
+        assert_eq!(k, "c");
+        q.done(&k, Outcome::Done);
+        assert_eq!(q.pending(), 0);
+        let s = q.state.lock();
+        assert!(s.parked.is_empty() && s.backoff.is_empty());
     }
 
     #[test]
