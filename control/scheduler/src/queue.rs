@@ -82,6 +82,33 @@ impl State {
         self.active
             .push((priority(&e.pod), Reverse(self.seq), key.to_string()));
     }
+
+    /// Moves to the active heap the pods of the backoff queue (or, `parked`, of the
+    /// unschedulable pool) whose time `due` says has come, oldest first.
+    fn wake_due(&mut self, parked: bool, due: impl Fn(Instant) -> bool) {
+        loop {
+            let set = if parked {
+                &mut self.parked
+            } else {
+                &mut self.backoff
+            };
+            let Some((t, key)) = set.first().cloned() else {
+                return;
+            };
+            if !due(t) {
+                return;
+            }
+            set.pop_first();
+            let waiting = match self.entries.get(&key).map(|e| e.place) {
+                Some(Place::Backoff(_)) => !parked,
+                Some(Place::Unschedulable(_)) => parked,
+                _ => false,
+            };
+            if waiting {
+                self.push_active(&key);
+            }
+        }
+    }
 }
 
 impl Queue {
@@ -159,30 +186,8 @@ impl Queue {
             }
             let now = Instant::now();
             // Backoffs that ended, and parked pods past UNSCHEDULABLE_MAX.
-            while let Some((t, key)) = s.backoff.first().cloned() {
-                if t > now {
-                    break;
-                }
-                s.backoff.pop_first();
-                if matches!(
-                    s.entries.get(&key).map(|e| e.place),
-                    Some(Place::Backoff(_))
-                ) {
-                    s.push_active(&key);
-                }
-            }
-            while let Some((t, key)) = s.parked.first().cloned() {
-                if now.duration_since(t) <= UNSCHEDULABLE_MAX {
-                    break;
-                }
-                s.parked.pop_first();
-                if matches!(
-                    s.entries.get(&key).map(|e| e.place),
-                    Some(Place::Unschedulable(_))
-                ) {
-                    s.push_active(&key);
-                }
-            }
+            s.wake_due(false, |t| t <= now);
+            s.wake_due(true, |t| now.duration_since(t) > UNSCHEDULABLE_MAX);
             while let Some((_, _, key)) = s.active.pop() {
                 if let Some(e) = s.entries.get_mut(&key)
                     && e.place == Place::Active
