@@ -188,7 +188,7 @@ fn schedule_prepared(
             reasons: HashMap::new(),
         });
     }
-    let cycle = Cycle::with_terms(pod, terms, cache);
+    let cycle = Cycle::new(pod, terms, cache);
     let want = nodes_to_find(total, percentage);
     let first = *start % total;
     let mut feasible: Vec<usize> = Vec::with_capacity(want.min(total));

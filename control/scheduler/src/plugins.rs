@@ -310,14 +310,10 @@ pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
 }
 
 impl<'c> Cycle<'c> {
-    /// PreFilter: compiles `pod` and precomputes against `cache`.
-    pub fn new(pod: &Pod, cache: &'c Cache) -> Cycle<'c> {
-        Self::with_terms(pod, PodTerms::compile(pod), cache)
-    }
-
-    /// PreFilter with the pod's inter-pod terms compiled already (and, for speed, the
-    /// cache prepared for them).
-    pub fn with_terms(pod: &Pod, terms: PodTerms, cache: &'c Cache) -> Cycle<'c> {
+    /// PreFilter: compiles `pod` and precomputes against `cache`, given the pod's
+    /// inter-pod `terms` (their counts are the cache's when `Cache::prepare` saw them, else
+    /// taken now by walking the pods they select).
+    pub fn new(pod: &Pod, terms: PodTerms, cache: &'c Cache) -> Cycle<'c> {
         let no_spec = PodSpec::default();
         let spec: &PodSpec = pod.spec.as_ref().unwrap_or(&no_spec);
         let m = &pod.metadata;
