@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use parking_lot::Mutex;
 use skiff_api::Reason;
@@ -16,9 +16,7 @@ use skiff_api::Reason;
 use crate::Client;
 
 /// The current time as a Kubernetes timestamp.
-pub fn now() -> Time {
-    skiff_api::object::now()
-}
+pub use skiff_api::object::now;
 
 /// The current time as a Kubernetes MicroTime (Lease renew and acquire times).
 pub fn micro_now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime {

@@ -262,10 +262,10 @@ pub struct PodInfo {
     pub node: Arc<str>,
     pub requests: Resources,
     pub non_zero: Resources,
-    /// Its required anti-affinity terms (other pods must keep away from it); the cache
-    /// moves them into its term table and keeps their ids in `anti_ids`.
+    /// Its required anti-affinity terms (other pods must keep away from it).
     pub required_anti: Vec<Term>,
-    pub anti_ids: Vec<usize>,
+    /// Their entries in the cache's term table, set when the cache takes the pod.
+    pub(crate) anti_ids: Vec<usize>,
     pub host_ports: Vec<(String, i32)>,
     pub assumed: bool,
     /// Position of its node in the cache (None while the node is unknown).
@@ -538,13 +538,17 @@ impl Cache {
             }
         };
         info.node_idx = self.index.get(&*info.node).copied();
-        for t in std::mem::take(&mut info.required_anti) {
-            let id = self.terms.intern(&t);
-            if let Some(e) = self.terms.entries[id].as_mut() {
-                e.owners += 1;
-            }
-            info.anti_ids.push(id);
-        }
+        info.anti_ids = info
+            .required_anti
+            .iter()
+            .map(|t| {
+                let id = self.terms.intern(t);
+                if let Some(e) = self.terms.entries[id].as_mut() {
+                    e.owners += 1;
+                }
+                id
+            })
+            .collect();
         if let Some(i) = info.node_idx {
             self.terms.count(&info, &self.nodes[i].labels, 1);
         }

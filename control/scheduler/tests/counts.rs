@@ -218,3 +218,19 @@ fn counts_stay_right_when_too_many_terms_were_tracked_and_all_are_dropped() {
         BTreeMap::from([("z0".to_string(), 2), ("z1".to_string(), 5)])
     );
 }
+
+#[test]
+fn a_removed_pod_added_again_counts_once() {
+    let mut cache = Cache::default();
+    cache.upsert_node(&node(0, 0));
+    cache.add_pod(PodInfo::new(&pod(1, 0, true), "n0"));
+    let again = cache.remove_pod("default/p1").expect("placed");
+    cache.add_pod(again.clone());
+    cache.add_pod(again);
+    let labels = BTreeMap::from([("group".to_string(), "g0".to_string())]);
+    let found: Vec<_> = cache.existing_anti("default", &labels).collect();
+    assert_eq!(found.len(), 1);
+    assert_eq!(sorted(found[0].1), BTreeMap::from([("z0".to_string(), 1)]));
+    cache.remove_pod("default/p1");
+    assert_eq!(cache.existing_anti("default", &labels).count(), 0);
+}
