@@ -230,22 +230,20 @@ async fn replicaset_converges_after_pods_are_deleted() {
         .then_some(())
     })
     .await;
-    let status = c
-        .client
-        .api::<ReplicaSet>("default")
-        .get("cache")
-        .await
-        .expect("rs")
-        .status
-        .expect("status");
-    assert_eq!(
-        (
-            status.replicas,
-            status.ready_replicas,
-            status.available_replicas
-        ),
-        (5, Some(5), Some(5))
-    );
+    // The controller writes the status after it sees the replacements become
+    // ready, so the status catches up with the pods shortly after.
+    eventually("status 5/5/5", Duration::from_secs(20), async || {
+        let rs = c
+            .client
+            .api::<ReplicaSet>("default")
+            .get("cache")
+            .await
+            .ok()?;
+        let s = rs.status?;
+        ((s.replicas, s.ready_replicas, s.available_replicas) == (5, Some(5), Some(5)))
+            .then_some(())
+    })
+    .await;
     // Scale down: the surplus goes, and stays gone.
     c.client
         .api::<ReplicaSet>("default")
