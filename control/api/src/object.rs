@@ -1,7 +1,8 @@
 //! The admission pipeline every object goes through on its way into the store: strict
 //! decoding into its `k8s-openapi` type (type errors and unknown fields named by path),
 //! defaulting, then validation. Objects stay `serde_json::Value` around it, so the API server
-//! handles every kind with one code path.
+//! handles every kind with one code path; a create that edits nothing after admission takes
+//! the typed object straight to the bytes it stores (`admit_encoded`).
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -104,18 +105,35 @@ macro_rules! dispatch_kind {
 }
 
 /// Decodes `value` into `K`; a wrong type or an unknown field becomes a cause naming its path.
-pub fn decode_strict<K: DeserializeOwned + Serialize>(value: &Value) -> Result<K, Vec<Cause>> {
-    let typed: K = serde_path_to_error::deserialize(value).map_err(|e| {
-        vec![Cause {
-            reason: "FieldValueTypeInvalid".into(),
-            message: e.inner().to_string(),
-            field: e.path().to_string(),
-        }]
-    })?;
-    let round =
-        serde_json::to_value(&typed).map_err(|e| vec![Cause::invalid("", "", &e.to_string())])?;
+///
+/// One pass: fields the typed object has no place for are reported as the decoder skips
+/// them (`serde_ignored`), so nothing is encoded again to find them. A type error is rare
+/// and decoded a second time to learn where it is.
+pub fn decode_strict<K: DeserializeOwned>(value: &Value) -> Result<K, Vec<Cause>> {
     let mut unknown = Vec::new();
-    find_unknown_fields(value, &round, &mut unknown);
+    let typed: Result<K, _> = serde_ignored::deserialize(value, |path| {
+        unknown.push(render_path(&path));
+    });
+    let typed = match typed {
+        Ok(t) => t,
+        Err(plain) => {
+            return Err(vec![
+                match serde_path_to_error::deserialize::<_, K>(value) {
+                    Err(e) => Cause {
+                        reason: "FieldValueTypeInvalid".into(),
+                        message: e.inner().to_string(),
+                        field: e.path().to_string(),
+                    },
+                    // Not expected: the same input decoded without tracking the path.
+                    Ok(_) => Cause {
+                        reason: "FieldValueTypeInvalid".into(),
+                        message: plain.to_string(),
+                        field: String::new(),
+                    },
+                },
+            ]);
+        }
+    };
     if unknown.is_empty() {
         Ok(typed)
     } else {
@@ -130,111 +148,57 @@ pub fn decode_strict<K: DeserializeOwned + Serialize>(value: &Value) -> Result<K
     }
 }
 
-/// One step of a field path: an object key or an array index.
-enum Step<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
-/// `spec.containers[0].name` for the steps taken.
-fn render_path(steps: &[Step]) -> String {
-    let mut p = String::new();
-    for s in steps {
-        match s {
-            Step::Key(k) => {
-                if !p.is_empty() {
-                    p.push('.');
-                }
-                p.push_str(k);
+/// `spec.containers[0].name` for a path the decoder reports.
+fn render_path(path: &serde_ignored::Path) -> String {
+    let mut steps = Vec::new();
+    let mut at = path;
+    loop {
+        match at {
+            serde_ignored::Path::Root => break,
+            serde_ignored::Path::Seq { parent, index } => {
+                steps.push(format!("[{index}]"));
+                at = parent;
             }
-            Step::Index(i) => p.push_str(&format!("[{i}]")),
+            serde_ignored::Path::Map { parent, key } => {
+                steps.push(key.clone());
+                at = parent;
+            }
+            serde_ignored::Path::Some { parent }
+            | serde_ignored::Path::NewtypeStruct { parent }
+            | serde_ignored::Path::NewtypeVariant { parent } => at = parent,
         }
+    }
+    let mut p = String::new();
+    for s in steps.iter().rev() {
+        if !p.is_empty() && !s.starts_with('[') {
+            p.push('.');
+        }
+        p.push_str(s);
     }
     p
 }
 
-/// The fields of `original` that the round trip through the typed object dropped (unknown
-/// fields), as paths; a path is written only for a field reported.
-fn find_unknown_fields(original: &Value, round: &Value, out: &mut Vec<String>) {
-    unknown_below(original, round, &mut Vec::new(), out);
-}
-
-fn unknown_below<'a>(
-    original: &'a Value,
-    round: &Value,
-    steps: &mut Vec<Step<'a>>,
-    out: &mut Vec<String>,
-) {
-    match (original, round) {
-        (Value::Object(o), Value::Object(r)) => {
-            for (k, v) in o {
-                if v.is_null() {
-                    continue;
-                }
-                steps.push(Step::Key(k));
-                match r.get(k) {
-                    Some(rv) => unknown_below(v, rv, steps, out),
-                    None => out.push(render_path(steps)),
-                }
-                steps.pop();
-            }
-        }
-        (Value::Array(o), Value::Array(r)) => {
-            for (i, (ov, rv)) in o.iter().zip(r).enumerate() {
-                steps.push(Step::Index(i));
-                unknown_below(ov, rv, steps, out);
-                steps.pop();
-            }
-        }
-        _ => {}
+/// Decodes, defaults and validates `value` as `K`.
+fn admitted<K: Kind>(info: &ResourceInfo, value: &Value) -> Result<K, ApiError> {
+    let invalid = |causes| ApiError::invalid(&info.qualified_kind(), &object_name(value), causes);
+    let mut typed: K = decode_strict(value).map_err(invalid)?;
+    typed.apply_defaults();
+    let causes = typed.validate();
+    if causes.is_empty() {
+        Ok(typed)
+    } else {
+        Err(invalid(causes))
     }
 }
 
 fn admit_typed<K: Kind>(info: &ResourceInfo, value: Value) -> Result<Value, ApiError> {
-    let name = object_name(&value);
-    let invalid = |causes| ApiError::invalid(&info.qualified_kind(), &name, causes);
-    let mut typed: K = serde_path_to_error::deserialize(&value).map_err(|e| {
-        invalid(vec![Cause {
-            reason: "FieldValueTypeInvalid".into(),
-            message: e.inner().to_string(),
-            field: e.path().to_string(),
-        }])
-    })?;
-    // Defaulting only adds fields, so unknown fields can be found against the final form;
-    // Secrets fold stringData into data, so they are checked before defaulting.
-    let moves_fields = info.kind == "Secret";
-    let unknown = |checked: &Value| {
-        let mut found = Vec::new();
-        find_unknown_fields(&value, checked, &mut found);
-        found
-            .into_iter()
-            .map(|field| Cause {
-                reason: "FieldValueInvalid".into(),
-                message: format!("unknown field \"{field}\""),
-                field,
-            })
-            .collect::<Vec<_>>()
-    };
-    if moves_fields {
-        let round = serde_json::to_value(&typed).map_err(|e| ApiError::internal(e.to_string()))?;
-        let found = unknown(&round);
-        if !found.is_empty() {
-            return Err(invalid(found));
-        }
-    }
-    typed.apply_defaults();
-    let causes = typed.validate();
-    let out = serde_json::to_value(&typed).map_err(|e| ApiError::internal(e.to_string()))?;
-    if !moves_fields {
-        let found = unknown(&out);
-        if !found.is_empty() {
-            return Err(invalid(found));
-        }
-    }
-    if !causes.is_empty() {
-        return Err(invalid(causes));
-    }
-    Ok(out)
+    let typed: K = admitted(info, &value)?;
+    serde_json::to_value(&typed).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn admit_encoded_typed<K: Kind>(info: &ResourceInfo, value: Value) -> Result<Vec<u8>, ApiError> {
+    let typed: K = admitted(info, &value)?;
+    serde_json::to_vec(&typed).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// The current time as Kubernetes writes timestamps (whole seconds on the wire).
@@ -253,6 +217,19 @@ pub fn admit(info: &ResourceInfo, value: Value) -> Result<Value, ApiError> {
     crate::dispatch_kind!(
         info.kind,
         admit_typed(info, value),
+        Err(ApiError::bad_request(format!(
+            "no validation registered for kind {}",
+            info.kind
+        )))
+    )
+}
+
+/// `admit`, answered as the JSON to store: the typed object is encoded once, with no tree
+/// in between (the path of a create that edits nothing after admission).
+pub fn admit_encoded(info: &ResourceInfo, value: Value) -> Result<Vec<u8>, ApiError> {
+    crate::dispatch_kind!(
+        info.kind,
+        admit_encoded_typed(info, value),
         Err(ApiError::bad_request(format!(
             "no validation registered for kind {}",
             info.kind
@@ -353,6 +330,118 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    /// The encoded admission stores exactly the object the tree admission gives, for
+    /// every kind, and fails the same way.
+    #[test]
+    fn encoded_admission_matches_the_tree() {
+        let pod_spec = json!({"containers": [{"name": "c", "image": "busybox:1.36",
+            "ports": [{"containerPort": 80}], "env": [{"name": "A", "value": "1"}]}],
+            "tolerations": [{"key": "k", "operator": "Exists"}]});
+        let objects = [
+            (
+                "deployments",
+                json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+                "spec": {"selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}}, "spec": pod_spec}}}),
+            ),
+            (
+                "replicasets",
+                json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": "web-1", "namespace": "default"},
+                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}}, "spec": pod_spec}}}),
+            ),
+            (
+                "pods",
+                json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "namespace": "default", "annotations": {"a": "b"}},
+                "spec": pod_spec}),
+            ),
+            (
+                "configmaps",
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "c", "namespace": "default"}, "data": {"k": "v"}}),
+            ),
+            (
+                "secrets",
+                json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "s", "namespace": "default"},
+                "stringData": {"password": "hunter2"}, "data": {"a": "eA=="}}),
+            ),
+            (
+                "namespaces",
+                json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "team-a"}}),
+            ),
+            (
+                "nodes",
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1",
+                "labels": {"kubernetes.io/hostname": "n1"}},
+                "spec": {"podCIDR": "198.18.1.0/24", "taints": [{"key": "k", "effect": "NoSchedule"}]},
+                "status": {"capacity": {"cpu": "2", "pods": "110"}}}),
+            ),
+            (
+                "leases",
+                json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "n1", "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 40,
+                    "renewTime": "2026-11-27T07:00:00.123456Z"}}),
+            ),
+            (
+                "endpointslices",
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-abc", "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4", "endpoints": [{"addresses": ["198.19.0.5"],
+                    "conditions": {"ready": true}}], "ports": [{"name": "http", "port": 80}]}),
+            ),
+            (
+                "events",
+                json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": "e1", "namespace": "default"},
+                "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+                "reason": "Scheduled", "message": "m", "type": "Normal", "count": 1}),
+            ),
+        ];
+        for (plural, obj) in objects {
+            let info = by_plural(plural).expect("kind");
+            let tree = admit(info, obj.clone()).expect("valid");
+            let bytes = admit_encoded(info, obj.clone()).expect("valid");
+            let encoded: Value = serde_json::from_slice(&bytes).expect("json");
+            assert_eq!(encoded, tree, "{plural}");
+            // Broken the same ways: an unknown field, a wrong type.
+            let mut unknown = obj.clone();
+            unknown["metadata"]["colour"] = json!("blue");
+            let (a, b) = (
+                admit(info, unknown.clone()).expect_err("unknown"),
+                admit_encoded(info, unknown).expect_err("unknown"),
+            );
+            assert_eq!(
+                (a.message.clone(), a.causes.len()),
+                (b.message, 1),
+                "{plural}"
+            );
+            let mut wrong = obj;
+            wrong["metadata"]["labels"] = json!(["not", "a", "map"]);
+            let b = admit_encoded(info, wrong).expect_err("type");
+            assert_eq!(b.causes[0].field, "metadata.labels", "{plural}");
+        }
+    }
+
+    /// An unknown field set to null is still unknown; a known one set to null is absent.
+    #[test]
+    fn nulls_are_known_or_unknown_by_their_field() {
+        let info = by_plural("configmaps").expect("kind");
+        let ok = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+            "data": null});
+        assert_eq!(admit(info, ok).expect("valid").get("data"), None);
+        let bad = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+            "datta": null});
+        let err = admit(info, bad).expect_err("unknown");
+        assert_eq!(err.causes[0].field, "datta");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 use rand::Rng;
 use serde_json::{Value, json};
-use skiff_api::object::{admit, meta_str, object_name};
+use skiff_api::object::{admit, admit_encoded, meta_str, object_name};
 use skiff_api::resource::{self, RESOURCES, ResourceInfo};
 use skiff_api::selector::{FieldSelector, LabelSelector};
 use skiff_api::{ApiError, Cause, MAX_OBJECT_BYTES, Reason};
@@ -477,30 +477,44 @@ impl Registry {
         if matches!(info.kind, "Pod" | "Deployment" | "ReplicaSet") {
             obj.as_object_mut().map(|o| o.remove("status"));
         }
-        let mut obj = admit(info, obj)?;
-        if info.kind == "Pod" {
-            self.default_tolerations(&mut obj);
-        }
-        let name = object_name(&obj);
-        if info.namespaced {
-            self.ensure_namespace_active(&ns).await?;
-        }
-        {
-            let meta = meta_mut(&mut obj);
+        let stamp = |obj: &mut Value| {
+            let meta = meta_mut(obj);
             meta.insert(
                 "uid".into(),
                 Value::String(uuid::Uuid::new_v4().to_string()),
             );
             meta.insert("creationTimestamp".into(), Value::String(now()));
             meta.insert("generation".into(), json!(1));
-        }
-        let alloc = if info.kind == "Service" {
-            self.allocate_service(&mut obj, None)?
-        } else {
-            Allocation::default()
         };
-        let bytes =
-            Bytes::from(serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?);
+        let name = object_name(&obj);
+        let (bytes, alloc) = if info.kind == "Service" {
+            // Allocation reads the defaulted spec and edits it: on the tree.
+            let mut obj = admit(info, obj)?;
+            if info.namespaced {
+                self.ensure_namespace_active(&ns).await?;
+            }
+            stamp(&mut obj);
+            let alloc = self.allocate_service(&mut obj, None)?;
+            match serde_json::to_vec(&obj) {
+                Ok(bytes) => (bytes, alloc),
+                Err(e) => {
+                    self.settle(alloc, false);
+                    return Err(ApiError::internal(e.to_string()));
+                }
+            }
+        } else {
+            // Every server edit made before admission: the typed object is encoded once.
+            if info.kind == "Pod" {
+                self.default_tolerations(&mut obj);
+            }
+            stamp(&mut obj);
+            let bytes = admit_encoded(info, obj)?;
+            if info.namespaced {
+                self.ensure_namespace_active(&ns).await?;
+            }
+            (bytes, Allocation::default())
+        };
+        let bytes = Bytes::from(bytes);
         let written = self
             .store
             .create(&info.key(&ns, &name), bytes.clone())
@@ -1445,6 +1459,9 @@ impl Registry {
             return;
         };
         let list = spec.entry("tolerations").or_insert_with(|| json!([]));
+        if list.is_null() {
+            *list = json!([]);
+        }
         let Some(list) = list.as_array_mut() else {
             return;
         };
