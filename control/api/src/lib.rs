@@ -2,9 +2,10 @@
 //! validation and defaulting, manifest decoding, label/field selectors, Kubernetes-shaped
 //! errors, and the gRPC protocol every component speaks.
 //!
-//! Objects travel as Kubernetes JSON; this crate is where JSON meets types. Nothing here does
-//! I/O.
+//! Objects travel as Kubernetes JSON; this crate is where JSON meets types. Nothing here opens
+//! a file or a socket; `coalesce` shapes how a connection's writes reach its socket.
 
+pub mod coalesce;
 pub mod codec;
 pub mod defaults;
 pub mod error;

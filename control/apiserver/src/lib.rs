@@ -40,12 +40,14 @@ pub async fn serve(
         .max_encoding_message_size(usize::MAX);
     // Sockets accepted here do not get the builder's TCP settings: disable Nagle on each,
     // or small responses wait for the peer's delayed ACK (~40 ms).
+    // Each connection's writes are coalesced per turn of its task (see `coalesce`).
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         conn.inspect(|stream| {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         })
+        .map(skiff_api::coalesce::Coalescing::new)
     });
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
