@@ -97,10 +97,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalescing<T> {
         // The start of a turn: what the last one left goes out now. A full socket keeps it
         // pending (the task is woken when the socket takes more) and reading goes on.
         me.deferred = false;
-        if me.unsent() > 0 {
-            if let Poll::Ready(Err(e)) = me.poll_drain(cx) {
-                return Poll::Ready(Err(e));
-            }
+        if me.unsent() > 0
+            && let Poll::Ready(Err(e)) = me.poll_drain(cx)
+        {
+            return Poll::Ready(Err(e));
         }
         Pin::new(&mut me.inner).poll_read(cx, buf)
     }
