@@ -12,6 +12,8 @@
 //! and events) leaves in one `writev`. h2 reads the socket at the start of every turn, so
 //! the pending bytes go out there; past [`LIMIT`] they are written at once, and a shutdown
 //! writes them before closing. The delay is one pass of the runtime's queue, not a timer.
+//! While the socket is full the flush asks for no turn: the socket's readiness wakes the
+//! task.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -31,6 +33,9 @@ pub struct Coalescing<T> {
     sent: usize,
     /// A wake-up was asked for to write `pending` out.
     deferred: bool,
+    /// The socket refused the last write: it wakes the task when it takes more, so a flush
+    /// must not (a peer that stops reading would keep the task spinning).
+    blocked: bool,
 }
 
 impl<T> Coalescing<T> {
@@ -40,6 +45,7 @@ impl<T> Coalescing<T> {
             pending: Vec::new(),
             sent: 0,
             deferred: false,
+            blocked: false,
         }
     }
 
@@ -56,7 +62,9 @@ impl<T: AsyncWrite + Unpin> Coalescing<T> {
     /// Writes the pending bytes to the socket; Ready once all are taken.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.pending.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.sent..]))?;
+            let written = Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.sent..]);
+            self.blocked = written.is_pending();
+            let n = ready!(written)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -151,7 +159,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalescing<T> {
             ready!(me.poll_drain(cx))?;
             return Pin::new(&mut me.inner).poll_flush(cx);
         }
-        if !me.deferred {
+        if !me.deferred && !me.blocked {
             me.deferred = true;
             cx.waker().wake_by_ref();
         }
@@ -205,5 +213,60 @@ mod tests {
         let all = reader.await.expect("reader");
         assert!(all[..3 * LIMIT].iter().all(|&x| x == 7));
         assert_eq!(&all[3 * LIMIT..], b"end");
+    }
+
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref()
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A peer that stops reading does not keep the writer's task spinning: with the socket
+    /// full, a flush asks for no turn (the socket wakes the task when it takes more).
+    #[tokio::test]
+    async fn a_full_socket_asks_for_no_turn() {
+        let (a, mut b) = tokio::io::duplex(16);
+        let mut a = Coalescing::new(a);
+        let count = std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let wakes = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(
+            Pin::new(&mut a).poll_write(&mut cx, &[1u8; 100]),
+            Poll::Ready(Ok(100))
+        ));
+        // An idle socket: the flush defers, asking for one turn.
+        assert!(matches!(
+            Pin::new(&mut a).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(wakes(), 1);
+        // The turn: 16 bytes fit, the rest waits for the peer.
+        let mut space = [0u8; 8];
+        let mut rb = ReadBuf::new(&mut space);
+        assert!(Pin::new(&mut a).poll_read(&mut cx, &mut rb).is_pending());
+        assert!(matches!(
+            Pin::new(&mut a).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(
+            wakes(),
+            1,
+            "a flush on a full socket must not ask for a turn"
+        );
+        // The peer reads: the socket wakes the task, and the rest goes out.
+        let mut got = vec![0u8; 16];
+        b.read_exact(&mut got).await.expect("read");
+        assert!(wakes() >= 2);
+        let mut rb = ReadBuf::new(&mut space);
+        assert!(Pin::new(&mut a).poll_read(&mut cx, &mut rb).is_pending());
+        let mut rest = vec![0u8; 16];
+        b.read_exact(&mut rest).await.expect("read");
+        assert_eq!(rest, vec![1u8; 16]);
     }
 }

@@ -150,32 +150,30 @@ pub fn decode_strict<K: DeserializeOwned>(value: &Value) -> Result<K, Vec<Cause>
 
 /// `spec.containers[0].name` for a path the decoder reports.
 fn render_path(path: &serde_ignored::Path) -> String {
-    let mut steps = Vec::new();
-    let mut at = path;
-    loop {
-        match at {
-            serde_ignored::Path::Root => break,
-            serde_ignored::Path::Seq { parent, index } => {
-                steps.push(format!("[{index}]"));
-                at = parent;
-            }
-            serde_ignored::Path::Map { parent, key } => {
-                steps.push(key.clone());
-                at = parent;
-            }
-            serde_ignored::Path::Some { parent }
-            | serde_ignored::Path::NewtypeStruct { parent }
-            | serde_ignored::Path::NewtypeVariant { parent } => at = parent,
+    let mut out = String::new();
+    write_path(path, &mut out);
+    out
+}
+
+fn write_path(path: &serde_ignored::Path, out: &mut String) {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => {}
+        Path::Seq { parent, index } => {
+            write_path(parent, out);
+            out.push_str(&format!("[{index}]"));
         }
-    }
-    let mut p = String::new();
-    for s in steps.iter().rev() {
-        if !p.is_empty() && !s.starts_with('[') {
-            p.push('.');
+        Path::Map { parent, key } => {
+            write_path(parent, out);
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(key);
         }
-        p.push_str(s);
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => write_path(parent, out),
     }
-    p
 }
 
 /// Decodes, defaults and validates `value` as `K`.
