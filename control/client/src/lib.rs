@@ -79,38 +79,27 @@ fn grpc_error(status: tonic::Status, address: &str) -> ApiError {
     ApiError::from_grpc(&status)
 }
 
+/// A channel's connection: TCP with its writes coalesced (`skiff_api::coalesce`).
+type Connection = hyper_util::rt::TokioIo<skiff_api::coalesce::Coalescing<tokio::net::TcpStream>>;
+
 /// Opens a channel's TCP connection: Nagle off, and the writes of each turn of the
-/// connection's task leave in one system call (`skiff_api::coalesce`), so requests sent
-/// together by many tasks share a write.
-fn connector() -> impl tower::Service<
-    tonic::transport::Uri,
-    Response = hyper_util::rt::TokioIo<skiff_api::coalesce::Coalescing<tokio::net::TcpStream>>,
-    Error = std::io::Error,
-    Future = impl Future<
-        Output = std::io::Result<
-            hyper_util::rt::TokioIo<skiff_api::coalesce::Coalescing<tokio::net::TcpStream>>,
-        >,
-    > + Send,
-> + Send
-+ Clone
-+ 'static {
-    tower::service_fn(|uri: tonic::transport::Uri| async move {
-        let host = uri
-            .host()
-            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
-            .ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("no host in {uri}"),
-                )
-            })?;
-        let port = uri.port_u16().unwrap_or(80);
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        tcp.set_nodelay(true)?;
-        Ok(hyper_util::rt::TokioIo::new(
-            skiff_api::coalesce::Coalescing::new(tcp),
-        ))
-    })
+/// connection's task leave in one system call, so requests sent together by many tasks
+/// share a write.
+async fn open(uri: tonic::transport::Uri) -> std::io::Result<Connection> {
+    let host = uri
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("no host in {uri}"),
+            )
+        })?;
+    let tcp = tokio::net::TcpStream::connect((host, uri.port_u16().unwrap_or(80))).await?;
+    tcp.set_nodelay(true)?;
+    Ok(hyper_util::rt::TokioIo::new(
+        skiff_api::coalesce::Coalescing::new(tcp),
+    ))
 }
 
 fn decode_error(e: impl std::fmt::Display) -> ApiError {
@@ -163,7 +152,7 @@ impl Client {
     /// Connects now; fails with a clear message if the server is not there.
     pub async fn connect(address: &str) -> Result<Self, ApiError> {
         let channel = Self::endpoint(address)?
-            .connect_with_connector(connector())
+            .connect_with_connector(tower::service_fn(open))
             .await
             .map_err(|e| {
             ApiError::new(
@@ -179,7 +168,7 @@ impl Client {
     /// Connects on first use and reconnects as needed (for long-running components).
     pub fn connect_lazy(address: &str) -> Result<Self, ApiError> {
         Ok(Self::wrap(
-            Self::endpoint(address)?.connect_with_connector_lazy(connector()),
+            Self::endpoint(address)?.connect_with_connector_lazy(tower::service_fn(open)),
             address,
         ))
     }
