@@ -855,7 +855,16 @@ fn oci_container_is_adopted_with_its_own_pidfd() -> Result<(), Failed> {
             pid
             // The connection closes here: the container waits for adoption.
         };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        // crun starts the process asynchronously (an OCI container has no error pipe to
+        // wait on): its exec of `sleep` may still be under way for a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let cmdline = loop {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.starts_with(b"sleep\0") || std::time::Instant::now() > deadline {
+                break cmdline;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         check(cmdline.starts_with(b"sleep\0"), || {
             format!("pid {pid} runs {:?}", String::from_utf8_lossy(&cmdline))
         })?;
