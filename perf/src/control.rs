@@ -16,7 +16,7 @@ use skiff_client::{Client, ListParams, RawEvent};
 use skiff_store::etcd_server::EtcdServer;
 
 use crate::report::Measurement;
-use crate::{Mode, SkiffServer, cpu_time, median, rss_bytes};
+use crate::{Mode, SkiffServer, cpu_time, median, settled_rss_bytes};
 
 /// The API server alone, as etcd runs alone: the scheduler and the controllers it hosts by
 /// default would share its cores and memory with what is measured.
@@ -47,6 +47,38 @@ async fn skiff_clients(address: &str, n: usize) -> anyhow::Result<Vec<Client>> {
 
 fn configmap(name: &str, payload: &str) -> Bytes {
     Bytes::from(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": payload}}).to_string())
+}
+
+/// One ConfigMap's JSON, encoded once and split around its name: a write only puts its
+/// name in, as etcd's writer only formats its key around a payload encoded once.
+struct ConfigMapTemplate {
+    head: Bytes,
+    tail: Bytes,
+}
+
+impl ConfigMapTemplate {
+    const MARK: &'static str = "name-goes-here";
+
+    fn new(payload: &str) -> anyhow::Result<ConfigMapTemplate> {
+        let whole = configmap(Self::MARK, payload);
+        let at = whole
+            .windows(Self::MARK.len())
+            .position(|w| w == Self::MARK.as_bytes())
+            .ok_or_else(|| anyhow::anyhow!("the template lost its name"))?;
+        Ok(ConfigMapTemplate {
+            head: whole.slice(..at),
+            tail: whole.slice(at + Self::MARK.len()..),
+        })
+    }
+
+    /// The ConfigMap named `name` (a DNS-1123 name: nothing in it needs escaping).
+    fn named(&self, name: &str) -> Bytes {
+        let mut body = Vec::with_capacity(self.head.len() + name.len() + self.tail.len());
+        body.extend_from_slice(&self.head);
+        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(&self.tail);
+        Bytes::from(body)
+    }
 }
 
 // ---- durable writes ---------------------------------------------------------------------
@@ -87,11 +119,11 @@ async fn skiff_write_rate(
     tag: &str,
 ) -> anyhow::Result<f64> {
     let conns = Arc::new(skiff_clients(address, clients.min(8)).await?);
-    let payload = "x".repeat(1024);
+    let template = ConfigMapTemplate::new(&"x".repeat(1024))?;
     let tag = tag.to_string();
     write_rate(clients, run, move |t, i| {
         let c = conns[t % conns.len()].clone();
-        let body = configmap(&format!("{tag}-{t}-{i}"), &payload);
+        let body = template.named(&format!("{tag}-{t}-{i}"));
         async move {
             c.create("configmaps", "default", body)
                 .await
@@ -493,7 +525,7 @@ async fn skiff_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
         .2
         .to_string();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss0 = rss_bytes(server.pid());
+    let rss0 = settled_rss_bytes(server.pid()).await;
     let conns = skiff_clients(&server.address, f.watchers.div_ceil(100)).await?;
     let tally = Tally::new()?;
     let opened = Arc::new(AtomicUsize::new(0));
@@ -522,7 +554,7 @@ async fn skiff_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss1 = rss_bytes(server.pid());
+    let rss1 = settled_rss_bytes(server.pid()).await;
 
     let cpu0 = cpu_time(server.pid());
     let start = Instant::now();
@@ -571,7 +603,7 @@ async fn etcd_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
         .unwrap_or_default()
         + 1;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss0 = rss_bytes(server.pid());
+    let rss0 = settled_rss_bytes(server.pid()).await;
     let tally = Tally::new()?;
     let opened = Arc::new(AtomicUsize::new(0));
     let sample_every = (f.watchers / 10).max(1);
@@ -604,7 +636,7 @@ async fn etcd_fanout(f: &Fanout) -> anyhow::Result<FanoutResult> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss1 = rss_bytes(server.pid());
+    let rss1 = settled_rss_bytes(server.pid()).await;
 
     let cpu0 = cpu_time(server.pid());
     let start = Instant::now();
@@ -714,4 +746,18 @@ pub async fn watch_fanout(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
         out[0].note = notes.join("; ");
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_templated_configmap_is_the_encoded_one() {
+        let payload = "x".repeat(1024);
+        let template = ConfigMapTemplate::new(&payload).expect("template");
+        for name in ["a", "c64r0-12-345", "name-goes-here"] {
+            assert_eq!(template.named(name), configmap(name, &payload));
+        }
+    }
 }

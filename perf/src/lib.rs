@@ -171,6 +171,28 @@ impl Drop for SkiffServer {
     }
 }
 
+/// The resident set of `pid` once it stops moving: sampled every 100 ms until three
+/// samples in a row agree within 16 KiB (or 5 s pass). A process's allocator hands freed
+/// memory back to the system some time after the free, so one sample taken soon after a
+/// burst of work lands before or after that return by chance; both peers' memory is read
+/// this way.
+pub async fn settled_rss_bytes(pid: u32) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut last = rss_bytes(pid);
+    let mut agreeing = 1;
+    while agreeing < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = rss_bytes(pid);
+        agreeing = if now.abs_diff(last) <= 16 << 10 {
+            agreeing + 1
+        } else {
+            1
+        };
+        last = now;
+    }
+    last
+}
+
 /// Resident memory of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -19,6 +19,15 @@ fn progress(m: &skiff_perf::report::Measurement) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As in the `skiff` binary: with no subscriber, every span of the HTTP/2 stack (both
+    // peers' clients run it in this process) falls back to the `log` crate's checks.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = if args.iter().any(|a| a == "--quick") {
         Mode::Quick
