@@ -508,7 +508,8 @@ impl Registry {
                 self.default_tolerations(&mut obj);
             }
             stamp(&mut obj);
-            let bytes = admit_encoded(info, obj)?;
+            // The stored JSON is the request's plus uid, timestamp, generation and defaults.
+            let bytes = admit_encoded(info, obj, body.len() + 256)?;
             if info.namespaced {
                 self.ensure_namespace_active(&ns).await?;
             }
