@@ -87,14 +87,6 @@ impl<T: AsyncWrite + Unpin> Coalescing<T> {
     }
 }
 
-impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Coalescing<T> {
-    type ConnectInfo = T::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalescing<T> {
     fn poll_read(
         self: Pin<&mut Self>,
