@@ -311,10 +311,7 @@ impl Api for ApiService {
                 r.send_initial_events,
             )
             .await?;
-        let stream = futures::stream::unfold(watcher, |mut w| async move {
-            w.next_batch().await.map(|batch| (Ok(batch), w))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(watcher.into_batches())))
     }
 
     async fn version(
