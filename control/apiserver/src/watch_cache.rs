@@ -677,17 +677,21 @@ impl futures::Stream for WatchBatches {
         loop {
             if let Some(waiting) = this.waiting.as_mut() {
                 std::task::ready!(waiting.as_mut().poll(cx));
+                this.waiting = None;
             }
-            // Enabled before looking, so that a change made meanwhile wakes this task.
+            let mut frames = Vec::new();
+            let first = this.watcher.step_now(&mut frame_sink(&mut frames));
+            if let Poll::Ready(step) = first {
+                return Poll::Ready(step.map(|s| Ok(batch_of(s, frames))));
+            }
+            // Nothing to send: a waiter, enabled before looking once more, so that a change
+            // made since the first look wakes this task. (A watcher with events to send
+            // allocates no waiter.)
             let mut next = Box::pin(this.watcher.cache.changed.clone().notified_owned());
             next.as_mut().enable();
-            let mut frames = Vec::new();
             let step = this.watcher.step_now(&mut frame_sink(&mut frames));
             match step {
-                Poll::Ready(step) => {
-                    this.waiting = None;
-                    return Poll::Ready(step.map(|s| Ok(batch_of(s, frames))));
-                }
+                Poll::Ready(step) => return Poll::Ready(step.map(|s| Ok(batch_of(s, frames)))),
                 Poll::Pending => this.waiting = Some(next),
             }
         }
