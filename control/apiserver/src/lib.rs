@@ -45,9 +45,15 @@ pub async fn serve(
         .max_encoding_message_size(usize::MAX);
     let service = hyper_util::service::TowerToHyperService::new(service);
     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // tonic's server settings, which the API server had before: no cap on concurrent
+    // streams per connection (hyper's own default is 200; a node's connection carries its
+    // informers' watches, its log and exec streams and its writes) or on reset streams.
     http.timer(TokioTimer::new())
         .keep_alive_interval(Some(KEEPALIVE_INTERVAL))
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(None)
+        .max_pending_accept_reset_streams(None)
+        .max_local_error_reset_streams(None);
     // Each connection task holds a receiver: the sender's `closed()` is all of them gone.
     let (stop, stopping) = tokio::sync::watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
