@@ -172,10 +172,9 @@ impl Drop for SkiffServer {
 }
 
 /// The resident set of `pid` once it stops moving: sampled every 100 ms until three
-/// samples in a row agree within 16 KiB (or 5 s pass). A process's allocator hands freed
-/// memory back to the system some time after the free, so one sample taken soon after a
-/// burst of work lands before or after that return by chance; both peers' memory is read
-/// this way.
+/// samples in a row agree within 16 KiB (or 5 s pass), so that a sample is not taken in
+/// the middle of work the process is still finishing; both peers' memory is read this
+/// way. (It did not narrow Skiff's idle-watcher spread: that comes from elsewhere.)
 pub async fn settled_rss_bytes(pid: u32) -> u64 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut last = rss_bytes(pid);
