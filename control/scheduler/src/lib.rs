@@ -246,21 +246,16 @@ fn schedule_prepared(
         return Ok(candidates[0].name.clone());
     }
     let scores = cycle.score(&candidates);
-    // Highest score; ties broken uniformly at random (reservoir sampling).
-    let mut best = 0;
-    let mut ties = 1u32;
-    let mut rng = rand::rng();
-    for (i, s) in scores.iter().enumerate().skip(1) {
-        if *s > scores[best] {
-            best = i;
-            ties = 1;
-        } else if *s == scores[best] {
-            ties += 1;
-            if rand::Rng::random_range(&mut rng, 0..ties) == 0 {
-                best = i;
-            }
-        }
-    }
+    // Highest score; ties broken uniformly at random (one draw among the tied).
+    let top = scores.iter().copied().max().unwrap_or(0);
+    let ties = scores.iter().filter(|s| **s == top).count();
+    let pick = rand::Rng::random_range(&mut rand::rng(), 0..ties.max(1));
+    let best = scores
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s == top)
+        .nth(pick)
+        .map_or(0, |(i, _)| i);
     Ok(candidates[best].name.clone())
 }
 

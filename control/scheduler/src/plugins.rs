@@ -575,8 +575,32 @@ impl<'c> Cycle<'c> {
         [affinity, taints, pods, spread]
     }
 
+    /// Whether a plugin other than the two resource scores can tell `nodes` apart: a
+    /// preferred (anti-)affinity term, a soft spread, or a taint on some node. Otherwise
+    /// those plugins give every node the same score.
+    fn differs_beyond_resources(&self, nodes: &[&NodeInfo]) -> bool {
+        !self.preferred_affinity.is_empty()
+            || !self.preferred_pods.is_empty()
+            || self.spreads.iter().any(|s| !s.hard)
+            || nodes.iter().any(|n| !n.taints.is_empty())
+    }
+
     /// Scores the feasible `nodes`; returns their weighted totals in the same order.
     pub fn score(&self, nodes: &[&NodeInfo]) -> Vec<i64> {
+        if self.differs_beyond_resources(nodes) {
+            return self.score_all(nodes);
+        }
+        // What score_all computes when every raw score is 0: no preferred-affinity or
+        // preferred-pod points, full taint-toleration and spread points.
+        let same = 3 * MAX_NODE_SCORE + 2 * MAX_NODE_SCORE;
+        nodes
+            .iter()
+            .map(|n| resource_scores(n, &self.non_zero) + same)
+            .collect()
+    }
+
+    /// [`Cycle::score`] running every plugin on every node.
+    pub fn score_all(&self, nodes: &[&NodeInfo]) -> Vec<i64> {
         let raw: Vec<[i64; 4]> = nodes.iter().map(|n| self.raw_scores(n)).collect();
         let col = |i: usize| raw.iter().map(move |r| r[i]);
         let (aff_max, taint_max) = (col(0).max().unwrap_or(0), col(1).max().unwrap_or(0));
@@ -586,8 +610,6 @@ impl<'c> Cycle<'c> {
             .iter()
             .zip(&raw)
             .map(|(n, r)| {
-                let least = least_allocated(n, &self.non_zero);
-                let balanced = balanced(n, &self.non_zero);
                 let affinity = if aff_max > 0 {
                     r[0] * MAX_NODE_SCORE / aff_max
                 } else {
@@ -609,7 +631,11 @@ impl<'c> Cycle<'c> {
                 } else {
                     MAX_NODE_SCORE
                 };
-                least + balanced + 2 * affinity + 3 * taint + 2 * pods + 2 * spread
+                resource_scores(n, &self.non_zero)
+                    + 2 * affinity
+                    + 3 * taint
+                    + 2 * pods
+                    + 2 * spread
             })
             .collect()
     }
@@ -623,23 +649,10 @@ fn fraction(requested: i64, allocatable: i64) -> f64 {
     }
 }
 
-/// NodeResourcesFit's LeastAllocated: free share of CPU and memory after placing the pod.
-fn least_allocated(n: &NodeInfo, pod: &Resources) -> i64 {
-    let cpu = 1.0
-        - fraction(
-            n.non_zero_requested.milli_cpu + pod.milli_cpu,
-            n.allocatable.milli_cpu,
-        );
-    let mem = 1.0
-        - fraction(
-            n.non_zero_requested.memory + pod.memory,
-            n.allocatable.memory,
-        );
-    (((cpu + mem) / 2.0) * MAX_NODE_SCORE as f64) as i64
-}
-
-/// NodeResourcesBalancedAllocation: CPU and memory shares close to each other.
-fn balanced(n: &NodeInfo, pod: &Resources) -> i64 {
+/// NodeResourcesFit's LeastAllocated (free share of CPU and memory after placing the pod)
+/// plus NodeResourcesBalancedAllocation (CPU and memory shares close to each other), from
+/// the same two shares.
+fn resource_scores(n: &NodeInfo, pod: &Resources) -> i64 {
     let cpu = fraction(
         n.non_zero_requested.milli_cpu + pod.milli_cpu,
         n.allocatable.milli_cpu,
@@ -648,8 +661,9 @@ fn balanced(n: &NodeInfo, pod: &Resources) -> i64 {
         n.non_zero_requested.memory + pod.memory,
         n.allocatable.memory,
     );
-    let std = (cpu - mem).abs() / 2.0;
-    ((1.0 - std) * MAX_NODE_SCORE as f64) as i64
+    let least = ((((1.0 - cpu) + (1.0 - mem)) / 2.0) * MAX_NODE_SCORE as f64) as i64;
+    let balanced = ((1.0 - (cpu - mem).abs() / 2.0) * MAX_NODE_SCORE as f64) as i64;
+    least + balanced
 }
 
 /// kube-scheduler's failure message: "0/5 nodes are available: 2 Insufficient cpu, 3

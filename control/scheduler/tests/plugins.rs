@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use skiff_scheduler::cache::{Cache, PodInfo};
+use skiff_scheduler::cache::{Cache, NodeInfo, PodInfo};
 use skiff_scheduler::plugins::reason;
+use skiff_scheduler::plugins::{Cycle, PodTerms};
 use skiff_scheduler::{FitError, nodes_to_find, schedule_one};
 
 fn node(name: &str, cpu: &str, mem: &str, pods: u32, extra: Value) -> Node {
@@ -535,4 +536,57 @@ fn pods_seen_before_their_node_count_once_it_comes_and_after_it_goes_and_returns
     assert_eq!(c.node("late").expect("node").requested.milli_cpu, 3000);
     c.remove_pod("default/early");
     assert_eq!(c.node("late").expect("node").requested.milli_cpu, 0);
+}
+
+#[test]
+fn ties_are_broken_among_every_best_node() {
+    let mut c = Cache::default();
+    for n in ["a", "b", "c"] {
+        c.upsert_node(&node(n, "4", "4Gi", 110, json!({})));
+    }
+    // "c" is busier, so only "a" and "b" tie for the best score.
+    c.add_pod(PodInfo::new(&pod("busy", "2", "2Gi", json!({})), "c"));
+    let p = pod("p", "100m", "64Mi", json!({}));
+    let mut count: HashMap<String, usize> = HashMap::new();
+    let mut start = 0;
+    for _ in 0..300 {
+        let n = schedule_one(&mut c, &p, &mut start, None).expect("fits");
+        *count.entry(n).or_default() += 1;
+    }
+    assert_eq!(count.get("c"), None, "{count:?}");
+    // Each of the two gets ~150 of 300 draws; below 75 has odds under 1e-18.
+    assert!(count.get("a").is_some_and(|n| *n >= 75), "{count:?}");
+    assert!(count.get("b").is_some_and(|n| *n >= 75), "{count:?}");
+}
+
+proptest! {
+    /// The score without preferred terms, soft spreads or taints is what running every
+    /// plugin gives.
+    #[test]
+    fn resource_only_scoring_equals_every_plugin(
+        nodes in proptest::collection::vec((1u32..64, 1u32..64, 0u32..8), 1..12),
+        request in (0u32..4000, 0u32..4096),
+        tainted in proptest::option::of(0usize..12),
+    ) {
+        let mut c = Cache::default();
+        for (i, (cpu, gib, busy)) in nodes.iter().enumerate() {
+            let extra = if tainted == Some(i) {
+                json!({"spec": {"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}})
+            } else {
+                json!({})
+            };
+            let name = format!("n{i}");
+            c.upsert_node(&node(&name, &cpu.to_string(), &format!("{gib}Gi"), 110, extra));
+            for b in 0..*busy {
+                let p = pod(&format!("b{i}-{b}"), "300m", "500Mi", json!({}));
+                c.add_pod(PodInfo::new(&p, &name));
+            }
+        }
+        let p = pod("p", &format!("{}m", request.0), &format!("{}Mi", request.1), json!({}));
+        let terms = PodTerms::compile(&p);
+        c.prepare(terms.terms());
+        let cycle = Cycle::new(&p, terms, &c);
+        let all: Vec<&NodeInfo> = c.nodes().iter().collect();
+        prop_assert_eq!(cycle.score(&all), cycle.score_all(&all));
+    }
 }
