@@ -10,7 +10,7 @@
 //! memory against ~2 KB of JSON, which matters at 150,000 pods.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -25,11 +25,77 @@ use skiff_api::raw::RawObject;
 use crate::{Api, ApiObject, ListParams, RawEvent, resource_version};
 
 /// What changed in the cache.
-#[derive(Debug)]
 pub enum Event<K> {
     Added(Arc<K>),
-    Updated { old: Arc<K>, new: Arc<K> },
+    Updated { old: Prior<K>, new: Arc<K> },
     Deleted(Arc<K>),
+}
+
+impl<K: ApiObject + std::fmt::Debug> std::fmt::Debug for Event<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Added(o) => f.debug_tuple("Added").field(o).finish(),
+            Event::Updated { old, new } => f
+                .debug_struct("Updated")
+                .field("old", old)
+                .field("new", new)
+                .finish(),
+            Event::Deleted(o) => f.debug_tuple("Deleted").field(o).finish(),
+        }
+    }
+}
+
+/// The object an update replaced, decoded when first read: a compact cache keeps it as
+/// JSON, and many handlers never look at it (the scheduler's do not; decoding a pod takes
+/// ~10 us). Reads as the object itself (`old.metadata`, `&*old`).
+pub struct Prior<K> {
+    json: Option<RawObject>,
+    typed: OnceLock<Arc<K>>,
+}
+
+impl<K: ApiObject> Prior<K> {
+    fn of(stored: Stored<K>) -> Self {
+        match stored {
+            Stored::Typed(o) => Prior {
+                json: None,
+                typed: OnceLock::from(o),
+            },
+            Stored::Json(json) => Prior {
+                json: Some(json),
+                typed: OnceLock::new(),
+            },
+        }
+    }
+
+    /// The old object, decoded now if it was not yet.
+    pub fn get(&self) -> &Arc<K> {
+        self.typed.get_or_init(|| {
+            let decoded = self.json.as_ref().map(|j| j.decode::<K>());
+            match decoded {
+                Some(Ok(o)) => Arc::new(o),
+                // It decoded when it arrived, and these are the bytes it arrived as.
+                Some(Err(e)) => {
+                    tracing::error!(kind = K::KIND, error = %e, "cached object no longer decodes");
+                    Arc::new(K::default())
+                }
+                None => Arc::new(K::default()),
+            }
+        })
+    }
+}
+
+impl<K: ApiObject> std::ops::Deref for Prior<K> {
+    type Target = K;
+
+    fn deref(&self) -> &K {
+        self.get()
+    }
+}
+
+impl<K: ApiObject + std::fmt::Debug> std::fmt::Debug for Prior<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
 }
 
 type IndexFn<K> = Arc<dyn Fn(&K) -> Vec<String> + Send + Sync>;
@@ -104,24 +170,27 @@ impl<K: ApiObject> Cache<K> {
         }
     }
 
-    fn put(&mut self, key: String, obj: Arc<K>, raw: &RawObject) -> Option<Arc<K>> {
+    /// Caches `obj`; returns what it replaced (decoded here only to unindex it).
+    fn put(&mut self, key: String, obj: Arc<K>, raw: &RawObject) -> Option<Prior<K>> {
         let stored = self.store(&obj, raw);
         let key: Arc<str> = key.into();
-        let old = self
-            .objects
-            .insert(key.clone(), stored)
-            .and_then(|o| load(&o));
-        if let Some(o) = &old {
-            self.unindex(&key, o);
+        let old = self.objects.insert(key.clone(), stored).map(Prior::of);
+        if let Some(o) = &old
+            && !self.indexes.is_empty()
+        {
+            self.unindex(&key, o.get());
         }
         self.index(&key, &obj);
         old
     }
 
-    fn remove(&mut self, key: &str) -> Option<Arc<K>> {
-        let old = self.objects.remove(key).and_then(|o| load(&o));
-        if let Some(o) = &old {
-            self.unindex(key, o);
+    /// Drops the object at `key`; returns it (decoded here only to unindex it).
+    fn remove(&mut self, key: &str) -> Option<Prior<K>> {
+        let old = self.objects.remove(key).map(Prior::of);
+        if let Some(o) = &old
+            && !self.indexes.is_empty()
+        {
+            self.unindex(key, o.get());
         }
         old
     }
@@ -451,13 +520,13 @@ where
                 .collect();
             for key in stale {
                 if let Some(old) = cache.remove(&key) {
-                    events.push(Event::Deleted(old));
+                    events.push(Event::Deleted(old.get().clone()));
                 }
             }
             for (key, (obj, raw)) in fresh {
                 match cache.put(key, obj.clone(), &raw) {
                     None => events.push(Event::Added(obj)),
-                    Some(old) if resource_version(&*old) != resource_version(&*obj) => {
+                    Some(old) if resource_version(&**old.get()) != resource_version(&*obj) => {
                         events.push(Event::Updated { old, new: obj })
                     }
                     Some(_) => {}
@@ -525,8 +594,9 @@ where
                         }
                     }
                     RawEvent::Deleted((obj, _)) => {
+                        // Handlers get the object as the watch last saw it, as client-go's do.
                         rv = resource_version(&*obj).to_string();
-                        cache.remove(&key_of(&*obj)).map(Event::Deleted)
+                        cache.remove(&key_of(&*obj)).map(|_| Event::Deleted(obj))
                     }
                     RawEvent::Bookmark(r, _) => {
                         rv = r;
@@ -542,5 +612,59 @@ where
             }
             tokio::time::sleep(backoff).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn cache(compact: bool) -> Cache<ConfigMap> {
+        Cache {
+            objects: BTreeMap::new(),
+            indexes: HashMap::new(),
+            resource_version: String::new(),
+            compact,
+        }
+    }
+
+    fn config_map(rv: &str, value: &str) -> (Arc<ConfigMap>, RawObject) {
+        let json = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "namespace": "default", "resourceVersion": rv},
+            "data": {"k": value}});
+        let raw = RawObject::complete(serde_json::to_vec(&json).expect("json").into());
+        (Arc::new(raw.decode().expect("decodes")), raw)
+    }
+
+    #[test]
+    fn a_compact_cache_decodes_the_replaced_object_only_when_read() {
+        let mut c = cache(true);
+        let (one, raw) = config_map("1", "x");
+        assert!(c.put("default/a".into(), one.clone(), &raw).is_none());
+        let (two, raw) = config_map("2", "y");
+        let old = c.put("default/a".into(), two, &raw).expect("replaced");
+        assert!(old.typed.get().is_none(), "decoded before anyone read it");
+        assert_eq!(**old.get(), *one);
+        assert_eq!(old.metadata.resource_version.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn an_indexed_cache_decodes_the_replaced_object_to_unindex_it() {
+        let mut c = cache(true);
+        let by_value: IndexFn<ConfigMap> =
+            Arc::new(|m: &ConfigMap| m.data.iter().flat_map(|d| d.values().cloned()).collect());
+        c.indexes.insert("value".into(), (by_value, HashMap::new()));
+        let (one, raw) = config_map("1", "x");
+        c.put("default/a".into(), one, &raw);
+        let (two, raw) = config_map("2", "y");
+        let old = c.put("default/a".into(), two, &raw).expect("replaced");
+        assert!(old.typed.get().is_some());
+        let index = &c.indexes["value"].1;
+        assert!(!index.contains_key("x"), "{index:?}");
+        assert!(index.contains_key("y"), "{index:?}");
+        let gone = c.remove("default/a").expect("removed");
+        assert_eq!(gone.metadata.resource_version.as_deref(), Some("2"));
+        assert!(c.indexes["value"].1.is_empty());
     }
 }

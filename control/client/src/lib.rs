@@ -643,6 +643,7 @@ pub struct ObjectList<K> {
 pub trait ApiObject:
     k8s_openapi::Resource
     + Metadata<Ty = ObjectMeta>
+    + Default
     + Serialize
     + DeserializeOwned
     + Send
@@ -654,6 +655,7 @@ pub trait ApiObject:
 impl<K> ApiObject for K where
     K: k8s_openapi::Resource
         + Metadata<Ty = ObjectMeta>
+        + Default
         + Serialize
         + DeserializeOwned
         + Send
