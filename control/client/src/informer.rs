@@ -27,7 +27,13 @@ use crate::{Api, ApiObject, ListParams, RawEvent, resource_version};
 /// What changed in the cache.
 pub enum Event<K> {
     Added(Arc<K>),
-    Updated { old: Prior<K>, new: Arc<K> },
+    /// `old`: the object the update replaced, decoded when first read.
+    Updated {
+        old: Prior<K>,
+        new: Arc<K>,
+    },
+    /// The object as the watch delivered its deletion (its last state), or as the cache
+    /// held it when a relist found it gone.
     Deleted(Arc<K>),
 }
 
