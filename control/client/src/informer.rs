@@ -78,17 +78,23 @@ impl<K: ApiObject> Prior<K> {
     /// The old object, decoded now if it was not yet.
     pub fn get(&self) -> &Arc<K> {
         self.typed.get_or_init(|| {
-            let decoded = self.json.as_ref().map(|j| j.decode::<K>());
-            match decoded {
-                Some(Ok(o)) => Arc::new(o),
-                // It decoded when it arrived, and these are the bytes it arrived as.
-                Some(Err(e)) => {
-                    tracing::error!(kind = K::KIND, error = %e, "cached object no longer decodes");
-                    Arc::new(K::default())
-                }
-                None => Arc::new(K::default()),
-            }
+            self.json
+                .as_ref()
+                .and_then(decode_cached)
+                .unwrap_or_default()
         })
+    }
+}
+
+/// A compact cache entry's object, decoded; None (logged) if it no longer decodes.
+fn decode_cached<K: ApiObject>(json: &RawObject) -> Option<Arc<K>> {
+    match json.decode::<K>() {
+        Ok(o) => Some(Arc::new(o)),
+        Err(e) => {
+            // It decoded when it arrived, and these are the bytes it arrived as.
+            tracing::error!(kind = K::KIND, error = %e, "cached object no longer decodes");
+            None
+        }
     }
 }
 
@@ -181,7 +187,8 @@ impl<K: ApiObject> Cache<K> {
         }
     }
 
-    /// The object of the entry `key` -> `stored`, decoded (and kept) if need be.
+    /// The object of the entry `key` -> `stored`, decoded (and kept) if need be: a read of
+    /// one object or of an index's few.
     fn load(&self, key: &Arc<str>, stored: &Stored<K>) -> Option<Arc<K>> {
         let (json, decoded) = match stored {
             Stored::Typed(o) => return Some(o.clone()),
@@ -190,18 +197,18 @@ impl<K: ApiObject> Cache<K> {
         if let Some(o) = decoded.lock().clone() {
             return Some(o);
         }
-        match json.decode::<K>() {
-            Ok(o) => {
-                let o = Arc::new(o);
-                *decoded.lock() = Some(o.clone());
-                self.kept(key);
-                Some(o)
-            }
-            Err(e) => {
-                // It decoded when it arrived; it was encoded from that very value.
-                tracing::error!(kind = K::KIND, error = %e, "cached object no longer decodes");
-                None
-            }
+        let o = decode_cached::<K>(json)?;
+        *decoded.lock() = Some(o.clone());
+        self.kept(key);
+        Some(o)
+    }
+
+    /// Like `load`, without keeping what it decodes: a walk over the whole cache (a list,
+    /// a new index) would otherwise push out the objects kept for being recent.
+    fn peek(stored: &Stored<K>) -> Option<Arc<K>> {
+        match stored {
+            Stored::Typed(o) => Some(o.clone()),
+            Stored::Json(json, decoded) => decoded.lock().clone().or_else(|| decode_cached(json)),
         }
     }
 
@@ -275,11 +282,7 @@ impl<K: ApiObject> Reader<K> {
 
     pub fn list(&self) -> Vec<Arc<K>> {
         let cache = self.shared.objects.read();
-        cache
-            .objects
-            .iter()
-            .filter_map(|(k, o)| cache.load(k, o))
-            .collect()
+        cache.objects.values().filter_map(Cache::peek).collect()
     }
 
     /// Adds a handler to this (possibly running) informer: it first gets every cached
@@ -471,7 +474,7 @@ where
         let mut cache = self.shared.objects.write();
         let mut index = HashMap::new();
         for (key, obj) in &cache.objects {
-            let Some(obj) = cache.load(key, obj) else {
+            let Some(obj) = Cache::peek(obj) else {
                 continue;
             };
             for value in f(&obj) {
@@ -724,6 +727,26 @@ mod tests {
         assert_eq!(*read, *one);
         assert!(holds_decoded(&c, "default/a"));
         assert!(!holds_decoded(&c, "default/n0"));
+    }
+
+    #[test]
+    fn walking_the_whole_cache_keeps_nothing_new() {
+        let mut c = cache(true);
+        for i in 0..=DECODED_KEPT {
+            let (o, raw) = named(&format!("n{i}"), "1");
+            c.put(format!("default/n{i}"), o, &raw);
+        }
+        assert!(!holds_decoded(&c, "default/n0"));
+        let all: Vec<_> = c.objects.values().filter_map(Cache::peek).collect();
+        assert_eq!(all.len(), DECODED_KEPT + 1);
+        assert!(
+            !holds_decoded(&c, "default/n0"),
+            "a walk kept what it decoded"
+        );
+        assert!(
+            holds_decoded(&c, "default/n1"),
+            "a walk pushed out a recent object"
+        );
     }
 
     #[test]
