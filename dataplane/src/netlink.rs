@@ -27,6 +27,28 @@ pub enum NetlinkError {
     NoLink(String),
 }
 
+impl NetlinkError {
+    /// The error of a request on a link given by index, told by the link's name.
+    fn naming(self, name: &str) -> NetlinkError {
+        match self {
+            NetlinkError::Request { what, source } => NetlinkError::Request {
+                what: format!("{what} ({name})"),
+                source,
+            },
+            e => e,
+        }
+    }
+
+    /// Whether the request failed because what it creates exists already.
+    pub fn exists(&self) -> bool {
+        matches!(self, NetlinkError::Request { source: rtnetlink::Error::NetlinkError(e), .. }
+            if e.raw_code() == -libc::EEXIST)
+    }
+}
+
+/// The loopback link's index, the same in every network namespace.
+pub const LOOPBACK: u32 = 1;
+
 fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let what = what.into();
     move |source| NetlinkError::Request { what, source }
@@ -93,7 +115,18 @@ impl Netlink {
         ip: Ipv4Addr,
         mac: &[u8],
     ) -> Result<(), NetlinkError> {
-        let index = self.index(dev).await?;
+        self.add_neighbour_at(self.index(dev).await?, ip, mac)
+            .await
+            .map_err(|e| e.naming(dev))
+    }
+
+    /// [`Netlink::add_neighbour`] on the link with index `index`.
+    pub async fn add_neighbour_at(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: &[u8],
+    ) -> Result<(), NetlinkError> {
         self.handle
             .neighbours()
             .add(index, ip.into())
@@ -102,7 +135,7 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(req(format!("add neighbour {ip} on {dev}")))
+            .map_err(req(format!("add neighbour {ip} on link {index}")))
     }
 
     /// Names of every link in the namespace.
@@ -128,13 +161,19 @@ impl Netlink {
     }
 
     pub async fn set_up(&self, name: &str) -> Result<(), NetlinkError> {
-        let index = self.index(name).await?;
+        self.set_up_at(self.index(name).await?)
+            .await
+            .map_err(|e| e.naming(name))
+    }
+
+    /// Sets the link with index `index` up (`LOOPBACK` is every namespace's `lo`).
+    pub async fn set_up_at(&self, index: u32) -> Result<(), NetlinkError> {
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
             .await
-            .map_err(req(format!("set {name} up")))
+            .map_err(req(format!("set link {index} up")))
     }
 
     /// Creates a veth pair. With `peer_ns` the peer is created in that namespace as
@@ -147,11 +186,49 @@ impl Netlink {
         peer_name: &str,
         peer_mac: Option<[u8; 6]>,
     ) -> Result<(), NetlinkError> {
+        self.create_veth(name, peer, peer_ns, peer_name, peer_mac, false)
+            .await
+    }
+
+    /// [`Netlink::add_veth`] with this end up from the start (the kernel configures its
+    /// flags as it creates it: no request afterwards). The peer cannot be: the kernel
+    /// brings it up before the pair is joined, and refuses.
+    pub async fn add_veth_up(
+        &self,
+        name: &str,
+        peer_ns: &Netns,
+        peer_name: &str,
+        peer_mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
+        self.create_veth(
+            name,
+            peer_name,
+            Some(peer_ns),
+            peer_name,
+            Some(peer_mac),
+            true,
+        )
+        .await
+    }
+
+    async fn create_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_ns: Option<&Netns>,
+        peer_name: &str,
+        peer_mac: Option<[u8; 6]>,
+        up: bool,
+    ) -> Result<(), NetlinkError> {
         // The peer is created in its namespace under its final name: moving a link between
         // namespaces afterwards waits for an RCU grace period (~15 ms here), creating it
         // there does not.
         let peer = if peer_ns.is_some() { peer_name } else { peer };
-        let mut msg = LinkVeth::new(name, peer).build();
+        let mut msg = if up {
+            LinkVeth::new(name, peer).up().build()
+        } else {
+            LinkVeth::new(name, peer).build()
+        };
         for attr in msg.attributes.iter_mut() {
             if let LinkAttribute::LinkInfo(infos) = attr {
                 for info in infos.iter_mut() {
@@ -220,14 +297,25 @@ impl Netlink {
         addr: Ipv4Addr,
         prefix: u8,
     ) -> Result<(), NetlinkError> {
-        let index = self.index(name).await?;
+        self.add_address_at(self.index(name).await?, addr, prefix)
+            .await
+            .map_err(|e| e.naming(name))
+    }
+
+    /// [`Netlink::add_address`] on the link with index `index`.
+    pub async fn add_address_at(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
         self.handle
             .address()
             .add(index, addr.into(), prefix)
             .replace()
             .execute()
             .await
-            .map_err(req(format!("add {addr}/{prefix} to {name}")))
+            .map_err(req(format!("add {addr}/{prefix} to link {index}")))
     }
 
     /// A route to `dst/prefix`: through `via` (a gateway) and/or out of `dev`.
@@ -238,9 +326,24 @@ impl Netlink {
         via: Option<Ipv4Addr>,
         dev: Option<&str>,
     ) -> Result<(), NetlinkError> {
+        let index = match dev {
+            Some(dev) => Some(self.index(dev).await?),
+            None => None,
+        };
+        self.add_route_at(dst, prefix, via, index).await
+    }
+
+    /// [`Netlink::add_route`] out of the link with index `dev`.
+    pub async fn add_route_at(
+        &self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        via: Option<Ipv4Addr>,
+        dev: Option<u32>,
+    ) -> Result<(), NetlinkError> {
         let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, prefix);
-        if let Some(dev) = dev {
-            b = b.output_interface(self.index(dev).await?);
+        if let Some(index) = dev {
+            b = b.output_interface(index);
         }
         match via {
             Some(gw) => b = b.gateway(gw),

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 
 use crate::ipam::Ipam;
-use crate::netlink::{Netlink, NetlinkError};
+use crate::netlink::{LOOPBACK, Netlink, NetlinkError};
 use crate::netns::{Netns, sysctl};
 
 /// The pods' default gateway: link-local, resolved by a static neighbour entry.
@@ -89,13 +89,20 @@ pub struct PodNetwork {
 
 impl PodNetwork {
     /// The pod network of the node whose namespace is `node`, handing out `cidr`, keeping
-    /// its allocations in `state_dir`. Enables forwarding in the node's namespace.
+    /// its allocations in `state_dir`. Enables forwarding in the node's namespace, and
+    /// `accept_local` for the links created there from now on.
     pub fn new(node: Netns, cidr: Ipv4Net, state_dir: &Path) -> Result<Self, PodNetError> {
         let ipam = Ipam::open(state_dir, cidr).map_err(|source| PodNetError::State {
             path: state_dir.join("ipam.table"),
             source,
         })?;
-        node.run(|| sysctl("net/ipv4/ip_forward", "1"))??;
+        // Replies of NodePort flows leave a pod with the node's own address as their source
+        // once TC has translated them back: the pods' host ends accept that instead of
+        // dropping it as a martian. Set as the default, which each new link copies.
+        node.run(|| {
+            sysctl("net/ipv4/ip_forward", "1")?;
+            sysctl("net/ipv4/conf/default/accept_local", "1")
+        })??;
         Ok(PodNetwork { node, cidr, ipam })
     }
 
@@ -161,40 +168,44 @@ impl PodNetwork {
     }
 
     /// Creates and addresses the pod's veth; returns the host side's index and address.
+    ///
+    /// Ten requests: the host end is created up, links are named by index (the pod's `lo`
+    /// has the same one everywhere), and the host end inherits `accept_local` from the
+    /// node's default (`PodNetwork::new`).
     fn plumb(
         &self,
         host_veth: &str,
         ip: Ipv4Addr,
         pod: &Netns,
     ) -> Result<(u32, [u8; 6]), PodNetError> {
-        let peer = format!("{host_veth}p");
         // Each netlink socket is opened inside its namespace (`within`) and keeps acting
         // there; both are driven on this thread. No thread per namespace.
         here()?.block_on(async {
             let node = self.node.within(Netlink::open)??;
+            match node.add_veth_up(host_veth, pod, "eth0", pod_mac(ip)).await {
+                // Left by an attempt that failed half-way: start over.
+                Err(e) if e.exists() => {
+                    node.del_link(host_veth).await?;
+                    node.add_veth_up(host_veth, pod, "eth0", pod_mac(ip))
+                        .await?;
+                }
+                r => r?,
+            }
             let inside = pod.within(Netlink::open)??;
-            node.del_link(host_veth).await?;
-            node.add_veth(host_veth, &peer, Some(pod), "eth0", Some(pod_mac(ip)))
-                .await?;
-            // Replies of NodePort flows leave the pod with the node's own address as their
-            // source once TC has translated them back: accept that instead of dropping it
-            // as a martian.
-            self.node
-                .within(|| sysctl(&format!("net/ipv4/conf/{host_veth}/accept_local"), "1"))??;
-            node.set_up(host_veth).await?;
-            node.add_route(ip, 32, None, Some(host_veth)).await?;
             let (index, mac) = node.index_and_mac(host_veth).await?;
-            inside.set_up("lo").await?;
-            inside.set_up("eth0").await?;
+            node.add_route_at(ip, 32, None, Some(index)).await?;
+            inside.set_up_at(LOOPBACK).await?;
+            let eth0 = inside.index("eth0").await?;
+            inside.set_up_at(eth0).await?;
             // GRO gives the pod's end a NAPI context: XDP on the node can then redirect
             // NodePort traffic straight into the pod instead of through the node's stack.
             // (Set while the link is up: only then does the host end learn that it may
             // take redirected frames.)
             pod.within(|| crate::ethtool::set_gro("eth0", true))??;
-            inside.add_address("eth0", ip, 32).await?;
-            inside.add_neighbour("eth0", GATEWAY, &mac).await?;
+            inside.add_address_at(eth0, ip, 32).await?;
+            inside.add_neighbour_at(eth0, GATEWAY, &mac).await?;
             inside
-                .add_route(Ipv4Addr::UNSPECIFIED, 0, Some(GATEWAY), Some("eth0"))
+                .add_route_at(Ipv4Addr::UNSPECIFIED, 0, Some(GATEWAY), Some(eth0))
                 .await?;
             Ok((index, mac6(&mac, host_veth)?))
         })

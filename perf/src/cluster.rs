@@ -128,8 +128,14 @@ pub async fn pod_startup(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
         Mode::Quick => 1,
         Mode::Full => 3,
     };
-    let (mut p50s, mut p99s, mut alls, mut binds) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut p50s, mut p99s, mut alls, mut binds, mut cpus, mut kernels) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for run in 0..repeats {
         crate::settle();
         let r = one_deployment(&c, &format!("startup-{run}"), replicas).await?;
@@ -137,6 +143,8 @@ pub async fn pod_startup(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
         p99s.push(r.p99);
         alls.push(r.all);
         binds.push(r.bind_p50);
+        cpus.push(r.cpu_ms_per_pod);
+        kernels.push(r.kernel_ms_per_pod);
     }
     // One row per percentile: the median over the runs, each run's value in the note.
     let row = |what: &str, per_run: &[f64], goal: &str| {
@@ -156,9 +164,11 @@ pub async fn pod_startup(mode: Mode) -> anyhow::Result<Vec<Measurement>> {
     };
     let mut p50 = row("p50", &p50s, "");
     p50.note = format!(
-        "median of {repeats} Deployments one after another on one cluster; all {replicas} running {:.2} s after the Deployment was created; creation -> bound p50 {:.1} ms; {}",
+        "median of {repeats} Deployments one after another on one cluster; all {replicas} running {:.2} s after the Deployment was created; creation -> bound p50 {:.1} ms; machine CPU per pod {:.1} ms, {:.1} ms of it in the kernel; {}",
         crate::median(alls),
         crate::median(binds),
+        crate::median(cpus),
+        crate::median(kernels),
         p50.note
     );
     let p99 = row("p99", &p99s, "p99 <= 100 ms");
@@ -174,6 +184,9 @@ struct StartupRun {
     /// Seconds from the create until the last pod started.
     all: f64,
     bind_p50: f64,
+    /// The whole machine's busy CPU time over that span, per pod, and the kernel's part.
+    cpu_ms_per_pod: f64,
+    kernel_ms_per_pod: f64,
 }
 
 /// Creates Deployment `name` of `replicas`, measures each pod from its creation to its
@@ -205,6 +218,7 @@ async fn one_deployment(c: &Client, name: &str, replicas: usize) -> anyhow::Resu
                     "image": "skiff.local/busybox:1.36", "command": ["sleep", "3600"],
                     "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}}}]}}},
     }))?;
+    let cpu0 = crate::cpu_stat(None)?;
     let t0 = Instant::now();
     c.api::<Deployment>("default")
         .create(&d)
@@ -253,6 +267,9 @@ async fn one_deployment(c: &Client, name: &str, replicas: usize) -> anyhow::Resu
         }
     }
     let all = t0.elapsed().as_secs_f64();
+    let cpu1 = crate::cpu_stat(None)?;
+    // Jiffies (USER_HZ, 10 ms) to milliseconds per pod.
+    let per_pod = |j: u64| j as f64 * 10.0 / replicas as f64;
     latencies.sort_by(|a, b| a.total_cmp(b));
     let pct = |q: f64| {
         latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
@@ -264,6 +281,8 @@ async fn one_deployment(c: &Client, name: &str, replicas: usize) -> anyhow::Resu
         p99: pct(0.99),
         all,
         bind_p50,
+        cpu_ms_per_pod: per_pod(cpu1.busy - cpu0.busy),
+        kernel_ms_per_pod: per_pod(cpu1.kernel - cpu0.kernel),
     };
     c.api::<Deployment>("default")
         .delete(name, &DeleteParams::default())

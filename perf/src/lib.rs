@@ -219,7 +219,6 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_nanos(nanos)
 }
 
-/// The median of some runs.
 /// Waits (up to 15 s) until the machine is quiet: less than 10% of its CPU time busy over
 /// 100 ms. Latency measurements start from there, so the kernel's asynchronous clean-up of
 /// an earlier run (a namespace with 10,000 services' rules going away) does not land in
@@ -244,6 +243,8 @@ pub struct CpuStat {
     pub total: u64,
     /// Softirq time (sampled at ticks on a kernel without IRQ time accounting).
     pub softirq: u64,
+    /// Time in the kernel: system calls, interrupts and softirqs.
+    pub kernel: u64,
 }
 
 /// The whole machine's CPU time (`cpu` None) or one CPU's.
@@ -265,9 +266,11 @@ pub fn cpu_stat(cpu: Option<usize>) -> anyhow::Result<CpuStat> {
         busy: total - idle,
         total,
         softirq: v.get(6).copied().unwrap_or(0),
+        kernel: [2, 5, 6].iter().filter_map(|&i| v.get(i)).sum(),
     })
 }
 
+/// The median of some runs.
 pub fn median(mut xs: Vec<f64>) -> f64 {
     if xs.is_empty() {
         return f64::NAN;
