@@ -7,11 +7,11 @@
 
 pub mod events;
 pub mod informer;
+mod transport;
 
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -26,7 +26,7 @@ use skiff_api::proto::{
 };
 use skiff_api::raw::RawObject;
 use skiff_api::{ApiError, INITIAL_EVENTS_END, Reason};
-use tonic::transport::{Channel, Endpoint};
+use transport::Connection;
 
 pub use skiff_api;
 pub use skiff_api::local::{
@@ -54,7 +54,7 @@ pub type RawWatch = Pin<Box<dyn Stream<Item = Result<RawEvent, ApiError>> + Send
 #[derive(Clone)]
 enum Transport {
     /// gRPC over a connection.
-    Grpc(ApiClient<Channel>),
+    Grpc(ApiClient<Connection>),
     /// Calls into an API server in the same process.
     Local(Arc<dyn LocalApi>),
 }
@@ -79,56 +79,47 @@ fn grpc_error(status: tonic::Status, address: &str) -> ApiError {
     ApiError::from_grpc(&status)
 }
 
-/// A channel's connection: TCP with its writes coalesced (`skiff_api::coalesce`).
-type Connection = hyper_util::rt::TokioIo<skiff_api::coalesce::Coalescing<tokio::net::TcpStream>>;
-
-/// Opens a channel's TCP connection: Nagle off, and the writes of each turn of the
-/// connection's task leave in one system call, so requests sent together by many tasks
-/// share a write.
-async fn open(uri: tonic::transport::Uri) -> std::io::Result<Connection> {
-    let host = uri
-        .host()
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("no host in {uri}"),
-            )
-        })?;
-    let tcp = tokio::net::TcpStream::connect((host, uri.port_u16().unwrap_or(80))).await?;
-    tcp.set_nodelay(true)?;
-    Ok(hyper_util::rt::TokioIo::new(
-        skiff_api::coalesce::Coalescing::new(tcp),
-    ))
-}
-
 fn decode_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("cannot decode the server's answer: {e}"))
 }
 
 impl Client {
-    fn endpoint(address: &str) -> Result<Endpoint, ApiError> {
+    /// A client of `address` (`host:port`, or a URL with scheme http) and its connection,
+    /// not opened yet.
+    fn wrap_with(address: &str) -> Result<(Self, Connection), ApiError> {
+        let invalid = |why: String| {
+            ApiError::bad_request(format!("invalid server address {address:?}: {why}"))
+        };
         let url = if address.contains("://") {
             address.to_string()
         } else {
             format!("http://{address}")
         };
-        Ok(Endpoint::from_shared(url)
-            .map_err(|e| ApiError::bad_request(format!("invalid server address {address:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true))
-    }
-
-    fn wrap(channel: Channel, address: &str) -> Self {
-        Client {
+        let uri: tonic::codegen::http::Uri = url.parse().map_err(|e| invalid(format!("{e}")))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(invalid("only http:// is supported".into()));
+        }
+        let host = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .ok_or_else(|| invalid("no host".into()))?;
+        let port = uri.port_u16().unwrap_or(80);
+        let origin = tonic::codegen::http::Uri::builder()
+            .scheme("http")
+            .authority(uri.authority().map_or(host, |a| a.as_str()))
+            .path_and_query("/")
+            .build()
+            .map_err(|e| invalid(format!("{e}")))?;
+        let connection = Connection::new(host, port);
+        let client = Client {
             transport: Transport::Grpc(
-                ApiClient::new(channel)
+                ApiClient::with_origin(connection.clone(), origin)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             ),
             address: address.to_string(),
-        }
+        };
+        Ok((client, connection))
     }
 
     /// A client of the API server running in this process (`address` names it in
@@ -142,7 +133,7 @@ impl Client {
     }
 
     /// The gRPC client, or None for an in-process client.
-    fn grpc(&self) -> Result<ApiClient<Channel>, &Arc<dyn LocalApi>> {
+    fn grpc(&self) -> Result<ApiClient<Connection>, &Arc<dyn LocalApi>> {
         match &self.transport {
             Transport::Grpc(c) => Ok(c.clone()),
             Transport::Local(l) => Err(l),
@@ -151,26 +142,21 @@ impl Client {
 
     /// Connects now; fails with a clear message if the server is not there.
     pub async fn connect(address: &str) -> Result<Self, ApiError> {
-        let channel = Self::endpoint(address)?
-            .connect_with_connector(tower::service_fn(open))
-            .await
-            .map_err(|e| {
-            ApiError::new(
-                Reason::ServiceUnavailable,
-                format!(
-                    "The connection to the server {address} was refused - did you specify the right host or port? ({e})"
-                ),
-            )
-        })?;
-        Ok(Self::wrap(channel, address))
+        let (client, connection) = Self::wrap_with(address)?;
+        connection.open().await.map_err(|e| {
+                ApiError::new(
+                    Reason::ServiceUnavailable,
+                    format!(
+                        "The connection to the server {address} was refused - did you specify the right host or port? ({e})"
+                    ),
+                )
+            })?;
+        Ok(client)
     }
 
     /// Connects on first use and reconnects as needed (for long-running components).
     pub fn connect_lazy(address: &str) -> Result<Self, ApiError> {
-        Ok(Self::wrap(
-            Self::endpoint(address)?.connect_with_connector_lazy(tower::service_fn(open)),
-            address,
-        ))
+        Ok(Self::wrap_with(address)?.0)
     }
 
     pub fn address(&self) -> &str {
