@@ -69,7 +69,7 @@ impl Underlay {
         let ns = Netns::create()?;
         self.ns.block_on(async {
             let nl = Netlink::open()?;
-            nl.add_veth(port, &format!("{port}x"), Some(&ns), "eth0", None)
+            nl.add_veth(port, &format!("{port}x"), Some(&ns), "eth0", None, false)
                 .await?;
             nl.set_master(port, BRIDGE).await?;
             nl.set_up(port).await

@@ -108,20 +108,8 @@ impl Netlink {
             .ok_or_else(|| NetlinkError::NoLink(format!("{name} (no hardware address)")))
     }
 
-    /// A permanent neighbour entry: `ip` is at `mac` on `dev`.
+    /// A permanent neighbour entry: `ip` is at `mac` on the link with index `index`.
     pub async fn add_neighbour(
-        &self,
-        dev: &str,
-        ip: Ipv4Addr,
-        mac: &[u8],
-    ) -> Result<(), NetlinkError> {
-        self.add_neighbour_at(self.index(dev).await?, ip, mac)
-            .await
-            .map_err(|e| e.naming(dev))
-    }
-
-    /// [`Netlink::add_neighbour`] on the link with index `index`.
-    pub async fn add_neighbour_at(
         &self,
         index: u32,
         ip: Ipv4Addr,
@@ -177,41 +165,11 @@ impl Netlink {
     }
 
     /// Creates a veth pair. With `peer_ns` the peer is created in that namespace as
-    /// `peer_name` (else here as `peer`); `peer_mac` gives it its hardware address.
+    /// `peer_name` (else here as `peer`); `peer_mac` gives it its hardware address. With
+    /// `up` this end is up from the start (the kernel configures its flags as it creates
+    /// it: no request afterwards); the peer cannot be: the kernel brings it up before the
+    /// pair is joined, and refuses.
     pub async fn add_veth(
-        &self,
-        name: &str,
-        peer: &str,
-        peer_ns: Option<&Netns>,
-        peer_name: &str,
-        peer_mac: Option<[u8; 6]>,
-    ) -> Result<(), NetlinkError> {
-        self.create_veth(name, peer, peer_ns, peer_name, peer_mac, false)
-            .await
-    }
-
-    /// [`Netlink::add_veth`] with this end up from the start (the kernel configures its
-    /// flags as it creates it: no request afterwards). The peer cannot be: the kernel
-    /// brings it up before the pair is joined, and refuses.
-    pub async fn add_veth_up(
-        &self,
-        name: &str,
-        peer_ns: &Netns,
-        peer_name: &str,
-        peer_mac: [u8; 6],
-    ) -> Result<(), NetlinkError> {
-        self.create_veth(
-            name,
-            peer_name,
-            Some(peer_ns),
-            peer_name,
-            Some(peer_mac),
-            true,
-        )
-        .await
-    }
-
-    async fn create_veth(
         &self,
         name: &str,
         peer: &str,

@@ -182,12 +182,21 @@ impl PodNetwork {
         // there; both are driven on this thread. No thread per namespace.
         here()?.block_on(async {
             let node = self.node.within(Netlink::open)??;
-            match node.add_veth_up(host_veth, pod, "eth0", pod_mac(ip)).await {
+            let create = || {
+                node.add_veth(
+                    host_veth,
+                    host_veth,
+                    Some(pod),
+                    "eth0",
+                    Some(pod_mac(ip)),
+                    true,
+                )
+            };
+            match create().await {
                 // Left by an attempt that failed half-way: start over.
                 Err(e) if e.exists() => {
                     node.del_link(host_veth).await?;
-                    node.add_veth_up(host_veth, pod, "eth0", pod_mac(ip))
-                        .await?;
+                    create().await?;
                 }
                 r => r?,
             }
@@ -203,7 +212,7 @@ impl PodNetwork {
             // take redirected frames.)
             pod.within(|| crate::ethtool::set_gro("eth0", true))??;
             inside.add_address_at(eth0, ip, 32).await?;
-            inside.add_neighbour_at(eth0, GATEWAY, &mac).await?;
+            inside.add_neighbour(eth0, GATEWAY, &mac).await?;
             inside
                 .add_route_at(Ipv4Addr::UNSPECIFIED, 0, Some(GATEWAY), Some(eth0))
                 .await?;
