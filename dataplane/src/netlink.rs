@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteScope;
 pub use rtnetlink::packet_route::route::RouteType;
@@ -162,6 +164,25 @@ impl Netlink {
             .execute()
             .await
             .map_err(req(format!("set link {index} up")))
+    }
+
+    /// Lets the link with index `index` accept packets whose source is one of this
+    /// namespace's own addresses (`net.ipv4.conf.<link>.accept_local`), by netlink: no
+    /// visit to the namespace, no other link touched.
+    pub async fn set_accept_local(&self, index: u32) -> Result<(), NetlinkError> {
+        let mut conf = InetDevConf::default();
+        conf.accept_local = 1;
+        let mut msg = LinkUnspec::new_with_index(index).build();
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::DevConfRequest(conf),
+            ])]));
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(req(format!("set accept_local on link {index}")))
     }
 
     /// Creates a veth pair. With `peer_ns` the peer is created in that namespace as

@@ -89,20 +89,13 @@ pub struct PodNetwork {
 
 impl PodNetwork {
     /// The pod network of the node whose namespace is `node`, handing out `cidr`, keeping
-    /// its allocations in `state_dir`. Enables forwarding in the node's namespace, and
-    /// `accept_local` for the links created there from now on.
+    /// its allocations in `state_dir`. Enables forwarding in the node's namespace.
     pub fn new(node: Netns, cidr: Ipv4Net, state_dir: &Path) -> Result<Self, PodNetError> {
         let ipam = Ipam::open(state_dir, cidr).map_err(|source| PodNetError::State {
             path: state_dir.join("ipam.table"),
             source,
         })?;
-        // Replies of NodePort flows leave a pod with the node's own address as their source
-        // once TC has translated them back: the pods' host ends accept that instead of
-        // dropping it as a martian. Set as the default, which each new link copies.
-        node.run(|| {
-            sysctl("net/ipv4/ip_forward", "1")?;
-            sysctl("net/ipv4/conf/default/accept_local", "1")
-        })??;
+        node.run(|| sysctl("net/ipv4/ip_forward", "1"))??;
         Ok(PodNetwork { node, cidr, ipam })
     }
 
@@ -169,9 +162,9 @@ impl PodNetwork {
 
     /// Creates and addresses the pod's veth; returns the host side's index and address.
     ///
-    /// Ten requests: the host end is created up, links are named by index (the pod's `lo`
-    /// has the same one everywhere), and the host end inherits `accept_local` from the
-    /// node's default (`PodNetwork::new`).
+    /// Eleven requests and no visit to the node's namespace: the host end is created up,
+    /// links are named by index (the pod's `lo` has the same one everywhere), and the host
+    /// end's `accept_local` is set over netlink.
     fn plumb(
         &self,
         host_veth: &str,
@@ -185,7 +178,7 @@ impl PodNetwork {
             let create = || {
                 node.add_veth(
                     host_veth,
-                    host_veth,
+                    "eth0",
                     Some(pod),
                     "eth0",
                     Some(pod_mac(ip)),
@@ -202,6 +195,10 @@ impl PodNetwork {
             }
             let inside = pod.within(Netlink::open)??;
             let (index, mac) = node.index_and_mac(host_veth).await?;
+            // Replies of NodePort flows leave the pod with the node's own address as their
+            // source once TC has translated them back: accept that instead of dropping it
+            // as a martian. Set on this link alone (the node's namespace may be the host's).
+            node.set_accept_local(index).await?;
             node.add_route_at(ip, 32, None, Some(index)).await?;
             inside.set_up_at(LOOPBACK).await?;
             let eth0 = inside.index("eth0").await?;

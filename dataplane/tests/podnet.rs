@@ -45,6 +45,17 @@ fn pods_reach_each_other_through_their_node_and_leave_nothing_behind() {
                 (iface.host_ifindex, iface.host_mac.to_vec()),
                 (index, host_mac)
             );
+            // NodePort replies come back with the node's own address as their source: the
+            // host end accepts them (and only that link was changed).
+            let accept_local = |link: &str| {
+                node.run(|| {
+                    std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{link}/accept_local"))
+                })
+                .expect("ns")
+                .expect("sysctl")
+            };
+            assert_eq!(accept_local(&iface.host_veth).trim(), "1");
+            assert_eq!(accept_local("default").trim(), "0");
             let mac = ns
                 .block_on(async { Netlink::open()?.mac("eth0").await })
                 .expect("ns")
