@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, Namespace, NamespaceSpec, Pod, PodSpec, Probe, Secret, Service,
+    Container, Namespace, NamespaceSpec, Pod, PodSpec, Probe, Secret, Service, Toleration,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -95,6 +95,47 @@ pub fn default_pod_spec(spec: &mut PodSpec) {
             set(&mut s.default_mode, 0o644);
         }
     }
+}
+
+/// A Pod's create edits: the status is the server's, and every Pod tolerates a node being
+/// not ready or unreachable for a while (kube-apiserver's DefaultTolerationSeconds
+/// admission), unless it already tolerates that.
+pub fn create_pod(pod: &mut Pod, edits: &crate::object::CreateEdits) {
+    pod.status = None;
+    let Some(spec) = pod.spec.as_mut() else {
+        return;
+    };
+    let list = spec.tolerations.get_or_insert_with(Vec::new);
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let covered = list.iter().any(|t| {
+            let k = t.key.as_deref().unwrap_or_default();
+            let effect = t.effect.as_deref().unwrap_or_default();
+            let exists = t.operator.as_deref() == Some("Exists");
+            (k == key || (k.is_empty() && exists)) && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !covered {
+            list.push(Toleration {
+                key: Some(key.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(edits.toleration_seconds),
+                value: None,
+            });
+        }
+    }
+}
+
+/// A Deployment's create edits: the status is the server's.
+pub fn create_deployment(d: &mut Deployment, _: &crate::object::CreateEdits) {
+    d.status = None;
+}
+
+/// A ReplicaSet's create edits: the status is the server's.
+pub fn create_replicaset(rs: &mut ReplicaSet, _: &crate::object::CreateEdits) {
+    rs.status = None;
 }
 
 pub fn default_pod(pod: &mut Pod) {

@@ -2,12 +2,15 @@
 //! decoding into its `k8s-openapi` type (type errors and unknown fields named by path),
 //! defaulting, then validation. Objects stay `serde_json::Value` around it, so the API server
 //! handles every kind with one code path; a create that edits nothing after admission takes
-//! the typed object straight to the bytes it stores (`admit_encoded`).
+//! the typed object straight to the bytes it stores (`admit_created`), or, for a request
+//! that needs nothing unusual, decodes it straight from its bytes (`admit_created_bytes`).
 
+use k8s_openapi::Metadata;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -17,10 +20,20 @@ use crate::error::{ApiError, Cause};
 use crate::resource::ResourceInfo;
 use crate::validation;
 
+/// What a create's edits need beyond the object.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateEdits {
+    /// tolerationSeconds of the not-ready and unreachable tolerations every Pod gets.
+    pub toleration_seconds: i64,
+}
+
 /// A built-in kind: its typed form, defaulting and validation.
-pub trait Kind: DeserializeOwned + Serialize {
+pub trait Kind: DeserializeOwned + Serialize + Metadata<Ty = ObjectMeta> {
     fn apply_defaults(&mut self) {}
     fn validate(&self) -> Vec<Cause>;
+    /// A create's edits of the kind's own fields, before defaulting (a status the server
+    /// owns is dropped; Pods get their default tolerations).
+    fn on_create(&mut self, _edits: &CreateEdits) {}
 }
 
 macro_rules! kind {
@@ -41,18 +54,38 @@ macro_rules! kind {
             }
         }
     };
+    ($ty:ty, $validate:path, $default:path, $create:path) => {
+        impl Kind for $ty {
+            fn apply_defaults(&mut self) {
+                $default(self)
+            }
+            fn validate(&self) -> Vec<Cause> {
+                $validate(self)
+            }
+            fn on_create(&mut self, edits: &CreateEdits) {
+                $create(self, edits)
+            }
+        }
+    };
 }
 
-kind!(Pod, validation::validate_pod, defaults::default_pod);
+kind!(
+    Pod,
+    validation::validate_pod,
+    defaults::default_pod,
+    defaults::create_pod
+);
 kind!(
     Deployment,
     validation::validate_deployment,
-    defaults::default_deployment
+    defaults::default_deployment,
+    defaults::create_deployment
 );
 kind!(
     ReplicaSet,
     validation::validate_replicaset,
-    defaults::default_replicaset
+    defaults::default_replicaset,
+    defaults::create_replicaset
 );
 kind!(
     Service,
@@ -176,10 +209,17 @@ fn write_path(path: &serde_ignored::Path, out: &mut String) {
     }
 }
 
-/// Decodes, defaults and validates `value` as `K`.
-fn admitted<K: Kind>(info: &ResourceInfo, value: &Value) -> Result<K, ApiError> {
+/// Decodes, defaults and validates `value` as `K` (with a create's edits when `create`).
+fn admitted<K: Kind>(
+    info: &ResourceInfo,
+    value: &Value,
+    create: Option<&CreateEdits>,
+) -> Result<K, ApiError> {
     let invalid = |causes| ApiError::invalid(&info.qualified_kind(), &object_name(value), causes);
     let mut typed: K = decode_strict(value).map_err(invalid)?;
+    if let Some(edits) = create {
+        typed.on_create(edits);
+    }
     typed.apply_defaults();
     let causes = typed.validate();
     if causes.is_empty() {
@@ -190,20 +230,62 @@ fn admitted<K: Kind>(info: &ResourceInfo, value: &Value) -> Result<K, ApiError> 
 }
 
 fn admit_typed<K: Kind>(info: &ResourceInfo, value: Value) -> Result<Value, ApiError> {
-    let typed: K = admitted(info, &value)?;
+    let typed: K = admitted(info, &value, None)?;
     serde_json::to_value(&typed).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-fn admit_encoded_typed<K: Kind>(
+fn admit_created_typed<K: Kind>(
     info: &ResourceInfo,
     value: Value,
+    edits: &CreateEdits,
     size_hint: usize,
 ) -> Result<Vec<u8>, ApiError> {
-    let typed: K = admitted(info, &value)?;
+    let typed: K = admitted(info, &value, Some(edits))?;
     drop(value);
     let mut out = Vec::with_capacity(size_hint);
     serde_json::to_writer(&mut out, &typed).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(out)
+}
+
+/// A create's admission straight from the request's bytes: decoded into the kind's type
+/// with no tree in between, `meta` makes the server's edits of the metadata, then the
+/// kind's create edits, defaults and validation, and the object is encoded once. None when
+/// the body needs the general path (`admit_created`): it does not decode cleanly into the
+/// type, has a field the type has no place for, `meta` refuses it, or it is invalid. That
+/// path then says what is wrong, so every error is worded one way.
+pub fn admit_created_bytes(
+    info: &ResourceInfo,
+    body: &[u8],
+    edits: &CreateEdits,
+    meta: &mut dyn FnMut(&mut ObjectMeta) -> bool,
+) -> Option<Vec<u8>> {
+    crate::dispatch_kind!(
+        info.kind,
+        admit_created_bytes_typed(body, edits, meta),
+        None
+    )
+}
+
+fn admit_created_bytes_typed<K: Kind>(
+    body: &[u8],
+    edits: &CreateEdits,
+    meta: &mut dyn FnMut(&mut ObjectMeta) -> bool,
+) -> Option<Vec<u8>> {
+    let mut unknown = false;
+    let mut decoder = serde_json::Deserializer::from_slice(body);
+    let mut typed: K = serde_ignored::deserialize(&mut decoder, |_| unknown = true).ok()?;
+    decoder.end().ok()?;
+    if unknown || !meta(typed.metadata_mut()) {
+        return None;
+    }
+    typed.on_create(edits);
+    typed.apply_defaults();
+    if !typed.validate().is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() + 256);
+    serde_json::to_writer(&mut out, &typed).ok()?;
+    Some(out)
 }
 
 /// The current time as Kubernetes writes timestamps (whole seconds on the wire).
@@ -229,18 +311,20 @@ pub fn admit(info: &ResourceInfo, value: Value) -> Result<Value, ApiError> {
     )
 }
 
-/// `admit`, answered as the JSON to store: the typed object is encoded once, with no tree
-/// in between (the path of a create that edits nothing after admission). `size_hint`: the
-/// expected length of the JSON (the request's, plus what the server adds), so that the
-/// output is written into one allocation rather than grown by doubling.
-pub fn admit_encoded(
+/// `admit` for a create, with the kind's create edits, answered as the JSON to store: the
+/// typed object is encoded once, with no tree in between (the path of a create that edits
+/// nothing after admission). `size_hint`: the expected length of the JSON (the request's,
+/// plus what the server adds), so that the output is written into one allocation rather
+/// than grown by doubling.
+pub fn admit_created(
     info: &ResourceInfo,
     value: Value,
+    edits: &CreateEdits,
     size_hint: usize,
 ) -> Result<Vec<u8>, ApiError> {
     crate::dispatch_kind!(
         info.kind,
-        admit_encoded_typed(info, value, size_hint),
+        admit_created_typed(info, value, edits, size_hint),
         Err(ApiError::bad_request(format!(
             "no validation registered for kind {}",
             info.kind
@@ -343,10 +427,11 @@ mod tests {
         );
     }
 
-    /// The encoded admission stores exactly the object the tree admission gives, for
-    /// every kind, and fails the same way.
+    /// A create's admission stores exactly the object the tree admission gives plus the
+    /// kind's create edits, for every kind, and fails the same way; from the request's
+    /// bytes it stores the very same bytes, and leaves a broken object to the general path.
     #[test]
-    fn encoded_admission_matches_the_tree() {
+    fn created_admission_matches_the_tree() {
         let pod_spec = json!({"containers": [{"name": "c", "image": "busybox:1.36",
             "ports": [{"containerPort": 80}], "env": [{"name": "A", "value": "1"}]}],
             "tolerations": [{"key": "k", "operator": "Exists"}]});
@@ -417,29 +502,86 @@ mod tests {
                 "reason": "Scheduled", "message": "m", "type": "Normal", "count": 1}),
             ),
         ];
+        let edits = CreateEdits {
+            toleration_seconds: 300,
+        };
         for (plural, obj) in objects {
             let info = by_plural(plural).expect("kind");
             let tree = admit(info, obj.clone()).expect("valid");
-            let bytes = admit_encoded(info, obj.clone(), 0).expect("valid");
-            let encoded: Value = serde_json::from_slice(&bytes).expect("json");
+            let bytes = admit_created(info, obj.clone(), &edits, 0).expect("valid");
+            let mut encoded: Value = serde_json::from_slice(&bytes).expect("json");
+            if plural == "pods" {
+                // The create edits: the default tolerations join the pod's own.
+                let tolerations = encoded["spec"]["tolerations"]
+                    .as_array_mut()
+                    .expect("tolerations");
+                assert_eq!(tolerations.len(), 3, "{tolerations:?}");
+                assert_eq!(tolerations[1]["key"], "node.kubernetes.io/not-ready");
+                assert_eq!(tolerations[2]["tolerationSeconds"], 300);
+                tolerations.truncate(1);
+            }
             assert_eq!(encoded, tree, "{plural}");
+            let mut seen = None;
+            let fast = admit_created_bytes(info, obj.to_string().as_bytes(), &edits, &mut |m| {
+                seen = m.name.clone();
+                true
+            });
+            assert_eq!(fast.as_deref(), Some(&bytes[..]), "{plural}");
+            assert_eq!(seen.as_deref(), obj["metadata"]["name"].as_str());
             // Broken the same ways: an unknown field, a wrong type.
             let mut unknown = obj.clone();
             unknown["metadata"]["colour"] = json!("blue");
             let (a, b) = (
                 admit(info, unknown.clone()).expect_err("unknown"),
-                admit_encoded(info, unknown, 0).expect_err("unknown"),
+                admit_created(info, unknown.clone(), &edits, 0).expect_err("unknown"),
             );
             assert_eq!(
                 (a.message.clone(), a.causes.len()),
                 (b.message, 1),
                 "{plural}"
             );
-            let mut wrong = obj;
+            let general = |v: &Value| {
+                admit_created_bytes(info, v.to_string().as_bytes(), &edits, &mut |_| true)
+            };
+            assert_eq!(general(&unknown), None, "{plural}");
+            let mut wrong = obj.clone();
             wrong["metadata"]["labels"] = json!(["not", "a", "map"]);
-            let b = admit_encoded(info, wrong, 0).expect_err("type");
+            assert_eq!(general(&wrong), None, "{plural}");
+            let b = admit_created(info, wrong, &edits, 0).expect_err("type");
             assert_eq!(b.causes[0].field, "metadata.labels", "{plural}");
+            // Refused by the metadata edits, or trailing bytes: the general path too.
+            let refused =
+                admit_created_bytes(info, obj.to_string().as_bytes(), &edits, &mut |_| false);
+            assert_eq!(refused, None, "{plural}");
+            assert_eq!(general(&json!([obj])), None, "{plural}");
+            let trailing = format!("{obj} {{}}");
+            let trailing = admit_created_bytes(info, trailing.as_bytes(), &edits, &mut |_| true);
+            assert_eq!(trailing, None, "{plural}");
         }
+    }
+
+    /// A Pod's create drops the status the client sent and does not add a toleration the
+    /// pod already has.
+    #[test]
+    fn a_created_pod_loses_its_status_and_keeps_its_own_tolerations() {
+        let info = by_plural("pods").expect("kind");
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}],
+                "tolerations": [{"operator": "Exists"}]},
+            "status": {"phase": "Running"}});
+        let edits = CreateEdits {
+            toleration_seconds: 60,
+        };
+        let bytes = admit_created(info, pod.clone(), &edits, 0).expect("valid");
+        let stored: Value = serde_json::from_slice(&bytes).expect("json");
+        // The client's status gone; the default one (Pending) in its place.
+        assert_eq!(stored["status"], json!({"phase": "Pending"}));
+        assert_eq!(
+            stored["spec"]["tolerations"],
+            json!([{"operator": "Exists"}])
+        );
+        let fast = admit_created_bytes(info, pod.to_string().as_bytes(), &edits, &mut |_| true);
+        assert_eq!(fast, Some(bytes));
     }
 
     /// An unknown field set to null is still unknown; a known one set to null is absent.

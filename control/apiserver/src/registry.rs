@@ -14,7 +14,9 @@ use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 use rand::Rng;
 use serde_json::{Value, json};
-use skiff_api::object::{admit, admit_encoded, meta_str, object_name};
+use skiff_api::object::{
+    CreateEdits, admit, admit_created, admit_created_bytes, meta_str, object_name,
+};
 use skiff_api::resource::{self, RESOURCES, ResourceInfo};
 use skiff_api::selector::{FieldSelector, LabelSelector};
 use skiff_api::{ApiError, Cause, MAX_OBJECT_BYTES, Reason};
@@ -450,6 +452,35 @@ impl Registry {
         body: &[u8],
     ) -> Result<Bytes, ApiError> {
         let info = Self::info(plural)?;
+        check_size(body.len())?;
+        let edits = self.create_edits();
+        if info.kind != "Service" {
+            // The usual request: decoded straight into its type and edited there. Anything
+            // unusual (and every error) takes the general path below.
+            let mut target = None;
+            let fast = admit_created_bytes(info, body, &edits, &mut |m| match Self::created_meta(
+                m,
+                info.namespaced,
+                namespace,
+            ) {
+                Ok(t) => {
+                    target = Some(t);
+                    true
+                }
+                Err(_) => false,
+            });
+            if let (Some(bytes), Some((ns, name))) = (fast, target) {
+                if info.namespaced {
+                    self.ensure_namespace_active(&ns).await?;
+                }
+                let bytes = Bytes::from(bytes);
+                let written = self
+                    .store
+                    .create(&info.key(&ns, &name), bytes.clone())
+                    .await;
+                return self.finish_write(written, &bytes, Allocation::default(), info, &name);
+            }
+        }
         let mut obj = parse_object(body)?;
         Self::check_type(info, &mut obj)?;
         let ns = Self::resolve_namespace(info, namespace, &mut obj)?;
@@ -473,9 +504,6 @@ impl Registry {
             ] {
                 meta.remove(f);
             }
-        }
-        if matches!(info.kind, "Pod" | "Deployment" | "ReplicaSet") {
-            obj.as_object_mut().map(|o| o.remove("status"));
         }
         let stamp = |obj: &mut Value| {
             let meta = meta_mut(obj);
@@ -504,12 +532,9 @@ impl Registry {
             }
         } else {
             // Every server edit made before admission: the typed object is encoded once.
-            if info.kind == "Pod" {
-                self.default_tolerations(&mut obj);
-            }
             stamp(&mut obj);
             // The stored JSON is the request's plus uid, timestamp, generation and defaults.
-            let bytes = admit_encoded(info, obj, body.len() + 256)?;
+            let bytes = admit_created(info, obj, &edits, body.len() + 256)?;
             if info.namespaced {
                 self.ensure_namespace_active(&ns).await?;
             }
@@ -534,9 +559,45 @@ impl Registry {
     ) -> Result<Bytes, ApiError> {
         use skiff_api::object::Kind;
         let info = Self::info("events")?;
-        let m = &mut event.metadata;
-        let ns = Self::pick_namespace(namespace, m.namespace.take().unwrap_or_default())?;
-        m.namespace = Some(ns.clone());
+        let (ns, name) = Self::created_meta(&mut event.metadata, true, namespace)?;
+        event.apply_defaults();
+        let causes = event.validate();
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(&info.qualified_kind(), &name, causes));
+        }
+        self.ensure_namespace_active(&ns).await?;
+        let bytes =
+            Bytes::from(serde_json::to_vec(&event).map_err(|e| ApiError::internal(e.to_string()))?);
+        check_size(bytes.len())?;
+        let written = self
+            .store
+            .create(&info.key(&ns, &name), bytes.clone())
+            .await;
+        self.finish_write(written, &bytes, Allocation::default(), info, &name)
+    }
+
+    /// What a create's kind edits need of the server's configuration.
+    fn create_edits(&self) -> CreateEdits {
+        CreateEdits {
+            toleration_seconds: self.default_toleration_seconds,
+        }
+    }
+
+    /// A create's edits of a typed object's metadata: its namespace (from the request's
+    /// and its own), a name from generateName, the server's fields cleared and set (uid,
+    /// creationTimestamp, generation). Refuses a resourceVersion or two namespaces that
+    /// differ. Answers the namespace ("" when cluster-scoped) and the name.
+    fn created_meta(
+        m: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        namespaced: bool,
+        namespace: &str,
+    ) -> Result<(String, String), ApiError> {
+        let ns = if namespaced {
+            Self::pick_namespace(namespace, m.namespace.take().unwrap_or_default())?
+        } else {
+            String::new()
+        };
+        m.namespace = namespaced.then(|| ns.clone());
         if m.resource_version.as_deref().is_some_and(|v| !v.is_empty()) {
             return Err(ApiError::bad_request(
                 "resourceVersion should not be set on objects to be created",
@@ -547,30 +608,12 @@ impl Registry {
         {
             m.name = Some(format!("{prefix}{}", random_suffix()));
         }
-        m.uid = None;
-        m.creation_timestamp = None;
         m.deletion_timestamp = None;
         m.deletion_grace_period_seconds = None;
-        m.generation = None;
-        let name = m.name.clone().unwrap_or_default();
-        event.apply_defaults();
-        let causes = event.validate();
-        if !causes.is_empty() {
-            return Err(ApiError::invalid(&info.qualified_kind(), &name, causes));
-        }
-        self.ensure_namespace_active(&ns).await?;
-        let m = &mut event.metadata;
         m.uid = Some(uuid::Uuid::new_v4().to_string());
         m.creation_timestamp = Some(skiff_api::object::now());
         m.generation = Some(1);
-        let bytes =
-            Bytes::from(serde_json::to_vec(&event).map_err(|e| ApiError::internal(e.to_string()))?);
-        check_size(bytes.len())?;
-        let written = self
-            .store
-            .create(&info.key(&ns, &name), bytes.clone())
-            .await;
-        self.finish_write(written, &bytes, Allocation::default(), info, &name)
+        Ok((ns, m.name.clone().unwrap_or_default()))
     }
 
     /// Settles a write's allocations by its outcome and answers with the stored object.
@@ -1193,6 +1236,35 @@ impl Registry {
         subresource: &str,
     ) -> Result<Bytes, ApiError> {
         let info = Self::info(plural)?;
+        check_size(body.len())?;
+        let edits = self.create_edits();
+        if info.kind != "Service" {
+            // The usual request: decoded straight into its type and edited there. Anything
+            // unusual (and every error) takes the general path below.
+            let mut target = None;
+            let fast = admit_created_bytes(info, body, &edits, &mut |m| match Self::created_meta(
+                m,
+                info.namespaced,
+                namespace,
+            ) {
+                Ok(t) => {
+                    target = Some(t);
+                    true
+                }
+                Err(_) => false,
+            });
+            if let (Some(bytes), Some((ns, name))) = (fast, target) {
+                if info.namespaced {
+                    self.ensure_namespace_active(&ns).await?;
+                }
+                let bytes = Bytes::from(bytes);
+                let written = self
+                    .store
+                    .create(&info.key(&ns, &name), bytes.clone())
+                    .await;
+                return self.finish_write(written, &bytes, Allocation::default(), info, &name);
+            }
+        }
         let mut obj = parse_object(body)?;
         Self::check_type(info, &mut obj)?;
         let ns = Self::resolve_namespace(info, namespace, &mut obj)?;
@@ -1451,39 +1523,6 @@ impl Registry {
             })
             .unwrap_or(30)
             .max(0)
-    }
-
-    /// DefaultTolerationSeconds: tolerations of the node-failure taints, unless the pod
-    /// has its own.
-    fn default_tolerations(&self, pod: &mut Value) {
-        let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
-            return;
-        };
-        let list = spec.entry("tolerations").or_insert_with(|| json!([]));
-        if list.is_null() {
-            *list = json!([]);
-        }
-        let Some(list) = list.as_array_mut() else {
-            return;
-        };
-        for key in [
-            "node.kubernetes.io/not-ready",
-            "node.kubernetes.io/unreachable",
-        ] {
-            let covered = list.iter().any(|t| {
-                let k = t.get("key").and_then(Value::as_str).unwrap_or_default();
-                let effect = t.get("effect").and_then(Value::as_str).unwrap_or_default();
-                let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
-                (k == key || (k.is_empty() && exists))
-                    && (effect.is_empty() || effect == "NoExecute")
-            });
-            if !covered {
-                list.push(
-                    json!({"key": key, "operator": "Exists", "effect": "NoExecute",
-                    "tolerationSeconds": self.default_toleration_seconds}),
-                );
-            }
-        }
     }
 
     // ---- binding ------------------------------------------------------------------------
