@@ -1236,35 +1236,6 @@ impl Registry {
         subresource: &str,
     ) -> Result<Bytes, ApiError> {
         let info = Self::info(plural)?;
-        check_size(body.len())?;
-        let edits = self.create_edits();
-        if info.kind != "Service" {
-            // The usual request: decoded straight into its type and edited there. Anything
-            // unusual (and every error) takes the general path below.
-            let mut target = None;
-            let fast = admit_created_bytes(info, body, &edits, &mut |m| match Self::created_meta(
-                m,
-                info.namespaced,
-                namespace,
-            ) {
-                Ok(t) => {
-                    target = Some(t);
-                    true
-                }
-                Err(_) => false,
-            });
-            if let (Some(bytes), Some((ns, name))) = (fast, target) {
-                if info.namespaced {
-                    self.ensure_namespace_active(&ns).await?;
-                }
-                let bytes = Bytes::from(bytes);
-                let written = self
-                    .store
-                    .create(&info.key(&ns, &name), bytes.clone())
-                    .await;
-                return self.finish_write(written, &bytes, Allocation::default(), info, &name);
-            }
-        }
         let mut obj = parse_object(body)?;
         Self::check_type(info, &mut obj)?;
         let ns = Self::resolve_namespace(info, namespace, &mut obj)?;

@@ -55,6 +55,44 @@ async fn create_sets_server_metadata_and_defaults() {
     assert!(name.starts_with("cfg-") && name.len() == 9, "{name}");
 }
 
+/// An update without a resourceVersion (unconditional) replaces the object and keeps what
+/// the server set at its create; a create of a name that exists is AlreadyExists.
+#[tokio::test]
+async fn unconditional_update_replaces_and_a_second_create_conflicts() {
+    let s = start().await;
+    let created = parse(
+        &s.client
+            .create("configmaps", "default", body(&configmap("cfg", "one")))
+            .await
+            .expect("create"),
+    );
+    let again = s
+        .client
+        .create("configmaps", "default", body(&configmap("cfg", "two")))
+        .await
+        .expect_err("exists");
+    assert_eq!(again.reason, Reason::AlreadyExists, "{again:?}");
+    let updated = parse(
+        &s.client
+            .update(
+                "configmaps",
+                "default",
+                "cfg",
+                body(&configmap("cfg", "two")),
+                "",
+            )
+            .await
+            .expect("unconditional update"),
+    );
+    assert_eq!(updated["data"]["k"], "two");
+    assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
+    assert_eq!(
+        updated["metadata"]["creationTimestamp"],
+        created["metadata"]["creationTimestamp"]
+    );
+    assert!(rv(&updated) > rv(&created));
+}
+
 #[tokio::test]
 async fn every_error_reason_is_reported() {
     let s = start().await;
