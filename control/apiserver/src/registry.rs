@@ -458,27 +458,18 @@ impl Registry {
             // The usual request: decoded straight into its type and edited there. Anything
             // unusual (and every error) takes the general path below.
             let mut target = None;
-            let fast = admit_created_bytes(info, body, &edits, &mut |m| match Self::created_meta(
-                m,
-                info.namespaced,
-                namespace,
-            ) {
-                Ok(t) => {
-                    target = Some(t);
-                    true
-                }
-                Err(_) => false,
+            let fast = admit_created_bytes(info, body, &edits, &mut |m| {
+                Self::created_meta(m, info.namespaced, namespace)
+                    .map(|t| target = Some(t))
+                    .is_ok()
             });
             if let (Some(bytes), Some((ns, name))) = (fast, target) {
                 if info.namespaced {
                     self.ensure_namespace_active(&ns).await?;
                 }
-                let bytes = Bytes::from(bytes);
-                let written = self
-                    .store
-                    .create(&info.key(&ns, &name), bytes.clone())
+                return self
+                    .store_created(info, &ns, &name, Bytes::from(bytes), Allocation::default())
                     .await;
-                return self.finish_write(written, &bytes, Allocation::default(), info, &name);
             }
         }
         let mut obj = parse_object(body)?;
@@ -540,12 +531,8 @@ impl Registry {
             }
             (bytes, Allocation::default())
         };
-        let bytes = Bytes::from(bytes);
-        let written = self
-            .store
-            .create(&info.key(&ns, &name), bytes.clone())
-            .await;
-        self.finish_write(written, &bytes, alloc, info, &name)
+        self.store_created(info, &ns, &name, Bytes::from(bytes), alloc)
+            .await
     }
 
     /// Creates an Event handed over in process (the recorders of the scheduler and the
@@ -569,11 +556,22 @@ impl Registry {
         let bytes =
             Bytes::from(serde_json::to_vec(&event).map_err(|e| ApiError::internal(e.to_string()))?);
         check_size(bytes.len())?;
-        let written = self
-            .store
-            .create(&info.key(&ns, &name), bytes.clone())
-            .await;
-        self.finish_write(written, &bytes, Allocation::default(), info, &name)
+        self.store_created(info, &ns, &name, bytes, Allocation::default())
+            .await
+    }
+
+    /// Writes a created object if its key is free, settles its allocations by the outcome
+    /// and answers with the stored object.
+    async fn store_created(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        bytes: Bytes,
+        alloc: Allocation,
+    ) -> Result<Bytes, ApiError> {
+        let written = self.store.create(&info.key(ns, name), bytes.clone()).await;
+        self.finish_write(written, &bytes, alloc, info, name)
     }
 
     /// What a create's kind edits need of the server's configuration.
