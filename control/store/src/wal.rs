@@ -7,9 +7,13 @@
 //! its entries (the final state of each key the batch touched). A crash can only tear the
 //! last record of the last segment; replay stops there and cuts the segment back to its
 //! last whole record. A bad record anywhere else is corruption and opening fails.
+//!
+//! A write that fails partway (a full disk) is cut off again, so the next record follows
+//! the last whole one; if it cannot be, or an fdatasync fails, the log takes no more
+//! records (the store refuses writes) until a restart replays it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -205,6 +209,11 @@ pub struct Wal {
     /// The record being written, reused from batch to batch (a fresh buffer per batch
     /// costs page faults).
     record: Vec<u8>,
+    /// Set when the log's end is unknown: a failed write that could not be cut off, or a
+    /// failed fdatasync (after which the kernel may have dropped the pages it could not
+    /// write). A record appended after a torn one would be lost on replay, so nothing more
+    /// is; the store refuses writes until restarted, when replay finds the last whole record.
+    broken: Option<StoreError>,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -230,6 +239,7 @@ impl Wal {
             file,
             written: 0,
             record: Vec::new(),
+            broken: None,
         })
     }
 
@@ -258,26 +268,58 @@ impl Wal {
     }
 
     fn finish_record(&mut self, next: Revision) -> Result<(), StoreError> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
         let payload_len = self.record.len() - 8;
         let crc = crc32fast::hash(&self.record[8..]);
         self.record[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
         self.record[4..8].copy_from_slice(&crc.to_le_bytes());
         let path = &self.dir;
-        self.file
-            .write_all(&self.record)
-            .map_err(|e| io("cannot write the log in", path, e))?;
-        self.file
-            .sync_data()
-            .map_err(|e| io("cannot sync the log in", path, e))?;
+        if let Err(e) = self.file.write_all(&self.record) {
+            let failed = io("cannot write the log in", path, e);
+            // Cut off what part of the record was written (a full disk), so that the next
+            // record follows the last whole one.
+            let written = self.written;
+            let undone = self
+                .file
+                .set_len(written)
+                .and_then(|()| self.file.seek(SeekFrom::Start(written)));
+            if let Err(e) = undone {
+                self.broken = Some(io("cannot cut a failed write off the log in", path, e));
+            }
+            return Err(failed);
+        }
+        if let Err(e) = self.file.sync_data() {
+            let failed = io("cannot sync the log in", path, e);
+            self.broken = Some(failed.clone());
+            return Err(failed);
+        }
         self.written += self.record.len() as u64;
         if self.record.capacity() > 16 << 20 {
             // One huge batch inflated the buffer: do not keep it.
             self.record = Vec::new();
         }
         if self.written >= SEGMENT_BYTES {
-            let record = std::mem::take(&mut self.record);
-            *self = Wal::create(&self.dir, next)?;
-            self.record = record;
+            match Wal::create(&self.dir, next) {
+                Ok(mut fresh) => {
+                    fresh.record = std::mem::take(&mut self.record);
+                    *self = fresh;
+                }
+                // The record is durable, so the write succeeded; the segment grows until a
+                // later try (a full disk). A new segment left behind would come after this
+                // one's later records and let a checkpoint delete them: remove it, or stop.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a new log segment");
+                    let stray = self.dir.join(segment_name(next));
+                    match fs::remove_file(&stray) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            self.broken = Some(io("cannot remove", &stray, e));
+                        }
+                        _ => {}
+                    }
+                }
+            }
         }
         Ok(())
     }
